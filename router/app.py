@@ -1,0 +1,135 @@
+"""create_app(runtime): the ASGI app. Data plane in front (router.api.dataplane), Litestar for the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import signal
+from typing import Any
+
+import structlog
+from litestar import Litestar, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, ValidationException
+from litestar.handlers.base import BaseRouteHandler
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from router.api.dataplane import DataPlane
+from router.features import RequestError
+from router.runtime import Runtime
+
+log = structlog.get_logger("router.app")
+
+
+class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    bytes: int = Field(0, ge=0)
+
+
+def _admin_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    runtime: Runtime = connection.app.state.runtime
+    token = runtime.routing.config.server.admin_token
+    if not token:
+        raise PermissionDeniedException("admin API disabled: set server.admin_token")
+    scheme, _, given = connection.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise NotAuthorizedException("a valid 'Authorization: Bearer <admin token>' header is required")
+
+
+@get("/healthz", sync_to_thread=False)
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", sync_to_thread=False)
+def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    runtime: Runtime = request.app.state.runtime
+    routing = runtime.routing
+    missing = sorted(set(routing.config.backends) - set(routing.targets))
+    ready = runtime.started and not runtime.draining and not missing
+    body = {"status": "ready" if ready else "not_ready", "draining": runtime.draining,
+            "models": sorted(routing.models), "backends_missing": missing}
+    return Response(body, status_code=200 if ready else 503)
+
+
+@get("/metrics", sync_to_thread=False)
+def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    runtime: Runtime = request.app.state.runtime
+    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@get("/admin/policy", guards=[_admin_guard], sync_to_thread=False)
+def admin_policy(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """The config in force, without secrets (API keys, the admin token)."""
+    runtime: Runtime = request.app.state.runtime
+    cfg = runtime.routing.config
+    doc: dict[str, Any] = cfg.model_dump(mode="json", exclude={"server": {"admin_token"}, "callers": True})
+    doc["callers"] = [{"tenant": c.tenant, "max_urgency": c.max_urgency} for c in cfg.callers]
+    return doc
+
+
+@post("/admin/explain", guards=[_admin_guard], status_code=200)
+async def admin_explain(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    runtime: Runtime = request.app.state.runtime
+    try:
+        ask = ExplainRequest.model_validate_json(await request.body())
+    except ValueError as exc:
+        raise ValidationException(str(exc)) from None
+    return explain(runtime, ask.model, ask.headers, ask.bytes)
+
+
+@post("/admin/reload", guards=[_admin_guard], status_code=200)
+async def admin_reload(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    runtime: Runtime = request.app.state.runtime
+    errors = await runtime.reload_from_file()
+    if errors:
+        return Response({"status": "rejected", "errors": errors}, status_code=400)
+    return Response({"status": "reloaded", "models": sorted(runtime.routing.models)}, status_code=200)
+
+
+def explain(runtime: Runtime, model: str, headers: dict[str, str], nbytes: int) -> dict[str, Any]:
+    """The decision for a described request; raises ValidationException for unknown models or bad headers."""
+    if model not in runtime.routing.models:
+        raise ValidationException(f"unknown model {model!r}")
+    lowered = {k.lower(): v for k, v in headers.items()}
+    try:
+        features = runtime.routing.features.extract(model, lowered, nbytes)
+    except RequestError as exc:
+        raise ValidationException(exc.message) from None
+    return runtime.explain(features)
+
+
+def _install_sighup(runtime: Runtime) -> None:
+    async def reload() -> None:
+        errors = await runtime.reload_from_file()
+        if errors:
+            log.warning("sighup_reload_rejected", errors=errors)
+
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread / Windows
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
+
+
+def create_app(runtime: Runtime) -> DataPlane:
+    """The router's ASGI app for ``runtime``; its lifespan starts and stops the runtime."""
+
+    async def startup() -> None:
+        await runtime.start()
+        _install_sighup(runtime)
+
+    async def shutdown() -> None:
+        await runtime.close()
+
+    app = Litestar(
+        route_handlers=[healthz, readyz, metrics, admin_policy, admin_explain, admin_reload],
+        on_startup=[startup],
+        on_shutdown=[shutdown],
+        logging_config=None,
+        openapi_config=None,
+    )
+    app.state.runtime = runtime
+    return DataPlane(app, runtime)

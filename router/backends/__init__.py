@@ -1,0 +1,58 @@
+"""Backends by kind, and the connections they share for the life of the process."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from router.backends.http import HttpBackend
+from router.config import BackendConfig, HttpBackendConfig, SageMakerBackendConfig
+from router.types import Backend
+
+if TYPE_CHECKING:  # imported lazily: botocore costs ~30 MB of RSS, only sagemaker backends need it
+    from router.backends.sagemaker import SageMakerClients
+
+
+class Connections:
+    """One aiohttp pool and one aiobotocore client per region for every backend of the process."""
+
+    def __init__(self) -> None:
+        self._http: aiohttp.ClientSession | None = None
+        self._sagemaker: SageMakerClients | None = None
+
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            # limit=0: the tracker bounds concurrency per backend, the pool must not queue behind it
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+            self._http = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                               skip_auto_headers=("User-Agent",))
+        return self._http
+
+    def sagemaker(self) -> SageMakerClients:
+        if self._sagemaker is None:
+            from router.backends.sagemaker import SageMakerClients
+
+            self._sagemaker = SageMakerClients()
+        return self._sagemaker
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        if self._sagemaker is not None:
+            await self._sagemaker.close()
+            self._sagemaker = None
+
+
+def build_backend(name: str, cfg: BackendConfig, connections: Connections) -> Backend:
+    if isinstance(cfg, HttpBackendConfig):
+        return HttpBackend(name, cfg.url, connections.http, timeout_s=cfg.timeout, headers=cfg.headers,
+                           variant=cfg.variant)
+    if isinstance(cfg, SageMakerBackendConfig):
+        from router.backends.sagemaker import SageMakerBackend
+
+        return SageMakerBackend(name, cfg.endpoint, connections.sagemaker(),
+                                region=cfg.region, endpoint_url=cfg.endpoint_url, timeout_s=cfg.timeout,
+                                variant=cfg.variant)
+    raise TypeError(f"unknown backend config {type(cfg).__name__}")

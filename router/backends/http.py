@@ -1,0 +1,93 @@
+"""``http`` backend: any model server, over one shared aiohttp keep-alive pool."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from router.types import BackendError, FailureKind, Invocation, InvocationResult
+
+MAX_ERROR_TEXT = 1024
+
+
+def failure_kind(status: int) -> FailureKind:
+    """How a non-2xx answer of a model server counts: busy, down, broken, or unhappy with the input."""
+    if status == 429:
+        return FailureKind.THROTTLED
+    if status in (502, 503, 504):
+        return FailureKind.UNAVAILABLE
+    if status >= 500:
+        return FailureKind.SERVER_ERROR
+    return FailureKind.MODEL_ERROR
+
+
+class HttpBackend:
+    """POSTs the body to ``url`` (the SageMaker container contract's ``/invocations``, or any URL).
+
+    Requests that came in on a model's extra path (KServe, TorchServe...) are forwarded with their
+    path and query as they came, to the same scheme, host and port.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        session: Callable[[], aiohttp.ClientSession],
+        *,
+        timeout_s: float = 60.0,
+        headers: Mapping[str, str] | None = None,
+        variant: str | None = None,
+    ) -> None:
+        self.name = name
+        self._url = url
+        parts = urlsplit(url)
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._session = session
+        self._timeout_s = timeout_s
+        self._headers = dict(headers or {})
+        self._variant = variant or name
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def invoke(self, inv: Invocation) -> InvocationResult:
+        headers = dict(self._headers)
+        if inv.content_type:
+            headers["Content-Type"] = inv.content_type
+        if inv.accept:
+            headers["Accept"] = inv.accept
+        if inv.custom_attributes:
+            headers["X-Amzn-SageMaker-Custom-Attributes"] = inv.custom_attributes
+        if inv.inference_id:
+            headers["X-Amzn-SageMaker-Inference-Id"] = inv.inference_id
+        headers.update(inv.headers)
+        url = self._url if inv.path is None else self._origin + inv.path
+        timeout = self._timeout_s if inv.timeout_s is None else min(self._timeout_s, inv.timeout_s)
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._session().post(url, data=inv.body, headers=headers) as resp:
+                    body = await resp.read()
+                    status = resp.status
+                    content_type = resp.headers.get("Content-Type")
+                    custom = resp.headers.get("X-Amzn-SageMaker-Custom-Attributes")
+        except TimeoutError:
+            raise BackendError(FailureKind.TIMEOUT, f"{self.name} did not answer within {timeout:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise BackendError(FailureKind.CONNECTION, f"{self.name} connection failed: {type(exc).__name__}") from None
+        if 200 <= status < 300:
+            return InvocationResult(body, content_type, status, self._variant, custom)
+        text = body[:MAX_ERROR_TEXT].decode("utf-8", "replace")
+        side = "server" if status >= 500 else "client"
+        raise BackendError(
+            failure_kind(status),
+            f'Received {side} error ({status}) from {self.name} with message "{text[:200]}"',
+            status=status,
+            original_status=status,
+            original_message=text,
+        )

@@ -1,0 +1,232 @@
+"""``sagemaker`` backend: InvokeEndpoint on a real-time or serverless endpoint, through aiobotocore.
+
+One aiobotocore client per (region, endpoint_url) is shared by every backend of the process
+(:class:`SageMakerClients`); botocore's own retries are off because the router's dispatcher
+does the retrying, as a fallback to another backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+from typing import Any
+
+import aiohttp
+from aiobotocore.session import get_session
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    HTTPClientError,
+    ParamValidationError,
+    ReadTimeoutError,
+)
+
+from router.types import BackendError, FailureKind, Invocation, InvocationResult
+
+DEFAULT_REGION = "us-east-1"
+# SageMaker ends every InvokeEndpoint at 60 s; the socket timeout is only a safety net above the
+# per-call bound each backend sets with asyncio.timeout.
+DEFAULT_READ_TIMEOUT_S = 65.0
+DEFAULT_CONNECT_TIMEOUT_S = 3.0
+MAX_MESSAGE = 300
+
+_THROTTLED = frozenset({"ThrottlingException", "Throttling", "ThrottledException", "TooManyRequestsException"})
+_NOT_READY = frozenset({"ModelNotReadyException"})
+_UNAVAILABLE = frozenset({"ServiceUnavailable", "InternalFailure", "InternalDependencyException"})
+_MODEL_ERROR = frozenset({"ModelError", "ModelStreamError"})
+_VALIDATION = frozenset({"ValidationError", "ValidationException"})
+
+
+def default_region() -> str:
+    """The region of a backend that names none: AWS_REGION, then AWS_DEFAULT_REGION, then us-east-1."""
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+
+
+class SageMakerClients:
+    """The process's ``sagemaker-runtime`` clients: one per (region, endpoint_url), made on first use.
+
+    Each client owns an aiohttp connection pool; sharing it keeps connections warm across
+    backends that call the same regional endpoint.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_pool_connections: int = 64,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+    ) -> None:
+        self._max_pool_connections = max_pool_connections
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._clients: dict[tuple[str, str | None], Any] = {}
+        self._stack = contextlib.AsyncExitStack()
+        self._lock = asyncio.Lock()
+        self._session: Any = None
+
+    def _config(self) -> Config:
+        return Config(
+            # the router falls back to another backend itself: a botocore retry would only add latency
+            retries={"total_max_attempts": 1},
+            max_pool_connections=self._max_pool_connections,
+            connect_timeout=self._connect_timeout_s,
+            read_timeout=self._read_timeout_s,
+        )
+
+    async def get(self, region: str | None, endpoint_url: str | None) -> Any:
+        """The client for ``region`` (default: from the environment) and ``endpoint_url``."""
+        key = (region or default_region(), endpoint_url)
+        client = self._clients.get(key)
+        if client is not None:
+            return client
+        async with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                if self._session is None:
+                    self._session = get_session()
+                client = await self._stack.enter_async_context(
+                    self._session.create_client(
+                        "sagemaker-runtime", region_name=key[0], endpoint_url=endpoint_url, config=self._config()
+                    )
+                )
+                self._clients[key] = client
+            return client
+
+    async def close(self) -> None:
+        """Close every client and its connection pool."""
+        async with self._lock:
+            self._clients.clear()
+            stack, self._stack = self._stack, contextlib.AsyncExitStack()
+            await stack.aclose()
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def client_error_kind(code: str, status: int | None) -> FailureKind:
+    """How a SageMaker Runtime error code counts for the router."""
+    if code in _THROTTLED:
+        return FailureKind.THROTTLED
+    if code in _NOT_READY:
+        return FailureKind.NOT_READY
+    if code in _UNAVAILABLE:
+        return FailureKind.UNAVAILABLE
+    if code in _MODEL_ERROR:
+        return FailureKind.MODEL_ERROR
+    if code in _VALIDATION:
+        return FailureKind.VALIDATION
+    if status is not None and status >= 500:
+        return FailureKind.UNAVAILABLE
+    if status == 429:  # an unmodelled 429 still means "slow down"
+        return FailureKind.THROTTLED
+    return FailureKind.VALIDATION
+
+
+class SageMakerBackend:
+    """Calls InvokeEndpoint on one SageMaker endpoint; failures become :class:`BackendError`."""
+
+    def __init__(
+        self,
+        name: str,
+        endpoint: str,
+        clients: SageMakerClients,
+        *,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        timeout_s: float = 60.0,
+        variant: str | None = None,
+    ) -> None:
+        self.name = name
+        self.endpoint = endpoint
+        self._clients = clients
+        self._region = region
+        self._endpoint_url = endpoint_url
+        self._timeout_s = timeout_s
+        self._variant = variant
+
+    async def start(self) -> None:
+        await self._clients.get(self._region, self._endpoint_url)
+
+    async def close(self) -> None:
+        return None  # the shared clients belong to SageMakerClients
+
+    def _params(self, inv: Invocation) -> dict[str, Any]:
+        params: dict[str, Any] = {"EndpointName": self.endpoint, "Body": inv.body}
+        optional = {
+            "ContentType": inv.content_type,
+            "Accept": inv.accept,
+            "CustomAttributes": inv.custom_attributes,
+            "TargetVariant": inv.target_variant or self._variant,
+            "InferenceId": inv.inference_id,
+        }
+        params.update({k: v for k, v in optional.items() if v})
+        return params
+
+    async def invoke(self, inv: Invocation) -> InvocationResult:
+        timeout = min(self._timeout_s, math.inf if inv.timeout_s is None else inv.timeout_s)
+        try:
+            async with asyncio.timeout(timeout):
+                client = await self._clients.get(self._region, self._endpoint_url)
+                resp = await client.invoke_endpoint(**self._params(inv))
+                async with resp["Body"] as stream:
+                    body: bytes = await stream.read()
+        except ClientError as exc:
+            raise self._client_error(exc) from None
+        except (TimeoutError, ReadTimeoutError):
+            # AioReadTimeoutError is both; asyncio.timeout raises TimeoutError
+            raise BackendError(FailureKind.TIMEOUT, f"{self.name} did not answer within {timeout:g}s") from None
+        except (EndpointConnectionError, ConnectionClosedError, HTTPClientError, aiohttp.ClientError) as exc:
+            # no URL or cause in the message: it could carry a VPC endpoint's userinfo or a proxy's credentials
+            raise BackendError(
+                FailureKind.CONNECTION, f"{self.name} connection to SageMaker Runtime failed: {type(exc).__name__}"
+            ) from None
+        except ParamValidationError as exc:
+            raise BackendError(FailureKind.VALIDATION, f"{self.name}: invalid InvokeEndpoint call: {exc}") from None
+        except BotoCoreError as exc:
+            # e.g. NoCredentialsError: this backend cannot be called at all, others may
+            raise BackendError(
+                FailureKind.UNAVAILABLE, f"{self.name}: SageMaker client failed: {type(exc).__name__}"
+            ) from None
+        metadata = resp.get("ResponseMetadata") or {}
+        return InvocationResult(
+            body=body,
+            content_type=resp.get("ContentType"),
+            status=_int_or_none(metadata.get("HTTPStatusCode")) or 200,
+            invoked_variant=resp.get("InvokedProductionVariant"),
+            custom_attributes=resp.get("CustomAttributes"),
+        )
+
+    def _client_error(self, exc: ClientError) -> BackendError:
+        response: dict[str, Any] = exc.response or {}
+        error = response.get("Error") or {}
+        code = str(error.get("Code") or "Unknown")
+        status = _int_or_none((response.get("ResponseMetadata") or {}).get("HTTPStatusCode"))
+        message = str(error.get("Message") or "")
+        kind = client_error_kind(code, status)
+        original_status: int | None = None
+        original_message: str | None = None
+        if code == "ModelError":
+            # botocore lifts the modelled members of the error shape to the top of the response
+            original_status = _int_or_none(response.get("OriginalStatusCode"))
+            original = response.get("OriginalMessage")
+            original_message = None if original is None else str(original)
+        return BackendError(
+            kind,
+            _short(f"{self.name}: {code} ({status}): {message}"),
+            status=status,
+            original_status=original_status,
+            original_message=original_message,
+        )

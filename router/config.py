@@ -1,0 +1,362 @@
+"""The YAML config as pydantic models, and the loader that reports every error with file:line:col."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path as FsPath
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from router.types import MODEL_LANES, SYNC_LANES, Lane
+from router.units import parse_duration, parse_size
+from router.yamlpos import ConfigError, ConfigIssue, Located, Path, format_path, load_located
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+ModelLane = Literal["realtime", "serverless", "async", "batch"]
+
+# SageMaker's documented payload limits; http backends get the same defaults so a model can move.
+DEFAULT_LIMITS: dict[Lane, int] = {
+    Lane.REALTIME: 6_000_000,
+    Lane.SERVERLESS: 4_000_000,
+    Lane.ASYNC: 1_000_000_000,
+    Lane.BATCH: 100_000_000,
+}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(Strict):
+    listen: str = "127.0.0.1:8080"
+    max_body: Size = parse_size("1GiB")  # hard cap on any request body, before per-lane limits
+    admin_token: str | None = None  # admin endpoints answer 403 until one is set
+    api_key_header: str = "X-Api-Key"
+    access_log: bool = True  # one JSON line per request
+    log_format: Literal["auto", "json", "console"] = "auto"
+    drain_timeout: Duration = 30.0
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_has_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"listen must be HOST:PORT, got {value!r}")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class StateConfig(Strict):
+    kind: Literal["local"] = "local"
+    path: str = "./var"
+
+
+class UrgencyConfig(Strict):
+    header: str = "X-Urgency"
+    levels: dict[str, int] = Field(default_factory=lambda: {"critical": 3, "high": 2, "normal": 1, "low": 0})
+    default: str = "normal"
+    # The highest level a caller without a known API key may claim; default: one below the top.
+    anonymous_max: str | None = None
+
+    @model_validator(mode="after")
+    def _levels_known(self) -> UrgencyConfig:
+        if not self.levels:
+            raise ValueError("levels must name at least one urgency level")
+        for field_name in ("default", "anonymous_max"):
+            value = getattr(self, field_name)
+            if value is not None and value not in self.levels:
+                raise ValueError(f"{field_name} {value!r} is not one of the levels {sorted(self.levels)}")
+        return self
+
+    @property
+    def anonymous_ceiling(self) -> int:
+        if self.anonymous_max is not None:
+            return self.levels[self.anonymous_max]
+        ranked = sorted(set(self.levels.values()))
+        return ranked[-2] if len(ranked) > 1 else ranked[-1]
+
+
+class CallerConfig(Strict):
+    api_key: str = Field(min_length=8)
+    tenant: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    max_urgency: str | None = None  # default: any level
+
+
+class BreakerConfig(Strict):
+    failures: int = Field(5, ge=1)  # consecutive failures that open it
+    open_for: Duration = 10.0  # then one probe is let through (half-open)
+
+
+class ServerlessConfig(Strict):
+    idle_after: Duration = 600.0  # idle longer than this = cold
+    cold_start: Duration = 5.0  # expected cold start until one is observed
+
+
+class _BackendBase(Strict):
+    max_concurrency: int = Field(8, ge=1, le=10_000)
+    timeout: Duration = 60.0
+    serverless: ServerlessConfig | None = None
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+
+
+class HttpBackendConfig(_BackendBase):
+    """Any HTTP model server; ``url`` receives the SageMaker container contract's POST."""
+
+    kind: Literal["http"]
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+            raise ValueError(f"url must be an http:// or https:// URL, got {value!r}")
+        return value
+
+    headers: dict[str, str] = Field(default_factory=dict)  # static headers, e.g. the upstream's auth
+    variant: str | None = None  # X-Amzn-Invoked-Production-Variant; default the backend's name
+
+
+class SageMakerBackendConfig(_BackendBase):
+    """A SageMaker real-time or serverless endpoint called through InvokeEndpoint."""
+
+    kind: Literal["sagemaker"]
+    endpoint: str = Field(pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$", max_length=63)
+    region: str | None = None
+    endpoint_url: str | None = None  # a VPC endpoint or an emulator
+    variant: str | None = None  # TargetVariant when the client names none
+
+
+BackendConfig = Annotated[HttpBackendConfig | SageMakerBackendConfig, Field(discriminator="kind")]
+
+
+class RouteConfig(Strict):
+    lane: ModelLane
+    fallback: list[ModelLane] = Field(default_factory=list)
+
+
+class ModelConfig(Strict):
+    lanes: dict[ModelLane, str]
+    limits: dict[ModelLane, Size] = Field(default_factory=dict)
+    default: RouteConfig | None = None  # when every policy abstains; default: first sync lane
+    policy: list[str] = Field(default_factory=list)
+    paths: list[str] = Field(default_factory=list)  # extra URLs, e.g. /v2/models/fraud/infer or /v1/fraud/*
+
+    def limit(self, lane: Lane) -> int:
+        limit: int = self.limits.get(lane.value, DEFAULT_LIMITS[lane])  # type: ignore[call-overload]
+        return limit
+
+    def default_route(self) -> RouteConfig:
+        if self.default is not None:
+            return self.default
+        present = [lane.value for lane in SYNC_LANES if lane.value in self.lanes]
+        if not present:
+            present = [lane.value for lane in MODEL_LANES if lane.value in self.lanes]
+        return RouteConfig.model_validate({"lane": present[0], "fallback": present[1:]})
+
+
+class PolicyConfig(Strict):
+    type: str
+    params: Any = None
+
+
+class FallbackConfig(Strict):
+    """Retry budget: fallbacks after a failed call may add at most this share of the request rate."""
+
+    retry_budget: float = Field(0.2, ge=0.0, le=10.0)
+    min_retries_per_second: float = Field(5.0, ge=0.0)
+    # When every backend of a route is at capacity, requests at or above this urgency are still sent.
+    overflow_min_urgency: str = "critical"
+
+
+class RouterConfig(Strict):
+    server: ServerConfig = ServerConfig()
+    state: StateConfig = StateConfig()
+    urgency: UrgencyConfig = UrgencyConfig()
+    callers: list[CallerConfig] = Field(default_factory=list)
+    backends: dict[str, BackendConfig]
+    models: dict[str, ModelConfig]
+    policies: dict[str, PolicyConfig] = Field(default_factory=dict)
+    fallback: FallbackConfig = Field(default_factory=FallbackConfig)
+
+    def backend_names(self) -> set[str]:
+        return set(self.backends)
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_DEFAULT_LEVELS = UrgencyConfig().levels
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _semantic_issues(data: dict[str, Any]) -> list[tuple[Path, str, bool]]:
+    """Cross-references pydantic cannot see, checked on the raw YAML so they are reported even when other
+    fields are invalid. Each issue: (path, message, whether it points at the key rather than the value)."""
+    issues: list[tuple[Path, str, bool]] = []
+    backends, models, policies = (_mapping(data.get(k)) for k in ("backends", "models", "policies"))
+    for section, names in (("backends", backends), ("models", models), ("policies", policies)):
+        for name in names:
+            if not _NAME.match(name):
+                issues.append(((section, name), f"name must match {_NAME.pattern}", True))
+    raw_levels = _mapping(data.get("urgency")).get("levels")
+    levels = raw_levels if isinstance(raw_levels, dict) and raw_levels else _DEFAULT_LEVELS
+    callers = data.get("callers") if isinstance(data.get("callers"), list) else []
+    keys: set[str] = set()
+    for i, caller in enumerate(callers):
+        caller = _mapping(caller)
+        level = caller.get("max_urgency")
+        if isinstance(level, str) and level not in levels:
+            issues.append((("callers", i, "max_urgency"), f"unknown urgency level {level!r}", False))
+        key = caller.get("api_key")
+        if isinstance(key, str) and key in keys:
+            issues.append((("callers", i, "api_key"), "api_key is used by another caller", False))
+        keys.add(str(key))
+    overflow = _mapping(data.get("fallback")).get("overflow_min_urgency")
+    if isinstance(overflow, str) and overflow not in levels:
+        issues.append((("fallback", "overflow_min_urgency"), f"unknown urgency level {overflow!r}", False))
+    paths: dict[str, str] = {}
+    for model_name, model in models.items():
+        model = _mapping(model)
+        base: Path = ("models", model_name)
+        lanes = _mapping(model.get("lanes"))
+        for lane, backend in lanes.items():
+            if isinstance(backend, str) and backend not in backends:
+                issues.append(((*base, "lanes", lane), f"unknown backend {backend!r}", False))
+            elif lane in ("async", "batch"):
+                issues.append(((*base, "lanes", lane), f"the {lane} lane is not available in this version", False))
+        default = model.get("default")
+        if isinstance(default, dict) and lanes:
+            wanted = [("lane",), *(("fallback", j) for j in range(len(default.get("fallback") or [])))]
+            for where in wanted:
+                lane = default.get("lane") if where == ("lane",) else default["fallback"][where[1]]
+                if isinstance(lane, str) and lane not in lanes:
+                    issues.append(((*base, "default", *where), f"lane {lane!r} has no backend in this model's lanes",
+                                   False))
+        chain = model.get("policy") if isinstance(model.get("policy"), list) else []
+        for j, policy in enumerate(chain):
+            if isinstance(policy, str) and policy not in policies:
+                issues.append(((*base, "policy", j), f"unknown policy {policy!r}", False))
+        extra = model.get("paths") if isinstance(model.get("paths"), list) else []
+        for j, path in enumerate(extra):
+            if not isinstance(path, str):
+                continue
+            if not path.startswith("/") or path.startswith("/endpoints/") or "*" in path[:-1]:
+                issues.append(((*base, "paths", j),
+                               "a path starts with '/', may end with '*', and cannot be under /endpoints/", False))
+            elif path in paths:
+                issues.append(((*base, "paths", j), f"path already belongs to model {paths[path]!r}", False))
+            else:
+                paths[path] = model_name
+    return issues
+
+
+def _policy_issues(data: dict[str, Any], located: Located, file: str) -> list[ConfigIssue]:
+    """Build every policy from the raw YAML, so each policy's own params errors are reported too."""
+    from router.policy.registry import PolicyBuildError, build_policy
+
+    raw_levels = _mapping(data.get("urgency")).get("levels")
+    levels = raw_levels if isinstance(raw_levels, dict) and raw_levels else _DEFAULT_LEVELS
+    issues: list[ConfigIssue] = []
+    for name, raw in _mapping(data.get("policies")).items():
+        if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+            continue  # pydantic reports the shape
+        base: Path = ("policies", name)
+        try:
+            build_policy(name, raw["type"], raw.get("params"), levels)
+        except PolicyBuildError as exc:
+            for path, message in exc.issues:
+                where = (*base, "type") if exc.unknown_type else (*base, "params", *path)
+                line, col = located.position(where)
+                issues.append(ConfigIssue(file, line, col, format_path(where), message))
+        except ValidationError as exc:
+            issues += _issues_from_validation(exc, located, file, (*base, "params"), raw.get("params"))
+    return issues
+
+
+def _pydantic_path(loc: tuple[str | int, ...], data: Any) -> Path:
+    """Drop the parts of a pydantic error location that are not in the YAML (union tags, validators)."""
+    path: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and str(part) in node:
+            path.append(str(part))
+            node = node[str(part)]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and "[" not in part and part not in _TAGS:
+            path.append(part)  # a missing field: report it under its parent's position
+            node = None
+    return tuple(path)
+
+
+_TAGS = {"http", "sagemaker"}
+
+
+def _issues_from_validation(
+    exc: ValidationError, located: Located, file: str, prefix: Path = (), data: Any = None
+) -> list[ConfigIssue]:
+    out = []
+    root = located.data if data is None else data
+    for err in exc.errors(include_url=False):
+        rel = _pydantic_path(tuple(err["loc"]), root)
+        path = (*prefix, *rel)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+            line, col = located.key_position(path)
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+            line, col = located.position(path[:-1])
+        else:
+            line, col = located.position(path)
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        out.append(ConfigIssue(file, line, col, format_path(path), msg))
+    return out
+
+
+def parse_config(text: str, file: str = "<config>", env: Mapping[str, str] | None = None) -> RouterConfig:
+    """Validate a config. Raises ConfigError with every issue found, sorted by position."""
+    located = load_located(text, file, env)
+    data = located.data
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue(file, 1, 1, "", "the config must be a YAML mapping")])
+    issues: list[ConfigIssue] = []
+    cfg: RouterConfig | None = None
+    try:
+        cfg = RouterConfig.model_validate(data)
+    except ValidationError as exc:
+        issues += _issues_from_validation(exc, located, file)
+    for path, message, at_key in _semantic_issues(data):
+        line, col = located.key_position(path) if at_key else located.position(path)
+        issues.append(ConfigIssue(file, line, col, format_path(path), message))
+    issues += _policy_issues(data, located, file)
+    if issues or cfg is None:
+        raise ConfigError(_sorted(issues))
+    return cfg
+
+
+def _sorted(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    return sorted(set(issues), key=lambda i: (i.line, i.col, i.path, i.message))
+
+
+def load_config(path: str | FsPath, env: Mapping[str, str] | None = None) -> RouterConfig:
+    """Read and validate a config file; ConfigError lists every problem as FILE:LINE:COL."""
+    p = FsPath(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(str(path), 1, 1, "", f"cannot read config: {exc.strerror}")]) from None
+    return parse_config(text, str(path), env)

@@ -1,0 +1,231 @@
+"""A local HTTP model server speaking the SageMaker container contract, with behaviour knobs.
+
+``GET /ping`` and ``POST /invocations`` run the demo fraud model; any other POST path is
+answered the same way and echoed in ``X-Model-Path`` so routers can prove paths pass through
+unchanged. Latency, concurrency limits, serverless cold starts and failures are plain mutable
+attributes (for in-process tests) and settable via ``POST /control`` (for other processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import time
+from types import TracebackType
+from typing import Any
+
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from router.demo.model import FraudModel, ModelInputError
+
+log = structlog.get_logger()
+
+CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+# SageMaker real-time endpoints accept payloads up to 6 MB.
+MAX_BODY = 6 * 1024 * 1024
+_KNOBS = ("latency_s", "max_concurrency", "overload_status", "idle_after_s", "cold_start_s", "fail_status")
+
+
+def _json_response(status: int, body: dict[str, Any]) -> web.Response:
+    return web.json_response(body, status=status)
+
+
+class ModelServer:
+    """A real aiohttp model server on 127.0.0.1 whose latency, capacity and failures tests can steer."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, model: FraudModel | None = None,
+                 latency_s: float = 0.0, max_concurrency: int | None = None, overload_status: int = 429,
+                 idle_after_s: float | None = None, cold_start_s: float = 0.0,
+                 fail_status: int | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.model = model if model is not None else FraudModel.load()
+        self.latency_s = latency_s
+        self.max_concurrency = max_concurrency
+        self.overload_status = overload_status
+        self.idle_after_s = idle_after_s
+        self.cold_start_s = cold_start_s
+        self.fail_status = fail_status
+        self.requests = 0
+        self.inflight = 0
+        self.peak_inflight = 0
+        self.served_ok = 0
+        self.cold_starts = 0
+        self.last_headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self.last_path: str | None = None
+        self._fail_queue: list[int] = []
+        self._last_done: float | None = None
+        self._warmup: asyncio.Task[None] | None = None
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        if self._runner is None:
+            raise RuntimeError("server not started")
+        return f"http://{self.host}:{self.port}"
+
+    def fail_next(self, n: int, status: int = 503) -> None:
+        """Make the next n model requests fail with `status`."""
+        self._fail_queue.extend([status] * n)
+
+    def reset_counters(self) -> None:
+        self.requests = self.served_ok = self.cold_starts = 0
+        self.peak_inflight = self.inflight
+
+    def state(self) -> dict[str, Any]:
+        knobs = {k: getattr(self, k) for k in _KNOBS}
+        return {**knobs, "pending_failures": len(self._fail_queue), "requests": self.requests,
+                "inflight": self.inflight, "peak_inflight": self.peak_inflight,
+                "served_ok": self.served_ok, "cold_starts": self.cold_starts}
+
+    async def start(self) -> str:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_get("/ping", self._ping)
+        app.router.add_get("/control", self._get_control)
+        app.router.add_post("/control", self._control)
+        app.router.add_post("/{tail:.*}", self._invoke)
+        app.on_response_prepare.append(self._echo_attributes)
+        # Short shutdown timeout: stop() must not wait a minute on a deliberately slow request.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        log.info("model_server.started", url=self.url, model_version=self.model.version)
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._warmup is not None:
+            self._warmup.cancel()
+            self._warmup = None
+
+    async def __aenter__(self) -> ModelServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def _echo_attributes(self, request: web.Request, response: web.StreamResponse) -> None:
+        attrs = request.headers.get(CUSTOM_ATTRIBUTES)
+        if attrs is not None:
+            response.headers[CUSTOM_ATTRIBUTES] = attrs
+
+    async def _ping(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _get_control(self, request: web.Request) -> web.Response:
+        return _json_response(200, self.state())
+
+    async def _control(self, request: web.Request) -> web.Response:
+        try:
+            body = json.loads(await request.read() or b"{}")
+        except ValueError:
+            return _json_response(400, {"message": "control body must be JSON"})
+        if not isinstance(body, dict):
+            return _json_response(400, {"message": "control body must be a JSON object"})
+        allowed = {*_KNOBS, "fail_next", "fail_next_status", "reset_counters"}
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            return _json_response(400, {"message": f"unknown control keys {unknown}; allowed {sorted(allowed)}"})
+        for key in _KNOBS:
+            if key in body:
+                setattr(self, key, body[key])
+        if body.get("fail_next"):
+            self.fail_next(int(body["fail_next"]), int(body.get("fail_next_status", 503)))
+        if body.get("reset_counters"):
+            self.reset_counters()
+        log.info("model_server.control", url=self.url, **body)
+        return _json_response(200, self.state())
+
+    async def _invoke(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        self.last_headers = request.headers.copy() and CIMultiDictProxy(CIMultiDict(request.headers))
+        self.last_path = request.raw_path
+        if self.max_concurrency is not None and self.inflight >= self.max_concurrency:
+            return _json_response(self.overload_status, {"message": "too many requests"})
+        self.inflight += 1
+        self.peak_inflight = max(self.peak_inflight, self.inflight)
+        try:
+            await self._maybe_cold_start()
+            # Decide failure on arrival so "the next n requests" is exact under concurrency.
+            fail = self._fail_queue.pop(0) if self._fail_queue else self.fail_status
+            body = await request.read()
+            if self.latency_s > 0:
+                await asyncio.sleep(self.latency_s)
+            if fail is not None:
+                response = _json_response(fail, {"message": f"injected failure ({fail})"})
+            else:
+                try:
+                    payload, ctype = self.model.predict_payload(
+                        body, request.headers.get("Content-Type"), request.headers.get("Accept"))
+                except ModelInputError as exc:
+                    response = _json_response(400, {"message": exc.message})
+                else:
+                    self.served_ok += 1
+                    response = web.Response(body=payload, content_type=ctype)
+        finally:
+            self.inflight -= 1
+            self._last_done = time.monotonic()
+        if request.path != "/invocations":
+            response.headers["X-Model-Path"] = request.raw_path
+        return response
+
+    async def _maybe_cold_start(self) -> None:
+        if self.idle_after_s is None:
+            return
+        if self._warmup is None:
+            # inflight == 1 means only this request: nothing else keeps the container warm.
+            idle = self._last_done is None or time.monotonic() - self._last_done > self.idle_after_s
+            if not (idle and self.inflight == 1):
+                return
+            self.cold_starts += 1
+            log.info("model_server.cold_start", url=self.url, seconds=self.cold_start_s)
+            self._warmup = asyncio.create_task(asyncio.sleep(self.cold_start_s))
+            self._warmup.add_done_callback(self._warm)
+        # Shield: one cancelled waiter (client went away) must not cancel the shared cold start.
+        await asyncio.shield(self._warmup)
+
+    def _warm(self, task: asyncio.Task[None]) -> None:
+        if self._warmup is task:
+            self._warmup = None
+            self._last_done = time.monotonic()
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    server = ModelServer(host=args.host, port=args.port, latency_s=args.latency,
+                         max_concurrency=args.max_concurrency, idle_after_s=args.idle_after,
+                         cold_start_s=args.cold_start)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m router.demo.model_server", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9101)
+    parser.add_argument("--latency", type=float, default=0.0, help="added seconds per request")
+    parser.add_argument("--max-concurrency", type=int, default=None, help="answer 429 above this")
+    parser.add_argument("--idle-after", type=float, default=None, help="serverless: idle seconds before cold")
+    parser.add_argument("--cold-start", type=float, default=0.0, help="serverless: cold start seconds")
+    args = parser.parse_args(argv)
+    from router.logging import configure_logging
+
+    configure_logging()
+    asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()

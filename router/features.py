@@ -1,0 +1,125 @@
+"""RequestFeatures from an HTTP request's headers: who is calling, how urgent, how big, how long it may take."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from router.config import CallerConfig, UrgencyConfig
+from router.types import RequestFeatures
+
+MAX_DEADLINE_MS = 86_400_000
+ANONYMOUS = "anonymous"
+
+
+class RequestError(Exception):
+    """A request the router refuses before routing: the client's error, answered in SageMaker's shape."""
+
+    def __init__(self, status: int, error_type: str, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    tenant: str
+    ceiling: int  # the highest priority this caller may claim
+
+
+@dataclass(frozen=True, slots=True)
+class Prefer:
+    respond_async: bool = False
+    wait_s: float | None = None
+
+
+def parse_prefer(value: str | None) -> Prefer:
+    """RFC 7240 ``Prefer``; preferences we do not understand are ignored, as the RFC asks."""
+    if not value:
+        return Prefer()
+    respond_async = False
+    wait: float | None = None
+    for item in value.split(","):
+        token, _, arg = item.split(";", 1)[0].strip().partition("=")
+        token = token.strip().lower()
+        if token == "respond-async":
+            respond_async = True
+        elif token == "wait":
+            arg = arg.strip().strip('"')
+            if arg.isdigit():
+                wait = float(arg)
+    return Prefer(respond_async, wait)
+
+
+class FeatureExtractor:
+    """Turns headers into RequestFeatures; raises RequestError naming the header that is wrong."""
+
+    def __init__(
+        self,
+        urgency: UrgencyConfig,
+        callers: list[CallerConfig],
+        api_key_header: str,
+        on_clamp: Callable[[str], None] | None = None,
+    ) -> None:
+        self._header = urgency.header.lower()
+        self._header_name = urgency.header
+        self._levels = {name.lower(): (name, prio) for name, prio in urgency.levels.items()}
+        self._default = (urgency.default, urgency.levels[urgency.default])
+        self._key_header = api_key_header.lower()
+        top = max(urgency.levels.values())
+        self._anonymous = Caller(ANONYMOUS, urgency.anonymous_ceiling)
+        self._callers = {
+            c.api_key: Caller(c.tenant, urgency.levels[c.max_urgency] if c.max_urgency else top) for c in callers
+        }
+        # the level a clamped request gets: the highest level at or below the ceiling
+        ranked = sorted(urgency.levels.items(), key=lambda kv: kv[1])
+        self._at_most = {prio: max((kv for kv in ranked if kv[1] <= prio), key=lambda kv: kv[1], default=ranked[0])
+                         for prio in {c.ceiling for c in (*self._callers.values(), self._anonymous)}}
+        self._on_clamp = on_clamp
+
+    def caller(self, headers: Mapping[str, str]) -> Caller:
+        key = headers.get(self._key_header)
+        if key is None:
+            return self._anonymous
+        caller = self._callers.get(key)
+        if caller is None:
+            raise RequestError(403, "AccessDeniedException", f"unknown API key in {self._key_header}")
+        return caller
+
+    def extract(self, model: str, headers: Mapping[str, str], payload_bytes: int) -> RequestFeatures:
+        caller = self.caller(headers)
+        raw = headers.get(self._header)
+        if raw is None:
+            urgency, priority = self._default
+        else:
+            found = self._levels.get(raw.strip().lower())
+            if found is None:
+                raise RequestError(400, "ValidationError",
+                                   f"invalid {self._header_name} header: use one of {', '.join(self._levels)}")
+            urgency, priority = found
+        if priority > caller.ceiling:
+            urgency, priority = self._at_most[caller.ceiling]
+            if self._on_clamp is not None:
+                self._on_clamp(model)
+        deadline_ms = None
+        raw_deadline = headers.get("x-deadline-ms")
+        if raw_deadline is not None:
+            text = raw_deadline.strip()
+            if not text.isdigit() or not 0 < int(text) <= MAX_DEADLINE_MS:
+                raise RequestError(400, "ValidationError",
+                                   f"invalid X-Deadline-Ms header: whole milliseconds, 1 to {MAX_DEADLINE_MS}")
+            deadline_ms = int(text)
+        prefer = parse_prefer(headers.get("prefer"))
+        return RequestFeatures(
+            model=model,
+            caller=caller.tenant,
+            payload_bytes=payload_bytes,
+            content_type=headers.get("content-type", "application/octet-stream"),
+            urgency=urgency,
+            priority=priority,
+            deadline_ms=deadline_ms,
+            accepts_async=prefer.respond_async,
+            wait_s=prefer.wait_s,
+        )

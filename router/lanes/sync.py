@@ -1,0 +1,153 @@
+"""The sync lane: call the route's backends in order until one answers.
+
+A hop is skipped when its breaker is open or it is at capacity; after a retryable failure the next
+hop is tried if the retry budget allows, so a failing fleet is not hit by a retry storm. Every move
+along the chain is counted in ``router_fallbacks_total``. When every hop is merely full, requests at
+or above the overflow urgency still go to the first of them; the others get 503 + Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import structlog
+
+from router.metrics import RouterMetrics
+from router.state import BackendTracker, Clock
+from router.types import Backend, BackendError, FailureKind, Hop, Invocation, InvocationResult, Route
+
+log = structlog.get_logger("router.sync")
+
+
+class RetryBudget:
+    """Token bucket: each request deposits ``ratio`` tokens, time adds ``min_per_s``; a retry costs one."""
+
+    def __init__(self, ratio: float, min_per_s: float, clock: Clock = time.monotonic) -> None:
+        self.ratio = ratio
+        self.min_per_s = min_per_s
+        self.capacity = max(10.0, min_per_s * 10.0)
+        self.tokens = self.capacity
+        self._clock = clock
+        self._last = clock()
+
+    def deposit(self) -> None:
+        self.tokens = min(self.capacity, self.tokens + self.ratio)
+
+    def withdraw(self) -> bool:
+        now = self._clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.min_per_s)
+        self._last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    backend: Backend
+    tracker: BackendTracker
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOutcome:
+    result: InvocationResult
+    hop: Hop
+    attempts: int
+
+
+class SyncFailure(Exception):
+    """No hop answered. ``error`` is the last backend failure; None when no call could be made."""
+
+    def __init__(self, reason: str, hop: Hop | None, error: BackendError | None = None,
+                 retry_after_s: float = 1.0) -> None:
+        super().__init__(error.message if error else reason)
+        self.reason = reason
+        self.hop = hop
+        self.error = error
+        self.retry_after_s = retry_after_s
+
+
+class SyncLane:
+    def __init__(self, budget: RetryBudget, metrics: RouterMetrics, overflow_priority: int,
+                 clock: Clock = time.monotonic) -> None:
+        self.budget = budget
+        self.metrics = metrics
+        self.overflow_priority = overflow_priority
+        self.clock = clock
+
+    async def serve(self, model: str, route: Route, inv: Invocation, priority: int,
+                    targets: Mapping[str, Target], deadline_at: float | None = None) -> SyncOutcome:
+        self.budget.deposit()
+        hops = route.hops
+        last_error: BackendError | None = None
+        last_hop: Hop | None = None
+        full: list[Hop] = []
+        attempts = 0
+        for i, hop in enumerate(hops):
+            target = targets[hop.backend]
+            tracker = target.tracker
+            now = self.clock()
+            if not tracker.admits(now):
+                why = "breaker_open"
+            elif tracker.inflight >= tracker.capacity:
+                full.append(hop)
+                why = "saturated"
+            else:
+                if deadline_at is not None and now >= deadline_at:
+                    break
+                if last_error is not None and not self.budget.withdraw():
+                    self.metrics.retry_budget_exhausted(model).inc()
+                    break
+                attempts += 1
+                try:
+                    result = await self._call(target, inv, now, deadline_at)
+                    return SyncOutcome(result, hop, attempts)
+                except BackendError as exc:
+                    if not exc.retryable:
+                        raise SyncFailure(exc.kind.value, hop, exc) from None
+                    last_error, last_hop, why = exc, hop, exc.kind.value
+            if i + 1 < len(hops):
+                self.metrics.fallbacks(model, hop.backend, hops[i + 1].backend, why).inc()
+        if last_error is not None:
+            raise SyncFailure(last_error.kind.value, last_hop, last_error)
+        if full and priority >= self.overflow_priority:
+            hop = full[0]
+            try:
+                result = await self._call(targets[hop.backend], inv, self.clock(), deadline_at)
+            except BackendError as exc:
+                raise SyncFailure(exc.kind.value, hop, exc) from None
+            return SyncOutcome(result, hop, attempts + 1)
+        if deadline_at is not None and self.clock() >= deadline_at:
+            raise SyncFailure("deadline", last_hop,
+                              BackendError(FailureKind.TIMEOUT, "the deadline passed before a backend answered"))
+        raise SyncFailure("saturated" if full else "breaker_open", hops[-1] if hops else None)
+
+    async def _call(self, target: Target, inv: Invocation, now: float, deadline_at: float | None) -> InvocationResult:
+        tracker = target.tracker
+        if deadline_at is not None:
+            remaining = deadline_at - now
+            inv = replace(inv, timeout_s=remaining if inv.timeout_s is None else min(inv.timeout_s, remaining))
+        if tracker.cold(now):
+            self.metrics.cold_calls(tracker.name).inc()
+        tracker.start(now)
+        try:
+            result = await target.backend.invoke(inv)
+        except BackendError as exc:
+            tracker.failed(self.clock(), exc.kind)
+            self.metrics.backend_calls(tracker.name, exc.kind.value).inc()
+            raise
+        except asyncio.CancelledError:
+            tracker.abandoned(self.clock())  # the client left: release the slot, blame no one
+            raise
+        except Exception:
+            log.exception("backend_raised", backend=tracker.name)
+            tracker.failed(self.clock(), FailureKind.UNAVAILABLE)
+            self.metrics.backend_calls(tracker.name, "internal").inc()
+            raise BackendError(FailureKind.UNAVAILABLE, f"{tracker.name} failed unexpectedly") from None
+        tracker.succeeded(self.clock(), self.clock() - now)
+        self.metrics.backend_calls(tracker.name, "ok").inc()
+        return result

@@ -1,0 +1,110 @@
+"""Prometheus metrics. Label values come from the config or small fixed sets, never from raw requests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from router.state import SaturationTracker
+from router.types import BreakerState
+
+disable_created_metrics()  # *_created doubles the series count and no dashboard reads it
+
+UNKNOWN_MODEL = "_unknown"  # the model label of requests for models the config does not have
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class _Children:
+    """Caches labelled children: ``labels()`` takes a lock and builds a tuple on every call."""
+
+    __slots__ = ("_cache", "_metric")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *labels: str) -> Any:
+        child = self._cache.get(labels)
+        if child is None:
+            child = self._cache[labels] = self._metric.labels(*labels)
+        return child
+
+
+class BackendCollector(Collector):
+    """Reads backend gauges from the trackers at scrape time, so the hot path sets no gauges."""
+
+    def __init__(self, tracker: Callable[[], SaturationTracker]) -> None:
+        self._tracker = tracker
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        tracker = self._tracker()
+        now = tracker.clock()
+        families = {
+            "inflight": GaugeMetricFamily("router_backend_inflight", "Calls in flight per backend", labels=["backend"]),
+            "saturation": GaugeMetricFamily("router_backend_saturation",
+                                            "In-flight / current capacity, 1 when the breaker is open",
+                                            labels=["backend"]),
+            "capacity": GaugeMetricFamily("router_backend_capacity",
+                                          "Current concurrency limit (AIMD, lowered on throttling)",
+                                          labels=["backend"]),
+            "latency": GaugeMetricFamily("router_backend_latency_ewma_seconds",
+                                         "EWMA of successful call latency", labels=["backend"]),
+            "errors": GaugeMetricFamily("router_backend_error_rate", "EWMA of failed calls, 0..1",
+                                        labels=["backend"]),
+            "breaker": GaugeMetricFamily("router_backend_breaker_open",
+                                         "1 while the circuit breaker is open", labels=["backend"]),
+            "cold": GaugeMetricFamily("router_backend_cold",
+                                      "1 while a serverless backend is idle past its window", labels=["backend"]),
+            "cold_start": GaugeMetricFamily("router_backend_cold_start_seconds",
+                                            "Expected extra latency of a cold call", labels=["backend"]),
+        }
+        for name, t in tracker.trackers.items():
+            s = t.state(now)
+            families["inflight"].add_metric([name], s.inflight)
+            families["saturation"].add_metric([name], s.saturation)
+            families["capacity"].add_metric([name], s.capacity)
+            families["latency"].add_metric([name], s.latency_s)
+            families["errors"].add_metric([name], s.error_rate)
+            families["breaker"].add_metric([name], 1.0 if s.breaker is BreakerState.OPEN else 0.0)
+            families["cold"].add_metric([name], 1.0 if s.cold else 0.0)
+            families["cold_start"].add_metric([name], s.cold_start_s)
+        yield from families.values()
+
+
+class RouterMetrics:
+    """Every metric the router exports, in its own registry (several apps can live in one process)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.requests = _Children(Counter("router_requests", "Data-plane requests answered",
+                                          ["model", "lane", "backend", "code"], registry=r))
+        self.duration = _Children(Histogram("router_request_duration_seconds", "Time to answer, by lane",
+                                            ["model", "lane"], buckets=LATENCY_BUCKETS, registry=r))
+        self.decisions = _Children(Counter("router_decisions", "Routing decisions",
+                                           ["model", "lane", "reason"], registry=r))
+        self.fallbacks = _Children(Counter("router_fallbacks", "Moves along a fallback chain",
+                                           ["model", "from_backend", "to_backend", "reason"], registry=r))
+        self.shed = _Children(Counter("router_shed", "Requests rejected to shed load", ["model", "reason"],
+                                      registry=r))
+        self.policy_skips = _Children(Counter("router_policy_skips", "Policy decisions skipped by the engine",
+                                              ["model", "policy", "reason"], registry=r))
+        self.urgency_clamped = _Children(Counter("router_urgency_clamped",
+                                                 "Requests whose urgency was lowered to the caller's maximum",
+                                                 ["model"], registry=r))
+        self.backend_calls = _Children(Counter("router_backend_calls", "Calls to backends by outcome",
+                                               ["backend", "outcome"], registry=r))
+        self.cold_calls = _Children(Counter("router_backend_cold_calls",
+                                            "Calls that reached a cold serverless backend", ["backend"],
+                                            registry=r))
+        self.reloads = _Children(Counter("router_config_reloads", "Config reloads by result", ["result"],
+                                         registry=r))
+        self.retry_budget_exhausted = _Children(Counter(
+            "router_retry_budget_exhausted", "Fallbacks not tried because the retry budget was spent",
+            ["model"], registry=r))
+
+    def watch_backends(self, tracker: Callable[[], SaturationTracker]) -> None:
+        self.registry.register(BackendCollector(tracker))

@@ -1,0 +1,190 @@
+"""``rules``: the YAML face of routing. Ordered rules; the first whose ``when`` matches decides.
+
+Matchers on the request: ``payload_bytes``, ``urgency``, ``priority``, ``caller``, ``content_type``,
+``accepts_async``, ``deadline_ms``, ``has_deadline``. Matchers on the model's lanes, as
+``<signal>.<lane>``: ``saturation``, ``inflight``, ``latency``, ``expected_latency``, ``error_rate``,
+``cold``, ``available``, ``breaker``. A number matcher is a value (equality) or a mapping of
+``gt/gte/lt/lte/eq/ne``; sizes and durations take units. A lane the model lacks never matches.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+from pydantic import Field, RootModel
+
+from router.config import Duration
+from router.policy.errors import PolicyBuildError
+from router.policy.params import LaneName, Params, Reason, RouteName, level
+from router.types import BackendState, BreakerState, Decision, Lane, RequestFeatures, Snapshot
+from router.units import parse_duration, parse_size
+
+Predicate = Callable[[RequestFeatures, Snapshot], bool]
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+    "eq": operator.eq,
+    "ne": operator.ne,
+}
+
+
+class Rule(Params):
+    when: dict[str, Any] = Field(default_factory=dict)
+    route: RouteName
+    backend: str | None = None  # a backend by name instead of the model's backend for the lane
+    fallback: list[LaneName] = Field(default_factory=list)
+    reason: Reason | None = None  # default: rule_<index>
+    retry_after: Duration = 1.0  # for route: shed
+    status: Literal[429, 503] = 429  # for route: shed
+
+
+class RulesParams(RootModel[list[Rule]]):
+    root: list[Rule] = Field(min_length=1)
+
+
+def _number(parse: Callable[[Any], float]) -> Callable[[Any], float]:
+    def convert(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        return parse(value)
+
+    return convert
+
+
+_SIZE = _number(parse_size)
+_DURATION = _number(parse_duration)
+_FLOAT = _number(float)
+
+# name -> (kind, converter, getter)
+_REQUEST: dict[str, tuple[str, Callable[[Any], Any], Callable[[RequestFeatures], Any]]] = {
+    "payload_bytes": ("number", _SIZE, lambda r: r.payload_bytes),
+    "priority": ("number", _FLOAT, lambda r: r.priority),
+    "deadline_ms": ("number", _FLOAT, lambda r: r.deadline_ms),
+    "urgency": ("choice", str, lambda r: r.urgency),
+    "caller": ("choice", str, lambda r: r.caller),
+    "content_type": ("choice", str, lambda r: r.content_type.partition(";")[0].strip().lower()),
+    "accepts_async": ("flag", bool, lambda r: r.accepts_async),
+    "has_deadline": ("flag", bool, lambda r: r.deadline_ms is not None),
+}
+_LANE: dict[str, tuple[str, Callable[[Any], Any], Callable[[BackendState], Any]]] = {
+    "saturation": ("number", _FLOAT, lambda s: s.saturation),
+    "inflight": ("number", _FLOAT, lambda s: s.inflight),
+    "latency": ("number", _DURATION, lambda s: s.latency_s),
+    "expected_latency": ("number", _DURATION, lambda s: s.expected_latency_s),
+    "error_rate": ("number", _FLOAT, lambda s: s.error_rate),
+    "cold": ("flag", bool, lambda s: s.cold),
+    "available": ("flag", bool, lambda s: s.available),
+    "breaker": ("choice", str, lambda s: s.breaker.value),
+}
+
+
+def _test(kind: str, convert: Callable[[Any], Any], spec: Any, path: tuple[str | int, ...]) -> Callable[[Any], bool]:
+    """A test on one value, from its YAML spec."""
+    try:
+        if kind == "flag":
+            if not isinstance(spec, bool):
+                raise ValueError("expected true or false")
+            return lambda v: v is spec
+        if kind == "choice":
+            options = [spec] if isinstance(spec, str) else spec
+            if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
+                raise ValueError("expected a string or a list of strings")
+            allowed = frozenset(o.lower() if path[-1] == "content_type" else o for o in options)
+            return lambda v: v in allowed
+        if not isinstance(spec, dict):
+            target = convert(spec)
+            return lambda v: v is not None and v == target
+        if not spec:
+            raise ValueError("expected at least one of gt, gte, lt, lte, eq, ne")
+        checks = []
+        for op, raw in spec.items():
+            if op not in _OPS:
+                raise PolicyBuildError(f"unknown comparison {op!r} (use gt, gte, lt, lte, eq, ne)", (*path, op))
+            checks.append((_OPS[op], convert(raw)))
+    except (ValueError, TypeError) as exc:
+        raise PolicyBuildError(str(exc), path) from None
+    return lambda v: v is not None and all(fn(v, t) for fn, t in checks)
+
+
+def _urgency_test(spec: Any, levels: Mapping[str, int], path: tuple[str | int, ...]) -> Predicate:
+    if isinstance(spec, dict):  # urgency: {gte: high} compares priorities
+        converted = {op: level(levels, str(v), (*path, op)) for op, v in spec.items()}
+        test = _test("number", _FLOAT, converted, path)
+        return lambda r, s: test(r.priority)
+    for name in [spec] if isinstance(spec, str) else spec if isinstance(spec, list) else []:
+        level(levels, str(name), path)
+    test = _test("choice", str, spec, path)
+    return lambda r, s: test(r.urgency)
+
+
+def _predicate(key: str, spec: Any, levels: Mapping[str, int], path: tuple[str | int, ...]) -> Predicate:
+    if key == "urgency":
+        return _urgency_test(spec, levels, path)
+    if key in _REQUEST:
+        kind, convert, get = _REQUEST[key]
+        test = _test(kind, convert, spec, path)
+        return lambda r, s: test(get(r))
+    signal, _, lane_name = key.partition(".")
+    if signal in _LANE and lane_name in {lane.value for lane in Lane if lane is not Lane.SHED}:
+        kind, convert, get_state = _LANE[signal]
+        if signal == "breaker":
+            states = [spec] if isinstance(spec, str) else spec if isinstance(spec, list) else []
+            for st in states:
+                if st not in {b.value for b in BreakerState}:
+                    raise PolicyBuildError(f"unknown breaker state {st!r} (closed, open, half_open)", path)
+        test = _test(kind, convert, spec, path)
+        lane = Lane(lane_name)
+
+        def on_lane(r: RequestFeatures, s: Snapshot) -> bool:
+            state = s.lane(lane)
+            return state is not None and test(get_state(state))
+
+        return on_lane
+    known = sorted([*_REQUEST, *(f"{k}.<lane>" for k in _LANE)])
+    raise PolicyBuildError(f"unknown matcher {key!r} (known: {', '.join(known)})", path)
+
+
+class RulesPolicy:
+    """Ordered rules, first match wins; abstains when no rule matches (a rule without ``when`` always does)."""
+
+    Params = RulesParams
+
+    def __init__(self, name: str, params: RulesParams, levels: Mapping[str, int]) -> None:
+        self.name = name
+        compiled: list[tuple[tuple[Predicate, ...], Decision]] = []
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for i, rule in enumerate(params.root):
+            preds = []
+            for key, spec in rule.when.items():
+                try:
+                    preds.append(_predicate(key, spec, levels, (i, "when", key)))
+                except PolicyBuildError as exc:
+                    problems += exc.issues
+            if rule.route == "shed" and (rule.fallback or rule.backend):
+                problems.append(((i, "route"), "a shed rule takes no fallback or backend"))
+            decision = Decision(
+                Lane(rule.route),
+                reason=rule.reason or f"rule_{i}",
+                backend=rule.backend,
+                fallback=tuple(Lane(f) for f in rule.fallback),
+                policy=name,
+                retry_after_s=rule.retry_after if rule.route == "shed" else None,
+                status=rule.status,
+            )
+            compiled.append((tuple(preds), decision))
+        if problems:
+            raise PolicyBuildError(problems[0][1], problems[0][0], issues=problems)
+        self._rules = tuple(compiled)
+
+    def decide(self, req: RequestFeatures, snap: Snapshot) -> Decision | None:
+        for preds, decision in self._rules:
+            for pred in preds:
+                if not pred(req, snap):
+                    break
+            else:
+                return decision
+        return None

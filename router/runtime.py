@@ -1,0 +1,222 @@
+"""What a running router holds: the routing table of the current config, and what outlives a reload."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from router.backends import Connections, build_backend
+from router.config import BackendConfig, RouterConfig, load_config
+from router.features import FeatureExtractor
+from router.lanes.sync import RetryBudget, SyncLane, Target
+from router.metrics import RouterMetrics
+from router.policy.engine import ModelRoutes, PolicyEngine
+from router.policy.registry import build_policy
+from router.state import Clock, SaturationTracker, TrackerSettings
+from router.types import Backend, Decision, Lane, RequestFeatures, Route
+from router.yamlpos import ConfigError
+
+log = structlog.get_logger("router.runtime")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    name: str
+    routes: ModelRoutes
+    max_bytes: int  # the largest payload any of its lanes takes, capped by server.max_body
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """Everything derived from one config version; replaced whole on reload, never mutated."""
+
+    config: RouterConfig
+    models: Mapping[str, ModelEntry]
+    engine: PolicyEngine
+    features: FeatureExtractor
+    targets: Mapping[str, Target]
+    exact_paths: Mapping[str, str]  # extra path -> model
+    prefix_paths: tuple[tuple[str, str], ...]  # (prefix, model), longest first
+    overflow_priority: int
+
+    def model_for_path(self, path: str) -> str | None:
+        model = self.exact_paths.get(path)
+        if model is not None:
+            return model
+        for prefix, name in self.prefix_paths:
+            if path.startswith(prefix):
+                return name
+        return None
+
+
+def tracker_settings(cfg: BackendConfig) -> TrackerSettings:
+    sls = cfg.serverless
+    return TrackerSettings(
+        max_concurrency=cfg.max_concurrency,
+        breaker_failures=cfg.breaker.failures,
+        breaker_open_s=cfg.breaker.open_for,
+        serverless=sls is not None,
+        idle_after_s=sls.idle_after if sls else 0.0,
+        cold_start_s=sls.cold_start if sls else 0.0,
+    )
+
+
+def build_routing(
+    cfg: RouterConfig,
+    tracker: SaturationTracker,
+    backends: Mapping[str, Backend],
+    metrics: RouterMetrics,
+) -> Routing:
+    """The routing table for ``cfg``; trackers for its backends are created or reconfigured."""
+    levels = cfg.urgency.levels
+    policies = {name: build_policy(name, p.type, p.params, levels) for name, p in cfg.policies.items()}
+    targets = {}
+    for name, bcfg in cfg.backends.items():
+        t = tracker.track(name, tracker_settings(bcfg))
+        if name in backends:
+            targets[name] = Target(backends[name], t)
+    tracker.retain(cfg.backends)
+    models: dict[str, ModelEntry] = {}
+    exact: dict[str, str] = {}
+    prefixes: list[tuple[str, str]] = []
+    for name, m in cfg.models.items():
+        lanes = {Lane(k): v for k, v in m.lanes.items()}
+        limits = {lane: m.limit(lane) for lane in lanes}
+        default = m.default_route()
+        routes = ModelRoutes(
+            lanes=lanes,
+            limits=limits,
+            chain=tuple(policies[p] for p in m.policy),
+            default=Decision(Lane(default.lane), reason="default", policy="default",
+                             fallback=tuple(Lane(f) for f in default.fallback)),
+        )
+        models[name] = ModelEntry(name, routes, min(cfg.server.max_body, max(limits.values(), default=0)))
+        for path in m.paths:
+            if path.endswith("*"):
+                prefixes.append((path[:-1], name))
+            else:
+                exact[path] = name
+    prefixes.sort(key=lambda p: -len(p[0]))
+
+    def on_skip(model: str, policy: str, why: str) -> None:
+        metrics.policy_skips(model, policy, why).inc()
+
+    engine = PolicyEngine({n: e.routes for n, e in models.items()}, frozenset(cfg.backends), on_skip)
+    features = FeatureExtractor(cfg.urgency, cfg.callers, cfg.server.api_key_header,
+                                on_clamp=lambda model: metrics.urgency_clamped(model).inc())
+    overflow = levels.get(cfg.fallback.overflow_min_urgency, max(levels.values()))
+    return Routing(cfg, models, engine, features, targets, exact, tuple(prefixes), overflow)
+
+
+class Runtime:
+    """The live router: current routing, backend trackers, shared connections, metrics and the sync lane."""
+
+    def __init__(self, cfg: RouterConfig, *, config_path: str | Path | None = None,
+                 metrics: RouterMetrics | None = None, clock: Clock = time.monotonic) -> None:
+        self.config_path = Path(config_path) if config_path else None
+        self.clock = clock
+        self.metrics = metrics or RouterMetrics()
+        self.tracker = SaturationTracker(clock)
+        self.metrics.watch_backends(lambda: self.tracker)
+        self.connections = Connections()
+        self._backends: dict[str, tuple[BackendConfig, Backend]] = {}
+        self.routing = build_routing(cfg, self.tracker, {}, self.metrics)
+        self.sync = SyncLane(RetryBudget(cfg.fallback.retry_budget, cfg.fallback.min_retries_per_second, clock),
+                             self.metrics, self.routing.overflow_priority, clock)
+        self.started = False
+        self.draining = False
+
+    async def start(self) -> None:
+        self.routing = await self._routing_for(self.routing.config)
+        self.started = True
+        log.info("router_started", models=sorted(self.routing.models), backends=sorted(self._backends))
+
+    async def _routing_for(self, cfg: RouterConfig) -> Routing:
+        """Build the routing for ``cfg``, reusing backends whose config did not change."""
+        backends: dict[str, tuple[BackendConfig, Backend]] = {}
+        for name, bcfg in cfg.backends.items():
+            old = self._backends.get(name)
+            if old is not None and old[0] == bcfg:
+                backends[name] = old
+                continue
+            backend = build_backend(name, bcfg, self.connections)
+            await backend.start()
+            backends[name] = (bcfg, backend)
+        routing = build_routing(cfg, self.tracker, {n: b for n, (_, b) in backends.items()}, self.metrics)
+        retired = [b for name, (c, b) in self._backends.items() if backends.get(name, (None, None))[1] is not b]
+        self._backends = backends
+        for backend in retired:
+            await backend.close()
+        return routing
+
+    async def reload(self, cfg: RouterConfig) -> None:
+        """Swap to ``cfg`` in one assignment; requests in flight finish on the routing they started with."""
+        routing = await self._routing_for(cfg) if self.started else build_routing(
+            cfg, self.tracker, {}, self.metrics)
+        self.routing = routing
+        self.sync.overflow_priority = routing.overflow_priority
+        self.sync.budget.ratio = cfg.fallback.retry_budget
+        self.sync.budget.min_per_s = cfg.fallback.min_retries_per_second
+        self.metrics.reloads("ok").inc()
+        log.info("config_reloaded", models=sorted(routing.models))
+
+    async def reload_from_file(self) -> list[str]:
+        """Reload the config file; on any error keep the current config and return the errors."""
+        if self.config_path is None:
+            return ["the router was started without a config file (the embedded demo); nothing to reload"]
+        try:
+            cfg = load_config(self.config_path)
+        except ConfigError as exc:
+            self.metrics.reloads("invalid").inc()
+            errors = [str(i) for i in exc.issues]
+            log.warning("config_reload_rejected", errors=errors)
+            return errors
+        try:
+            await self.reload(cfg)
+        except Exception as exc:  # e.g. a backend that cannot start: keep serving on the old config
+            self.metrics.reloads("failed").inc()
+            log.exception("config_reload_failed")
+            return [f"reload failed: {exc}"]
+        return []
+
+    async def close(self) -> None:
+        self.draining = True
+        for _, backend in self._backends.values():
+            await backend.close()
+        await self.connections.close()
+        log.info("router_stopped")
+
+    def explain(self, req: RequestFeatures) -> dict[str, Any]:
+        """The decision for ``req`` as JSON-ready data, without calling any backend."""
+        entry = self.routing.models[req.model]
+        snap = self.tracker.snapshot(entry.routes.lanes, entry.routes.limits)
+        return route_json(self.routing.engine.decide(req, snap), req)
+
+
+def route_json(route: Route, req: RequestFeatures) -> dict[str, Any]:
+    d = route.decision
+    out: dict[str, Any] = {
+        "model": req.model,
+        "lane": d.lane.value,
+        "backend": route.hops[0].backend if route.hops else None,
+        "fallback": [{"lane": h.lane.value, "backend": h.backend} for h in route.hops[1:]],
+        "reason": d.reason,
+        "policy": d.policy,
+        "request": {
+            "caller": req.caller,
+            "urgency": req.urgency,
+            "priority": req.priority,
+            "payload_bytes": req.payload_bytes,
+            "deadline_ms": req.deadline_ms,
+            "accepts_async": req.accepts_async,
+        },
+    }
+    if d.lane is Lane.SHED:
+        out["status"] = d.status
+        out["retry_after_s"] = d.retry_after_s
+    return out

@@ -1,0 +1,225 @@
+"""The contracts: what a request looks like to a policy, what a policy answers, what a backend does.
+
+Everything in the router depends on this module; it depends on nothing of the router's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+
+class Lane(StrEnum):
+    """How a request is served. ``SHED`` is not a lane of a model: it is the decision to reject."""
+
+    REALTIME = "realtime"
+    SERVERLESS = "serverless"
+    ASYNC = "async"
+    BATCH = "batch"
+    SHED = "shed"
+
+
+SYNC_LANES: tuple[Lane, ...] = (Lane.REALTIME, Lane.SERVERLESS)
+MODEL_LANES: tuple[Lane, ...] = (Lane.REALTIME, Lane.SERVERLESS, Lane.ASYNC, Lane.BATCH)
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFeatures:
+    """What the router knows about one request before choosing a lane. Built from headers only."""
+
+    model: str
+    caller: str  # the tenant of a known API key, else "anonymous"
+    payload_bytes: int
+    content_type: str
+    urgency: str  # a level name from the config, after the caller's clamp
+    priority: int  # the level's number: higher is more urgent
+    deadline_ms: int | None = None  # the client's remaining budget, from X-Deadline-Ms
+    accepts_async: bool = False  # Prefer: respond-async
+    wait_s: float | None = None  # Prefer: wait=N
+
+
+@dataclass(frozen=True, slots=True)
+class BackendState:
+    """One backend as the tracker sees it at one instant."""
+
+    name: str
+    inflight: int
+    capacity: int  # current concurrency limit: the configured one, lowered after throttling (AIMD)
+    max_capacity: int
+    saturation: float  # 0..1; 1 when the breaker is open
+    latency_s: float  # EWMA of successful calls; 0 until the first one
+    error_rate: float  # EWMA of failures, 0..1
+    breaker: BreakerState
+    serverless: bool = False
+    cold: bool = False  # serverless only: idle past its window, the next call pays a cold start
+    cold_start_s: float = 0.0  # expected extra time of a cold call (configured, then learned)
+    queue_depth: int = 0
+
+    @property
+    def available(self) -> bool:
+        """Whether a call could be made now without exceeding the capacity or hitting an open breaker."""
+        return self.breaker is not BreakerState.OPEN and self.inflight < self.capacity
+
+    @property
+    def expected_latency_s(self) -> float:
+        """Latency a new call should expect: service time, a cold start if cold, one more turn if full."""
+        extra = self.cold_start_s if self.cold else 0.0
+        if self.inflight >= self.capacity:
+            extra += self.latency_s
+        return self.latency_s + extra
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The backends as seen by one model: every backend's state plus the model's lane table."""
+
+    backends: Mapping[str, BackendState]
+    lanes: Mapping[Lane, str]  # this model's lane -> backend name
+    limits: Mapping[Lane, int] = field(default_factory=dict)  # lane -> max payload bytes
+    taken_at: float = 0.0
+
+    def lane(self, lane: Lane) -> BackendState | None:
+        """The state of the backend serving ``lane`` for this model, or None if the model has no such lane."""
+        name = self.lanes.get(lane)
+        return None if name is None else self.backends.get(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A policy's answer. ``backend`` None means the model's backend for ``lane``.
+
+    ``reason`` is a low-cardinality code: it becomes a metric label.
+    """
+
+    lane: Lane
+    reason: str
+    backend: str | None = None
+    fallback: tuple[Lane, ...] = ()
+    policy: str = ""
+    retry_after_s: float | None = None  # for SHED
+    status: int = 429  # for SHED: 429 (load shed) or 503 (cannot be served in time)
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One step of a resolved route."""
+
+    lane: Lane
+    backend: str
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A decision after the engine resolved and checked it: what the dispatcher executes."""
+
+    decision: Decision
+    hops: tuple[Hop, ...]  # primary first, then the fallback chain; empty when shed
+
+
+class Policy(Protocol):
+    """A routing policy: pure and synchronous, no I/O. Return None to abstain."""
+
+    name: str
+
+    def decide(self, req: RequestFeatures, snap: Snapshot) -> Decision | None: ...
+
+
+# --- backends -------------------------------------------------------------------------------------
+
+
+class FailureKind(StrEnum):
+    """Why a backend call failed; decides fallback, the tracker update and the client's error."""
+
+    THROTTLED = "throttled"  # HTTP 429 / SageMaker ThrottlingException: slow down (AIMD)
+    NOT_READY = "not_ready"  # SageMaker ModelNotReadyException: cold serverless capacity
+    UNAVAILABLE = "unavailable"  # 502/503/504, SageMaker ServiceUnavailable
+    SERVER_ERROR = "server_error"  # other 5xx from the model server
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    MODEL_ERROR = "model_error"  # the model rejected this input (4xx, SageMaker ModelError): not retried
+    VALIDATION = "validation"  # the backend refused the call itself (SageMaker ValidationError)
+
+
+RETRYABLE: frozenset[FailureKind] = frozenset(
+    {
+        FailureKind.THROTTLED,
+        FailureKind.NOT_READY,
+        FailureKind.UNAVAILABLE,
+        FailureKind.SERVER_ERROR,
+        FailureKind.TIMEOUT,
+        FailureKind.CONNECTION,
+    }
+)
+# Failures that say the backend is unhealthy, as opposed to busy or unhappy with this input.
+BREAKER_FAILURES: frozenset[FailureKind] = frozenset(
+    {FailureKind.UNAVAILABLE, FailureKind.SERVER_ERROR, FailureKind.TIMEOUT, FailureKind.CONNECTION}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """One call to a model, independent of transport."""
+
+    body: bytes
+    content_type: str | None = None
+    accept: str | None = None
+    custom_attributes: str | None = None
+    target_variant: str | None = None
+    inference_id: str | None = None
+    path: str | None = None  # path and query as received, for extra paths forwarded to http backends
+    timeout_s: float | None = None  # at most this long, on top of the backend's own timeout
+    headers: Mapping[str, str] = field(default_factory=dict)  # extra headers to pass (e.g. traceparent)
+
+
+@dataclass(frozen=True, slots=True)
+class InvocationResult:
+    body: bytes
+    content_type: str | None = None
+    status: int = 200
+    invoked_variant: str | None = None
+    custom_attributes: str | None = None
+
+
+class BackendError(Exception):
+    """A failed backend call. ``status`` is the upstream's HTTP status, where there was one."""
+
+    def __init__(
+        self,
+        kind: FailureKind,
+        message: str,
+        *,
+        status: int | None = None,
+        original_status: int | None = None,
+        original_message: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.original_status = original_status
+        self.original_message = original_message
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in RETRYABLE
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A place a model runs. ``invoke`` returns the model's answer or raises ``BackendError``."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def invoke(self, inv: Invocation) -> InvocationResult: ...
+
+    async def close(self) -> None: ...

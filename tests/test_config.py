@@ -1,0 +1,139 @@
+"""Config loading: every error at once, each with file:line:col and the field path."""
+
+from pathlib import Path
+
+import pytest
+
+from router.cli import main
+from router.config import load_config, parse_config
+from router.types import Lane
+from router.yamlpos import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MINIMAL = """\
+backends:
+  rt: {kind: http, url: "http://127.0.0.1:9/invocations"}
+models:
+  m:
+    lanes: {realtime: rt}
+"""
+
+
+def issues_of(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "cfg.yaml", env or {})
+    return [str(i) for i in info.value.issues]
+
+
+def test_minimal_config_gets_sane_defaults() -> None:
+    cfg = parse_config(MINIMAL, "cfg.yaml", {})
+    assert cfg.server.listen == "127.0.0.1:8080"
+    assert cfg.backends["rt"].timeout == 60.0
+    assert cfg.models["m"].limit(Lane.REALTIME) == 6_000_000
+    assert cfg.models["m"].default_route().lane == "realtime"
+    assert cfg.urgency.anonymous_ceiling == 2  # anonymous callers may claim at most "high"
+
+
+def test_unknown_key_is_reported_at_its_line_and_column() -> None:
+    text = MINIMAL.replace("    lanes: {realtime: rt}", "    lanes: {realtime: rt}\n    lanez: 1")
+    assert issues_of(text) == ["cfg.yaml:6:5: models.m.lanez: unknown key"]
+
+
+def test_every_error_is_reported_not_just_the_first() -> None:
+    text = """\
+server: {listen: "nope", bogus: 1}
+backends:
+  up: {kind: http, url: "ftp://x", max_concurrency: 0}
+  sm: {kind: sagemaker}
+models:
+  m:
+    lanes: {realtime: nothere, serverless: up}
+    policy: [missing]
+policies:
+  p1: {type: shed, params: {below_urgency: urgent}}
+  p3: {type: nosuch}
+"""
+    found = issues_of(text)
+    assert found == [
+        "cfg.yaml:1:18: server.listen: listen must be HOST:PORT, got 'nope'",
+        "cfg.yaml:1:26: server.bogus: unknown key",
+        "cfg.yaml:3:25: backends.up.url: url must be an http:// or https:// URL, got 'ftp://x'",
+        "cfg.yaml:3:53: backends.up.max_concurrency: Input should be greater than or equal to 1",
+        "cfg.yaml:4:7: backends.sm.endpoint: required field is missing",
+        "cfg.yaml:7:23: models.m.lanes.realtime: unknown backend 'nothere'",
+        "cfg.yaml:8:14: models.m.policy.0: unknown policy 'missing'",
+        "cfg.yaml:10:44: policies.p1.params.below_urgency: unknown urgency level 'urgent' "
+        "(levels: critical, high, normal, low)",
+        "cfg.yaml:11:14: policies.p3.type: unknown policy type 'nosuch' (known: deadline, rules, shed)",
+    ]
+
+
+def test_yaml_syntax_error_points_at_the_problem() -> None:
+    (only,) = issues_of("backends:\n  rt: {kind: http\nmodels: {}\n")
+    assert only.startswith("cfg.yaml:3:")
+    assert "YAML syntax" in only
+
+
+def test_duplicate_keys_are_errors_not_silently_overwritten() -> None:
+    text = MINIMAL + "  m:\n    lanes: {realtime: rt}\n"
+    assert issues_of(text) == ["cfg.yaml:6:3: models.m: duplicate key"]
+
+
+def test_env_vars_are_substituted_and_a_missing_one_is_an_error() -> None:
+    text = MINIMAL.replace("http://127.0.0.1:9", "http://127.0.0.1:${PORT}") + "server: {admin_token: '${TOKEN}'}\n"
+    cfg = parse_config(text, "cfg.yaml", {"PORT": "9101", "TOKEN": "s3cret"})
+    assert cfg.backends["rt"].url == "http://127.0.0.1:9101/invocations"  # type: ignore[union-attr]
+    assert cfg.server.admin_token == "s3cret"
+    assert issues_of(text, {"PORT": "1"}) == [
+        "cfg.yaml:6:23: server.admin_token: environment variable TOKEN is not set (write ${TOKEN:-default})"
+    ]
+
+
+def test_env_default_and_escaped_dollar() -> None:
+    text = MINIMAL + "server: {admin_token: '${TOKEN:-fallback}$$x'}\n"
+    assert parse_config(text, "cfg.yaml", {}).server.admin_token == "fallback$x"
+
+
+def test_rule_matcher_errors_point_into_the_rule() -> None:
+    text = MINIMAL + """\
+    policy: [r]
+policies:
+  r:
+    type: rules
+    params:
+      - {when: {payload_bytes: {gt: 6XB}}, route: realtime}
+      - {when: {saturation.nowhere: {gte: 1}}, route: realtime}
+"""
+    found = issues_of(text)
+    assert found[0].startswith("cfg.yaml:11:32: policies.r.params.0.when.payload_bytes: invalid size '6XB'")
+    assert found[1].startswith("cfg.yaml:12:37: policies.r.params.1.when.saturation.nowhere: unknown matcher")
+
+
+def test_async_lane_is_refused_until_it_exists() -> None:
+    text = MINIMAL.replace("{realtime: rt}", "{realtime: rt, async: rt}")
+    assert issues_of(text) == ["cfg.yaml:5:34: models.m.lanes.async: the async lane is not available in this version"]
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "demo.yaml", "latency-first.yaml", "cost-saver.yaml"])
+def test_shipped_policy_files_are_valid(name: str) -> None:
+    cfg = load_config(ROOT / "policies" / name, env={})
+    assert cfg.models
+
+
+def test_check_command_prints_file_line_col_and_exits_non_zero(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MINIMAL.replace("realtime: rt", "realtime: missing"))
+    with pytest.raises(SystemExit) as info:
+        main(["check", "--config", str(bad)])
+    assert info.value.code != 0
+    err = capsys.readouterr().err
+    assert f"{bad}:5:23: models.m.lanes.realtime: unknown backend 'missing'" in err
+
+
+def test_check_command_accepts_a_valid_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(MINIMAL)
+    assert main(["check", "--config", str(good)]) == 0
+    assert "ok (1 models, 1 backends, 0 policies)" in capsys.readouterr().out

@@ -1,0 +1,139 @@
+"""The tracker: AIMD capacity, the circuit breaker, warm/cold. Time comes from a fake clock."""
+
+from router.state import BackendTracker, SaturationTracker, TrackerSettings
+from router.types import BreakerState, FailureKind, Lane
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def tracker(clock: Clock, **kw: object) -> BackendTracker:
+    settings = TrackerSettings(**{"max_concurrency": 8, "breaker_failures": 3, "breaker_open_s": 5.0, **kw})  # type: ignore[arg-type]
+    return BackendTracker("b", settings, clock)
+
+
+def call(t: BackendTracker, clock: Clock, elapsed: float = 0.01, fail: FailureKind | None = None) -> None:
+    t.start(clock.now)
+    clock.now += elapsed
+    if fail is None:
+        t.succeeded(clock.now, elapsed)
+    else:
+        t.failed(clock.now, fail)
+
+
+def test_saturation_is_inflight_over_capacity() -> None:
+    clock = Clock()
+    t = tracker(clock)
+    for _ in range(6):
+        t.start(clock.now)
+    assert t.state(clock.now).saturation == 0.75
+    assert t.state(clock.now).available
+
+
+def test_throttling_halves_capacity_and_successes_grow_it_back() -> None:
+    clock = Clock()
+    t = tracker(clock)
+    call(t, clock, fail=FailureKind.THROTTLED)
+    assert t.capacity == 4
+    call(t, clock, fail=FailureKind.THROTTLED)  # same service window: one overload, one decrease
+    assert t.capacity == 4
+    clock.now += 1.0
+    call(t, clock, fail=FailureKind.THROTTLED)
+    assert t.capacity == 2
+    for _ in range(100):
+        call(t, clock)
+    assert t.capacity == 8  # back to the configured maximum, never above
+
+
+def test_breaker_opens_after_consecutive_failures_then_lets_one_probe_through() -> None:
+    clock = Clock()
+    t = tracker(clock)
+    for _ in range(3):
+        call(t, clock, fail=FailureKind.UNAVAILABLE)
+    assert t.state(clock.now).breaker is BreakerState.OPEN
+    assert t.state(clock.now).saturation == 1.0
+    assert not t.admits(clock.now)
+    clock.now += 5.0
+    assert t.admits(clock.now)
+    assert t.state(clock.now).breaker is BreakerState.HALF_OPEN
+    t.start(clock.now)
+    assert not t.admits(clock.now)  # one probe at a time
+    clock.now += 0.01
+    t.succeeded(clock.now, 0.01)
+    assert t.state(clock.now).breaker is BreakerState.CLOSED
+
+
+def test_failed_probe_reopens_the_breaker() -> None:
+    clock = Clock()
+    t = tracker(clock)
+    for _ in range(3):
+        call(t, clock, fail=FailureKind.TIMEOUT)
+    clock.now += 5.0
+    call(t, clock, fail=FailureKind.CONNECTION)
+    assert t.state(clock.now).breaker is BreakerState.OPEN
+
+
+def test_model_errors_do_not_count_against_health() -> None:
+    clock = Clock()
+    t = tracker(clock)
+    for _ in range(10):
+        call(t, clock, fail=FailureKind.MODEL_ERROR)
+    s = t.state(clock.now)
+    assert s.breaker is BreakerState.CLOSED
+    assert s.error_rate == 0.0
+
+
+def test_a_success_between_failures_resets_the_count() -> None:
+    clock = Clock()
+    t = tracker(clock)
+    for _ in range(5):
+        call(t, clock, fail=FailureKind.SERVER_ERROR)
+        call(t, clock, fail=FailureKind.SERVER_ERROR)
+        call(t, clock)
+    assert t.state(clock.now).breaker is BreakerState.CLOSED
+    assert 0.0 < t.state(clock.now).error_rate < 1.0
+
+
+def test_serverless_is_cold_when_idle_and_learns_its_cold_start() -> None:
+    clock = Clock()
+    t = tracker(clock, serverless=True, idle_after_s=30.0, cold_start_s=5.0)
+    assert t.state(clock.now).cold  # never used
+    call(t, clock, elapsed=1.0)  # first call, cold: nothing to compare with yet
+    for _ in range(10):
+        call(t, clock, elapsed=0.1)
+    assert not t.state(clock.now).cold
+    assert abs(t.state(clock.now).latency_s - 0.1) < 0.01
+    clock.now += 31.0
+    assert t.state(clock.now).cold
+    assert t.state(clock.now).expected_latency_s > 5.0
+    call(t, clock, elapsed=2.1)  # observed: 2 s of cold start
+    assert 3.0 < t.cold_start_s < 4.0  # moved halfway from 5 s towards 2 s
+    assert t.state(clock.now).latency_s < 0.2  # the cold call does not pollute the warm latency
+
+
+def test_not_ready_marks_a_serverless_backend_cold() -> None:
+    clock = Clock()
+    t = tracker(clock, serverless=True, idle_after_s=30.0, cold_start_s=5.0)
+    call(t, clock)
+    assert not t.state(clock.now).cold
+    call(t, clock, fail=FailureKind.NOT_READY)
+    assert t.state(clock.now).cold
+
+
+def test_reload_keeps_live_numbers_and_applies_new_limits() -> None:
+    clock = Clock()
+    tracked = SaturationTracker(clock)
+    t = tracked.track("b", TrackerSettings(max_concurrency=8))
+    t.start(clock.now)
+    again = tracked.track("b", TrackerSettings(max_concurrency=2))
+    assert again is t
+    assert (again.inflight, again.capacity) == (1, 2)
+    snap = tracked.snapshot({Lane.REALTIME: "b"}, {})
+    assert snap.lane(Lane.REALTIME) is not None
+    assert snap.lane(Lane.REALTIME).saturation == 0.5  # type: ignore[union-attr]
+    assert snap.lane(Lane.SERVERLESS) is None
