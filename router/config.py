@@ -200,6 +200,10 @@ def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _semantic_issues(data: dict[str, Any]) -> list[tuple[Path, str, bool]]:
     """Cross-references pydantic cannot see, checked on the raw YAML so they are reported even when other
     fields are invalid. Each issue: (path, message, whether it points at the key rather than the value)."""
@@ -211,7 +215,7 @@ def _semantic_issues(data: dict[str, Any]) -> list[tuple[Path, str, bool]]:
                 issues.append(((section, name), f"name must match {_NAME.pattern}", True))
     raw_levels = _mapping(data.get("urgency")).get("levels")
     levels = raw_levels if isinstance(raw_levels, dict) and raw_levels else _DEFAULT_LEVELS
-    callers = data.get("callers") if isinstance(data.get("callers"), list) else []
+    callers = _list(data.get("callers"))
     keys: set[str] = set()
     for i, caller in enumerate(callers):
         caller = _mapping(caller)
@@ -237,17 +241,17 @@ def _semantic_issues(data: dict[str, Any]) -> list[tuple[Path, str, bool]]:
                 issues.append(((*base, "lanes", lane), f"the {lane} lane is not available in this version", False))
         default = model.get("default")
         if isinstance(default, dict) and lanes:
-            wanted = [("lane",), *(("fallback", j) for j in range(len(default.get("fallback") or [])))]
-            for where in wanted:
-                lane = default.get("lane") if where == ("lane",) else default["fallback"][where[1]]
+            named: list[tuple[Path, Any]] = [(("lane",), default.get("lane"))]
+            named += [(("fallback", j), lane) for j, lane in enumerate(_list(default.get("fallback")))]
+            for where, lane in named:
                 if isinstance(lane, str) and lane not in lanes:
                     issues.append(((*base, "default", *where), f"lane {lane!r} has no backend in this model's lanes",
                                    False))
-        chain = model.get("policy") if isinstance(model.get("policy"), list) else []
+        chain = _list(model.get("policy"))
         for j, policy in enumerate(chain):
             if isinstance(policy, str) and policy not in policies:
                 issues.append(((*base, "policy", j), f"unknown policy {policy!r}", False))
-        extra = model.get("paths") if isinstance(model.get("paths"), list) else []
+        extra = _list(model.get("paths"))
         for j, path in enumerate(extra):
             if not isinstance(path, str):
                 continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, Literal
 
 import msgspec
@@ -16,7 +17,17 @@ def _json(obj: Any, **_: Any) -> str:
     return _encoder.encode(obj).decode()
 
 
-def _drop_color(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+class _Stderr:
+    """sys.stderr as it is at each write, so a replaced stderr (tests, daemons) still gets the logs."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def _drop_color(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     event.pop("color_message", None)  # uvicorn's ANSI copy of the message
     return event
 
@@ -35,10 +46,10 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: i
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_Stderr())
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), _drop_color],

@@ -34,13 +34,26 @@ def _json_response(status: int, body: dict[str, Any]) -> web.Response:
     return web.json_response(body, status=status)
 
 
+def _is_count(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
 class ModelServer:
     """A real aiohttp model server on 127.0.0.1 whose latency, capacity and failures tests can steer."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, model: FraudModel | None = None,
-                 latency_s: float = 0.0, max_concurrency: int | None = None, overload_status: int = 429,
-                 idle_after_s: float | None = None, cold_start_s: float = 0.0,
-                 fail_status: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        model: FraudModel | None = None,
+        latency_s: float = 0.0,
+        max_concurrency: int | None = None,
+        overload_status: int = 429,
+        idle_after_s: float | None = None,
+        cold_start_s: float = 0.0,
+        fail_status: int | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.model = model if model is not None else FraudModel.load()
@@ -77,16 +90,14 @@ class ModelServer:
         self.peak_inflight = self.inflight
 
     def state(self) -> dict[str, Any]:
-        knobs = {k: getattr(self, k) for k in _KNOBS}
-        return {**knobs, "pending_failures": len(self._fail_queue), "requests": self.requests,
-                "inflight": self.inflight, "peak_inflight": self.peak_inflight,
-                "served_ok": self.served_ok, "cold_starts": self.cold_starts}
+        """Knobs and counters, as GET /control answers them."""
+        names = (*_KNOBS, "requests", "inflight", "peak_inflight", "served_ok", "cold_starts")
+        return {k: getattr(self, k) for k in names} | {"pending_failures": len(self._fail_queue)}
 
     async def start(self) -> str:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_get("/ping", self._ping)
-        app.router.add_get("/control", self._get_control)
-        app.router.add_post("/control", self._control)
+        app.router.add_route("*", "/control", self._control)
         app.router.add_post("/{tail:.*}", self._invoke)
         app.on_response_prepare.append(self._echo_attributes)
         # Short shutdown timeout: stop() must not wait a minute on a deliberately slow request.
@@ -110,8 +121,9 @@ class ModelServer:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
     async def _echo_attributes(self, request: web.Request, response: web.StreamResponse) -> None:
@@ -122,10 +134,9 @@ class ModelServer:
     async def _ping(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    async def _get_control(self, request: web.Request) -> web.Response:
-        return _json_response(200, self.state())
-
     async def _control(self, request: web.Request) -> web.Response:
+        if request.method == "GET":
+            return _json_response(200, self.state())
         try:
             body = json.loads(await request.read() or b"{}")
         except ValueError:
@@ -138,7 +149,11 @@ class ModelServer:
             return _json_response(400, {"message": f"unknown control keys {unknown}; allowed {sorted(allowed)}"})
         for key in _KNOBS:
             if key in body:
-                setattr(self, key, body[key])
+                value = body[key]
+                nullable = key not in ("latency_s", "cold_start_s", "overload_status")
+                if not (_is_count(value) or (value is None and nullable)):
+                    return _json_response(400, {"message": f"{key}: expected a non-negative number"})
+                setattr(self, key, value)
         if body.get("fail_next"):
             self.fail_next(int(body["fail_next"]), int(body.get("fail_next_status", 503)))
         if body.get("reset_counters"):
@@ -148,7 +163,7 @@ class ModelServer:
 
     async def _invoke(self, request: web.Request) -> web.Response:
         self.requests += 1
-        self.last_headers = request.headers.copy() and CIMultiDictProxy(CIMultiDict(request.headers))
+        self.last_headers = CIMultiDictProxy(request.headers.copy())
         self.last_path = request.raw_path
         if self.max_concurrency is not None and self.inflight >= self.max_concurrency:
             return _json_response(self.overload_status, {"message": "too many requests"})
@@ -166,7 +181,8 @@ class ModelServer:
             else:
                 try:
                     payload, ctype = self.model.predict_payload(
-                        body, request.headers.get("Content-Type"), request.headers.get("Accept"))
+                        body, request.headers.get("Content-Type"), request.headers.get("Accept")
+                    )
                 except ModelInputError as exc:
                     response = _json_response(400, {"message": exc.message})
                 else:
@@ -201,9 +217,9 @@ class ModelServer:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    server = ModelServer(host=args.host, port=args.port, latency_s=args.latency,
-                         max_concurrency=args.max_concurrency, idle_after_s=args.idle_after,
-                         cold_start_s=args.cold_start)
+    knobs = {"latency_s": args.latency, "max_concurrency": args.max_concurrency}
+    serverless = {"idle_after_s": args.idle_after, "cold_start_s": args.cold_start}
+    server = ModelServer(host=args.host, port=args.port, **knobs, **serverless)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -221,9 +237,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--idle-after", type=float, default=None, help="serverless: idle seconds before cold")
     parser.add_argument("--cold-start", type=float, default=0.0, help="serverless: cold start seconds")
     args = parser.parse_args(argv)
-    from router.logging import configure_logging
-
-    configure_logging()
     asyncio.run(_serve(args))
 
 

@@ -1,0 +1,71 @@
+"""Shared fixtures: a real router served by uvicorn on 127.0.0.1, in the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+import uvicorn
+
+from router.app import create_app
+from router.config import parse_config
+from router.logging import configure_logging
+from router.runtime import Runtime
+
+configure_logging("json")
+
+
+@dataclass
+class RunningRouter:
+    url: str
+    runtime: Runtime
+
+    def endpoint(self, model: str) -> str:
+        return f"{self.url}/endpoints/{model}/invocations"
+
+
+@asynccontextmanager
+async def serve_router(yaml_text: str, env: Mapping[str, str] | None = None,
+                       config_path: str | None = None) -> AsyncIterator[RunningRouter]:
+    """Start the real app (lifespan included) on a free port; stop it and wait on exit."""
+    cfg = parse_config(yaml_text, "test.yaml", {**os.environ, **(env or {})})
+    runtime = Runtime(cfg, config_path=config_path)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(runtime), lifespan="on", log_config=None, access_log=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)
+        yield RunningRouter(f"http://127.0.0.1:{port}", runtime)
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials, so botocore signs requests for the local emulator and never finds real ones."""
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
