@@ -26,7 +26,7 @@ test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check router tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/inference-router check --config policies/default.yaml
 	$(BIN)/inference-router check --config policies/demo.yaml
