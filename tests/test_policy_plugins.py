@@ -76,7 +76,7 @@ def test_an_installed_plugin_policy_is_configured_validated_and_used() -> None:
     runtime = Runtime(parse_config(CONFIG, "cfg.yaml", {}))
     assert runtime.explain(req(caller="team-a"))["reason"] == "tenant_pin"
     assert runtime.explain(req(caller="team-b"))["reason"] == "default"
-    with pytest.raises(Exception, match=r"cfg\.yaml:10:33: policies\.pin\.params\.tenant: required field"):
+    with pytest.raises(Exception, match=r"cfg\.yaml:10:35: policies\.pin\.params\.tenant: required field"):
         parse_config(CONFIG.replace("{tenant: team-a}", "{}"), "cfg.yaml", {})
 
 
