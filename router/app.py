@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import signal
 from typing import Any
@@ -114,12 +115,20 @@ def _install_sighup(runtime: Runtime) -> None:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
 
 
-def create_app(runtime: Runtime) -> DataPlane:
-    """The router's ASGI app for ``runtime``; its lifespan starts and stops the runtime."""
+def create_app(runtime: Runtime, *, tune_gc: bool = False) -> DataPlane:
+    """The router's ASGI app for ``runtime``; its lifespan starts and stops the runtime.
+
+    ``tune_gc`` (for a process that serves only this app) moves everything alive after start-up out
+    of the collector's way and collects young objects less often: measured 10% of CPU otherwise.
+    """
 
     async def startup() -> None:
         await runtime.start()
         _install_sighup(runtime)
+        if tune_gc:
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(20_000, 10, 10)
 
     async def shutdown() -> None:
         await runtime.close()

@@ -49,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     runtime = Runtime(cfg, config_path=args.config)
     host = args.host or cfg.server.host
     port = args.port if args.port is not None else cfg.server.port
-    run_server(create_app(runtime), host, port, cfg.server.drain_timeout)
+    run_server(create_app(runtime, tune_gc=True), host, port, cfg.server.drain_timeout)
     return 0
 
 

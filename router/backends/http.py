@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
@@ -47,6 +46,8 @@ class HttpBackend:
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._session = session
         self._timeout_s = timeout_s
+        # aiohttp runs its own timer per request; reuse one ClientTimeout rather than add asyncio.timeout()
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._headers = dict(headers or {})
         self._variant = variant or name
 
@@ -68,16 +69,18 @@ class HttpBackend:
             headers["X-Amzn-SageMaker-Inference-Id"] = inv.inference_id
         headers.update(inv.headers)
         url = self._url if inv.path is None else self._origin + inv.path
-        timeout = self._timeout_s if inv.timeout_s is None else min(self._timeout_s, inv.timeout_s)
+        timeout = self._timeout
+        if inv.timeout_s is not None and inv.timeout_s < self._timeout_s:
+            timeout = aiohttp.ClientTimeout(total=max(inv.timeout_s, 0.001))
         try:
-            async with asyncio.timeout(timeout):
-                async with self._session().post(url, data=inv.body, headers=headers) as resp:
-                    body = await resp.read()
-                    status = resp.status
-                    content_type = resp.headers.get("Content-Type")
-                    custom = resp.headers.get("X-Amzn-SageMaker-Custom-Attributes")
+            async with self._session().post(url, data=inv.body, headers=headers, timeout=timeout) as resp:
+                body = await resp.read()
+                status = resp.status
+                content_type = resp.headers.get("Content-Type")
+                custom = resp.headers.get("X-Amzn-SageMaker-Custom-Attributes")
         except TimeoutError:
-            raise BackendError(FailureKind.TIMEOUT, f"{self.name} did not answer within {timeout:g}s") from None
+            raise BackendError(FailureKind.TIMEOUT,
+                               f"{self.name} did not answer within {timeout.total:g}s") from None
         except aiohttp.ClientError as exc:
             raise BackendError(FailureKind.CONNECTION, f"{self.name} connection failed: {type(exc).__name__}") from None
         if 200 <= status < 300:

@@ -73,8 +73,9 @@ async def serve_demo(port: int) -> None:
                                                     max_concurrency=8, overload_status=429,
                                                     idle_after_s=30.0, cold_start_s=2.0))
         runtime = Runtime(cfg, config_path=path)
-        server = uvicorn.Server(uvicorn.Config(create_app(runtime), host="127.0.0.1", port=port, lifespan="on",
-                                               log_config=None, access_log=False, server_header=False))
+        app = create_app(runtime, tune_gc=True)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_config=None,
+                                               access_log=False, server_header=False))
         team_key = cfg.callers[0].api_key if cfg.callers else "-"
         sys.stdout.write(banner(port, cfg.server.admin_token or "-", team_key))
         sys.stdout.flush()
