@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from multidict import CIMultiDict
+from yarl import URL
 
 from router.demo.model import FraudModel
 from router.demo.model_server import ModelServer
@@ -62,7 +63,7 @@ async def servers() -> AsyncIterator[tuple[ModelServer, ModelServer]]:
         yield rt, sls
 
 
-async def post(http: aiohttp.ClientSession, url: str, body: str | bytes = ROW, **headers: str) -> tuple[
+async def post(http: aiohttp.ClientSession, url: str | URL, body: str | bytes = ROW, **headers: str) -> tuple[
         int, CIMultiDict[str], bytes]:
     hdrs = {"Content-Type": "text/csv", **headers}
     async with http.post(url, data=body, headers=hdrs) as resp:
@@ -274,6 +275,12 @@ async def test_extra_paths_are_forwarded_with_path_and_query(servers: Any, http:
             assert rt.last_path == path
         code, _, _ = await post(http, router.url + "/v2/models/other/infer")
         assert code == 404
+        requests_before = rt.requests
+        for climb in ("/custom/fraud/%2e%2e/%2e%2e/admin", "/custom/fraud/../../admin"):
+            url = URL(router.url + climb, encoded=True)  # as sent, not normalised by the client
+            async with http.post(url, data=ROW) as resp:
+                assert resp.status == 400  # a prefix path cannot climb out of the configured one
+        assert rt.requests == requests_before
 
 
 async def test_deadline_that_no_lane_can_meet_fails_fast(servers: Any, http: Any) -> None:

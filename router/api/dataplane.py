@@ -52,6 +52,11 @@ async def read_body(receive: Any, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def _has_dot_segment(path: str) -> bool:
+    """A prefix path with '..' could reach another path of the model server than the one configured."""
+    return any(part in (".", "..") for part in path.split("/"))
+
+
 def _router_headers(request_id: str, lane: str, backend: str, reason: str) -> Headers:
     rid = request_id.encode()
     return [
@@ -101,6 +106,8 @@ class DataPlane:
                 raise RequestError(404, "ValidationError", "Endpoint not found: no model of that name is configured")
             if scope["method"] != "POST":
                 raise RequestError(405, "ValidationError", "use POST for invocations")
+            if extra and _has_dot_segment(scope["path"]):
+                raise RequestError(400, "ValidationError", "'.' and '..' path segments are not forwarded")
             if runtime.draining:
                 raise RequestError(503, "ServiceUnavailable", "the router is shutting down", retry_after_s=1.0)
             body = await self._body(receive, headers, entry)
