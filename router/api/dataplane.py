@@ -19,7 +19,7 @@ from router.features import RequestError
 from router.lanes.sync import SyncFailure
 from router.metrics import UNKNOWN_MODEL
 from router.runtime import ModelEntry, Runtime
-from router.types import Invocation, Lane
+from router.types import Invocation, InvocationResult, Lane
 
 log = structlog.get_logger("router.access")
 
@@ -130,16 +130,8 @@ class DataPlane:
             deadline_at = (runtime.clock() + features.deadline_ms / 1000.0) if features.deadline_ms else None
             outcome = await runtime.sync.serve(name, route, inv, features.priority, routing.targets, deadline_at)
             lane, backend = outcome.hop.lane.value, outcome.hop.backend
-            result = outcome.result
-            status = result.status
-            out = _router_headers(request_id, lane, backend, reason)
-            out.append((b"content-type", (result.content_type or "application/octet-stream").encode("latin-1")))
-            if result.invoked_variant:
-                out.append((b"x-amzn-invoked-production-variant", result.invoked_variant.encode("latin-1")))
-            if result.custom_attributes:
-                out.append((b"x-amzn-sagemaker-custom-attributes", result.custom_attributes.encode("latin-1")))
-            await send({"type": "http.response.start", "status": status, "headers": out})
-            await send({"type": "http.response.body", "body": result.body})
+            status = outcome.result.status
+            await self._answer(send, outcome.result, request_id, lane, backend, reason)
         except RequestError as exc:
             status = exc.status
             await self._error(send, ErrorAnswer(exc.status, exc.error_type, exc.message, exc.retry_after_s),
@@ -198,6 +190,18 @@ class DataPlane:
             path=path,
             headers={"traceparent": trace} if trace else {},
         )
+
+    @staticmethod
+    async def _answer(send: Any, result: InvocationResult, request_id: str, lane: str, backend: str,
+                      reason: str) -> None:
+        out = _router_headers(request_id, lane, backend, reason)
+        out.append((b"content-type", (result.content_type or "application/octet-stream").encode("latin-1")))
+        if result.invoked_variant:
+            out.append((b"x-amzn-invoked-production-variant", result.invoked_variant.encode("latin-1")))
+        if result.custom_attributes:
+            out.append((b"x-amzn-sagemaker-custom-attributes", result.custom_attributes.encode("latin-1")))
+        await send({"type": "http.response.start", "status": result.status, "headers": out})
+        await send({"type": "http.response.body", "body": result.body})
 
     @staticmethod
     async def _error(send: Any, answer: ErrorAnswer, request_id: str, lane: str, backend: str, reason: str) -> None:
