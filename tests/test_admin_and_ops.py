@@ -196,3 +196,34 @@ async def test_demo_command_serves_a_prediction_and_stops_on_sigterm(http: aioht
     assert proc.returncode in (0, -signal.SIGTERM)
     assert b'"event":"router_stopped"' in err
     assert b"/endpoints/fraud/invocations" in out  # the printed curl examples
+
+
+async def test_serve_drains_requests_in_flight_on_sigterm(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    async with ModelServer(latency_s=1.0) as rt:
+        port = free_port()
+        path = tmp_path / "router.yaml"
+        path.write_text(config_text(rt.url).replace("server: {", f'server: {{listen: "127.0.0.1:{port}", '))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "router.cli", "serve", "--config", str(path), cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    continue
+            slow = asyncio.create_task(http.post(f"http://127.0.0.1:{port}/endpoints/fraud/invocations",
+                                                 data="120.5,2,0.8,350,7,30", headers={"Content-Type": "text/csv"}))
+            await asyncio.sleep(0.3)  # the request is now waiting on the 1 s model
+            proc.send_signal(signal.SIGTERM)
+            async with await slow as resp:
+                assert resp.status == 200
+                assert 0.0 < float(await resp.text()) < 1.0
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(proc.communicate(), timeout=15)
+    assert b'"event":"router_stopped"' in err
