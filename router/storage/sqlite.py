@@ -1,0 +1,401 @@
+"""The embedded job store: job records and the work queue in one SQLite database in WAL mode.
+
+One dedicated thread owns the only connection and does all SQLite work, so the event loop never blocks on
+the disk and no locking between connections is needed. Every write commits with ``synchronous=FULL`` (the
+WAL is fsynced at each commit), so a method that returned is durable. To reach thousands of durable writes
+a second on a small machine, writes use group commit: calls arriving while a commit is in progress queue up
+on the event loop, and the writer takes all of them (up to ``max_batch``) into the next transaction, one
+SAVEPOINT each so that one failing call does not undo the others. One fsync then covers the whole group.
+
+Timestamps are always the ``now`` arguments: the store never reads the clock, so callers (and tests) own time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import sqlite3
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from router.storage.base import Job, JobSpec, JobStatus, StorageError, StoreStats
+
+_T = TypeVar("_T")
+_Op = Callable[[sqlite3.Connection], Any]
+
+_SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    lane TEXT NOT NULL,
+    model TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    input_key TEXT NOT NULL,
+    input_bytes INTEGER NOT NULL,
+    input_sha256 TEXT NOT NULL,
+    content_type TEXT,
+    accept TEXT,
+    custom_attributes TEXT,
+    inference_id TEXT,
+    priority INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    ttl_s REAL NOT NULL,
+    timeout_s REAL NOT NULL,
+    callback_url TEXT,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    lease TEXT,
+    lease_until REAL,
+    result_key TEXT,
+    result_content_type TEXT,
+    error TEXT
+);
+-- Leasing walks queued jobs in lease order and stops after LIMIT matches: no sort of the whole backlog.
+-- Partial indexes hold live jobs only, so finished jobs do not slow the queue down.
+CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (priority DESC, created_at, not_before) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS jobs_running ON jobs (lease_until) WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS jobs_live_expiry ON jobs (expires_at) WHERE status IN ('queued', 'running');
+-- Stats: counts by (lane, status) from a covering index; per-model backlog from queued jobs only.
+CREATE INDEX IF NOT EXISTS jobs_lane_status ON jobs (lane, status);
+CREATE INDEX IF NOT EXISTS jobs_queued_model ON jobs (model, created_at) WHERE status = 'queued';
+"""
+
+_SPEC_COLUMNS = (
+    "job_id", "lane", "model", "tenant", "input_key", "input_bytes", "input_sha256", "content_type", "accept",
+    "custom_attributes", "inference_id", "priority", "max_attempts", "ttl_s", "timeout_s", "callback_url",
+)
+_INSERT = (
+    f"INSERT INTO jobs ({', '.join(_SPEC_COLUMNS)}, status, created_at, updated_at, expires_at, attempts, not_before)"
+    f" VALUES ({', '.join('?' for _ in _SPEC_COLUMNS)}, 'queued', ?, ?, ?, 0, 0)"
+)
+_LEASE_CANDIDATES = """
+SELECT * FROM (
+    SELECT * FROM (SELECT * FROM jobs WHERE status = 'queued' AND not_before <= :now
+                   ORDER BY priority DESC, created_at LIMIT :n)
+    UNION ALL
+    SELECT * FROM (SELECT * FROM jobs WHERE status = 'running' AND lease_until < :now
+                   ORDER BY priority DESC, created_at LIMIT :n)
+) ORDER BY priority DESC, created_at LIMIT :n
+"""
+_EXPIRE = """
+UPDATE jobs SET status = 'expired', error = :error, lease = NULL, lease_until = NULL, updated_at = :now
+WHERE status IN ('queued', 'running') AND expires_at < :now
+"""
+_EXPIRED_ERROR = json.dumps({"type": "Expired", "message": "the job did not finish within its TTL"})
+# The guard of every lease-holder's write: the job is running under exactly this lease.
+_HOLDS_LEASE = "job_id = :job_id AND status = 'running' AND lease = :lease"
+
+_MAX_BATCH = 1000
+
+
+def _row_to_job(row: sqlite3.Row) -> Job:
+    spec = JobSpec(**{name: row[name] for name in _SPEC_COLUMNS})
+    error = row["error"]
+    return Job(
+        spec=spec,
+        status=JobStatus(row["status"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        attempts=row["attempts"],
+        result_key=row["result_key"],
+        result_content_type=row["result_content_type"],
+        error=json.loads(error) if error is not None else None,
+        lease=row["lease"],
+    )
+
+
+def _dump_error(error: Mapping[str, Any]) -> str:
+    # default=str: an error carrying a non-JSON value (an exception, a Path) is still recorded, as text.
+    return json.dumps(dict(error), default=str)
+
+
+class SqliteJobStore:
+    """``JobStore`` on one SQLite file (WAL, ``synchronous=FULL``), with group commit of concurrent writes.
+
+    ``path`` is the database file (its folder is created), or ``":memory:"`` for a throwaway store without WAL.
+    ``max_batch`` caps how many queued writes share one transaction. The constructor opens the database on the
+    store's thread and raises StorageError if it cannot; use the store from one event loop.
+
+    ``attempts`` counts the leases taken; ``release`` gives the attempt back (decrements it), since the job
+    never ran to an outcome. A lease whose time ran out but that nobody re-leased yet is still the job's
+    current lease, so its holder can still extend or finish the job.
+    """
+
+    def __init__(self, path: str | Path, *, max_batch: int = _MAX_BATCH) -> None:
+        self.path = str(path)
+        self._max_batch = max_batch
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-jobs")
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[_Op, asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+        try:
+            self._executor.submit(self._open).result()
+        except (sqlite3.Error, OSError) as exc:
+            self._executor.shutdown(wait=True)
+            raise StorageError(f"cannot open job store {self.path}: {exc}") from exc
+
+    # -- the store's thread ---------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: transactions are begun and committed explicitly below.
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal" and self.path != ":memory:":
+                raise sqlite3.OperationalError(f"journal_mode is {mode!r}, WAL unavailable")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=5000")  # another process (a CLI, a backup) may hold a lock briefly
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, _SCHEMA_VERSION):
+                raise sqlite3.DatabaseError(f"schema version {version}, this router knows {_SCHEMA_VERSION}")
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise sqlite3.ProgrammingError("job store is closed")
+        return self._conn
+
+    def _run_batch(self, ops: list[_Op]) -> list[tuple[bool, Any]]:
+        """One transaction for all ``ops``, each in its own savepoint: (True, result) or (False, exception)."""
+        conn = self._connection()
+        results: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for op in ops:
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = op(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((False, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    results.append((True, result))
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+    def _read(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
+        return op(self._connection())
+
+    def _close_conn(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- the event loop's side ------------------------------------------------------------------------------
+
+    async def _write(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Queue ``op`` for the next group commit and wait until it is durable."""
+        if self._closed:
+            raise StorageError("job store is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="sqlite-job-store-flush")
+        return cast(_T, await future)
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            try:
+                results = await loop.run_in_executor(self._executor, self._run_batch, [op for op, _ in batch])
+            except asyncio.CancelledError:
+                for _, future in batch + self._pending:
+                    future.cancel()
+                self._pending.clear()
+                raise
+            except Exception as exc:
+                error = StorageError(f"job store write failed: {exc}")
+                error.__cause__ = exc
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (_, future), (ok, value) in zip(batch, results, strict=True):
+                if future.done():  # the caller was cancelled; its write is committed all the same
+                    continue
+                if ok:
+                    future.set_result(value)
+                elif isinstance(value, sqlite3.Error):
+                    error = StorageError(f"job store write failed: {value}")
+                    error.__cause__ = value
+                    future.set_exception(error)
+                else:
+                    future.set_exception(value)
+
+    async def _read_async(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._closed:
+            raise StorageError("job store is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._read, op)
+        except sqlite3.Error as exc:
+            raise StorageError(f"job store read failed: {exc}") from exc
+
+    # -- JobStore -------------------------------------------------------------------------------------------
+
+    async def create(self, spec: JobSpec, now: float) -> Job:
+        """Record a new queued job; StorageError if the job id exists already."""
+        values = (*(getattr(spec, name) for name in _SPEC_COLUMNS), now, now, now + spec.ttl_s)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(_INSERT, values)
+
+        await self._write(op)
+        return Job(spec=spec, status=JobStatus.QUEUED, created_at=now, updated_at=now)
+
+    async def get(self, job_id: str) -> Job | None:
+        def op(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            return _row_to_job(row) if row is not None else None
+
+        return await self._read_async(op)
+
+    async def lease(self, limit: int, lease_s: float, now: float) -> list[Job]:
+        """See ``JobStore.lease``. Jobs past their TTL are expired first, so they are never handed out."""
+
+        def op(conn: sqlite3.Connection) -> list[Job]:
+            conn.execute(_EXPIRE, {"error": _EXPIRED_ERROR, "now": now})
+            leased: list[Job] = []
+            # Jobs failed for used-up attempts take no slot: look again until ``limit`` are leased or none are left.
+            while len(leased) < limit:
+                rows = conn.execute(_LEASE_CANDIDATES, {"now": now, "n": limit - len(leased)}).fetchall()
+                if not rows:
+                    break
+                for row in rows:
+                    job_id = row["job_id"]
+                    if row["attempts"] >= row["max_attempts"]:
+                        last = json.loads(row["error"]) if row["error"] is not None else None
+                        error = {"type": "MaxAttemptsExceeded", "attempts": row["attempts"],
+                                 "message": f"gave up after {row['attempts']} attempts", "last_error": last}
+                        conn.execute(
+                            "UPDATE jobs SET status = 'failed', error = ?, lease = NULL, lease_until = NULL,"
+                            " updated_at = ? WHERE job_id = ?", (_dump_error(error), now, job_id))
+                        continue
+                    token = secrets.token_hex(16)
+                    conn.execute(
+                        "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease = ?, lease_until = ?,"
+                        " updated_at = ? WHERE job_id = ?", (token, now + lease_s, now, job_id))
+                    updated = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+                    leased.append(_row_to_job(updated))
+            return leased
+
+        if lease_s <= 0:
+            raise ValueError("lease_s must be positive")  # else a job just leased would be runnable again
+        if limit <= 0:
+            return []
+        return await self._write(op)
+
+    async def _update_held(self, sql_set: str, params: dict[str, Any]) -> bool:
+        """Apply ``SET sql_set`` to a job only while ``params['lease']`` is its current lease."""
+        sql = f"UPDATE jobs SET {sql_set} WHERE {_HOLDS_LEASE}"
+
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute(sql, params).rowcount == 1
+
+        return await self._write(op)
+
+    async def extend(self, job_id: str, lease: str, lease_s: float, now: float) -> bool:
+        return await self._update_held(
+            "lease_until = :until, updated_at = :now",
+            {"job_id": job_id, "lease": lease, "until": now + lease_s, "now": now})
+
+    async def succeed(self, job_id: str, lease: str, result_key: str, content_type: str | None,
+                      now: float) -> bool:
+        # The errors of earlier attempts are cleared: a succeeded job reports no error.
+        return await self._update_held(
+            "status = 'succeeded', result_key = :key, result_content_type = :ct, error = NULL, lease = NULL,"
+            " lease_until = NULL, updated_at = :now",
+            {"job_id": job_id, "lease": lease, "key": result_key, "ct": content_type, "now": now})
+
+    async def retry(self, job_id: str, lease: str, error: Mapping[str, Any], not_before: float,
+                    now: float) -> bool:
+        return await self._update_held(
+            "status = 'queued', not_before = :not_before, error = :error, lease = NULL, lease_until = NULL,"
+            " updated_at = :now",
+            {"job_id": job_id, "lease": lease, "not_before": not_before, "error": _dump_error(error), "now": now})
+
+    async def fail(self, job_id: str, lease: str | None, error: Mapping[str, Any], now: float) -> bool:
+        """-> failed. With ``lease`` None only a queued job is failed (cancel); a running one is left alone."""
+        params = {"job_id": job_id, "lease": lease, "error": _dump_error(error), "now": now}
+        if lease is not None:
+            return await self._update_held(
+                "status = 'failed', error = :error, lease = NULL, lease_until = NULL, updated_at = :now", params)
+
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE jobs SET status = 'failed', error = :error, updated_at = :now"
+                " WHERE job_id = :job_id AND status = 'queued'", params)
+            return cur.rowcount == 1
+
+        return await self._write(op)
+
+    async def release(self, job_id: str, lease: str, now: float) -> bool:
+        """Running -> queued, runnable at once; the attempt this lease counted is taken back."""
+        return await self._update_held(
+            "status = 'queued', attempts = MAX(attempts - 1, 0), not_before = :now, lease = NULL,"
+            " lease_until = NULL, updated_at = :now",
+            {"job_id": job_id, "lease": lease, "now": now})
+
+    async def expire(self, now: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(_EXPIRE, {"error": _EXPIRED_ERROR, "now": now}).rowcount
+
+        return await self._write(op)
+
+    async def stats(self, now: float) -> StoreStats:
+        def op(conn: sqlite3.Connection) -> StoreStats:
+            # One read transaction, so the counts and the backlog are of the same moment.
+            conn.execute("BEGIN")
+            try:
+                jobs = {(lane, status): count for lane, status, count in
+                        conn.execute("SELECT lane, status, COUNT(*) FROM jobs GROUP BY lane, status")}
+                backlog = conn.execute(
+                    "SELECT model, COUNT(*), MIN(created_at) FROM jobs WHERE status = 'queued' GROUP BY model"
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            return StoreStats(
+                jobs=jobs,
+                queued={model: count for model, count, _ in backlog},
+                oldest_queued_age_s={model: max(0.0, now - oldest) for model, _, oldest in backlog},
+                dead_lettered=sum(count for (_, status), count in jobs.items() if status == JobStatus.FAILED),
+            )
+
+        return await self._read_async(op)
+
+    async def close(self) -> None:
+        """Finish the writes already queued, close the connection and stop the thread. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._flusher is not None and not self._flusher.done():
+            with contextlib.suppress(Exception):
+                await self._flusher
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close_conn)
+        self._executor.shutdown(wait=True)
