@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from router.api.dataplane import DataPlane
+from router.api.jobs import JOB_HANDLERS
 from router.features import RequestError
 from router.runtime import Runtime
 
@@ -134,7 +135,7 @@ def create_app(runtime: Runtime, *, tune_gc: bool = False) -> DataPlane:
         await runtime.close()
 
     app = Litestar(
-        route_handlers=[healthz, readyz, metrics, admin_policy, admin_explain, admin_reload],
+        route_handlers=[healthz, readyz, metrics, admin_policy, admin_explain, admin_reload, *JOB_HANDLERS],
         on_startup=[startup],
         on_shutdown=[shutdown],
         logging_config=None,

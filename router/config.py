@@ -56,9 +56,40 @@ class ServerConfig(Strict):
         return int(self.listen.rpartition(":")[2])
 
 
-class StateConfig(Strict):
+class LocalStateConfig(Strict):
+    """Embedded default: SQLite (WAL) for jobs and the queue, a local folder for payloads and results."""
+
     kind: Literal["local"] = "local"
     path: str = "./var"
+
+
+class AwsStateConfig(Strict):
+    """Scale-out: payloads, results and job records in S3; the work queue in SQS (with a redrive DLQ)."""
+
+    kind: Literal["aws"]
+    bucket: str = Field(min_length=3, max_length=63)
+    prefix: str = ""
+    queue_url: str = Field(pattern=r"^https?://")
+    dlq_url: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None  # an emulator or a VPC endpoint
+
+
+StateConfig = Annotated[LocalStateConfig | AwsStateConfig, Field(discriminator="kind")]
+
+
+class JobsConfig(Strict):
+    """How the async lane runs jobs in this process."""
+
+    workers: int = Field(4, ge=0, le=1000)  # 0: this replica accepts jobs but does not run them
+    lease: Duration = 60.0  # extended while a job runs; a crashed worker's jobs are picked up after it
+    max_attempts: int = Field(3, ge=1, le=100)
+    ttl: Duration = 6 * 3600.0  # SageMaker's RequestTTLSeconds default: unfinished jobs then expire
+    invocation_timeout: Duration = 15 * 60.0  # SageMaker's InvocationTimeoutSeconds default
+    backoff: Duration = 1.0  # first retry delay; doubles per attempt, with jitter
+    max_backoff: Duration = 60.0
+    poll_interval: Duration = 0.2  # how often an idle worker looks for work
+    drain_timeout: Duration = 30.0  # on stop: running jobs may finish for this long, the rest go back
 
 
 class UrgencyConfig(Strict):
@@ -150,6 +181,8 @@ class ModelConfig(Strict):
     default: RouteConfig | None = None  # when every policy abstains; default: first sync lane
     policy: list[str] = Field(default_factory=list)
     paths: list[str] = Field(default_factory=list)  # extra URLs, e.g. /v2/models/fraud/infer or /v1/fraud/*
+    # Answer 202 + a job even without Prefer: respond-async (for clients built for an async API).
+    async_without_prefer: bool = False
 
     def limit(self, lane: Lane) -> int:
         limit: int = self.limits.get(lane.value, DEFAULT_LIMITS[lane])  # type: ignore[call-overload]
@@ -180,7 +213,8 @@ class FallbackConfig(Strict):
 
 class RouterConfig(Strict):
     server: ServerConfig = ServerConfig()
-    state: StateConfig = StateConfig()
+    state: StateConfig = Field(default_factory=LocalStateConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
     urgency: UrgencyConfig = UrgencyConfig()
     callers: list[CallerConfig] = Field(default_factory=list)
     backends: dict[str, BackendConfig]
@@ -237,7 +271,7 @@ def _semantic_issues(data: dict[str, Any]) -> list[tuple[Path, str, bool]]:
         for lane, backend in lanes.items():
             if isinstance(backend, str) and backend not in backends:
                 issues.append(((*base, "lanes", lane), f"unknown backend {backend!r}", False))
-            elif lane in ("async", "batch"):
+            elif lane == "batch":
                 issues.append(((*base, "lanes", lane), f"the {lane} lane is not available in this version", False))
         default = model.get("default")
         if isinstance(default, dict) and lanes:
@@ -305,7 +339,7 @@ def _pydantic_path(loc: tuple[str | int, ...], data: Any) -> Path:
     return tuple(path)
 
 
-_TAGS = {"http", "sagemaker"}
+_TAGS = {"http", "sagemaker", "local", "aws"}
 
 
 def _issues_from_validation(

@@ -10,6 +10,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from router.state import SaturationTracker
+from router.storage.base import StoreStats
 from router.types import BreakerState
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created doubles the series count and no dashboard reads it
@@ -75,6 +76,31 @@ class BackendCollector(Collector):
         yield from families.values()
 
 
+class JobCollector(Collector):
+    """Job gauges from the job lane's last stats (refreshed by its janitor), read at scrape time."""
+
+    def __init__(self, stats: Callable[[], StoreStats | None]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        stats = self._stats()
+        if stats is None:
+            return
+        jobs = GaugeMetricFamily("router_jobs", "Jobs by lane and status", labels=["lane", "status"])
+        for (lane, status), count in sorted(stats.jobs.items()):
+            jobs.add_metric([lane, status], count)
+        queued = GaugeMetricFamily("router_jobs_queued", "Jobs waiting to run, per model", labels=["model"])
+        oldest = GaugeMetricFamily("router_jobs_oldest_queued_age_seconds", "Age of the oldest queued job",
+                                   labels=["model"])
+        for model, count in sorted(stats.queued.items()):
+            queued.add_metric([model], count)
+        for model, age in sorted(stats.oldest_queued_age_s.items()):
+            oldest.add_metric([model], age)
+        dead = GaugeMetricFamily("router_jobs_dead_lettered", "Jobs that ended failed (in the DLQ on SQS)")
+        dead.add_metric([], stats.dead_lettered)
+        yield from (jobs, queued, oldest, dead)
+
+
 class RouterMetrics:
     """Every metric the router exports, in its own registry (several apps can live in one process)."""
 
@@ -105,6 +131,15 @@ class RouterMetrics:
         self.retry_budget_exhausted = _Children(Counter(
             "router_retry_budget_exhausted", "Fallbacks not tried because the retry budget was spent",
             ["model"], registry=r))
+
+        self.job_duration = _Children(Histogram(
+            "router_job_duration_seconds", "From acceptance to a terminal state", ["model", "lane", "status"],
+            buckets=(0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 21600), registry=r))
+        self.job_attempts = _Children(Counter("router_job_attempts", "Job attempts by outcome",
+                                              ["model", "outcome"], registry=r))
+
+    def watch_jobs(self, stats: Callable[[], StoreStats | None]) -> None:
+        self.registry.register(JobCollector(stats))
 
     def watch_backends(self, tracker: Callable[[], SaturationTracker]) -> None:
         self.registry.register(BackendCollector(tracker))

@@ -13,12 +13,14 @@ import structlog
 from router.backends import Connections, build_backend
 from router.config import BackendConfig, RouterConfig, load_config
 from router.features import FeatureExtractor
+from router.lanes.jobs import JobLane
 from router.lanes.sync import RetryBudget, SyncLane, Target
 from router.metrics import RouterMetrics
 from router.policy.engine import ModelRoutes, PolicyEngine
 from router.policy.registry import build_policy
 from router.state import Clock, SaturationTracker, TrackerSettings
-from router.types import Backend, Decision, Lane, RequestFeatures, Route
+from router.storage import open_stores
+from router.types import JOB_LANES, Backend, Decision, Lane, RequestFeatures, Route
 from router.yamlpos import ConfigError
 
 log = structlog.get_logger("router.runtime")
@@ -29,6 +31,7 @@ class ModelEntry:
     name: str
     routes: ModelRoutes
     max_bytes: int  # the largest payload any of its lanes takes, capped by server.max_body
+    max_sync_bytes: int  # the largest a sync lane takes: the most the router ever holds in memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +97,11 @@ def build_routing(
             chain=tuple(policies[p] for p in m.policy),
             default=Decision(Lane(default.lane), reason="default", policy="default",
                              fallback=tuple(Lane(f) for f in default.fallback)),
+            async_without_prefer=m.async_without_prefer,
         )
-        models[name] = ModelEntry(name, routes, min(cfg.server.max_body, max(limits.values(), default=0)))
+        sync_limits = [v for lane, v in limits.items() if lane not in JOB_LANES]
+        models[name] = ModelEntry(name, routes, min(cfg.server.max_body, max(limits.values(), default=0)),
+                                  min(cfg.server.max_body, max(sync_limits, default=0)))
         for path in m.paths:
             if path.endswith("*"):
                 prefixes.append((path[:-1], name))
@@ -123,6 +129,7 @@ class Runtime:
         self.metrics = metrics or RouterMetrics()
         self.tracker = SaturationTracker(clock)
         self.metrics.watch_backends(lambda: self.tracker)
+        self.metrics.watch_jobs(lambda: self.job_lane.stats if self.job_lane else None)
         self.connections = Connections()
         self._backends: dict[str, tuple[BackendConfig, Backend]] = {}
         self.routing = build_routing(cfg, self.tracker, {}, self.metrics)
@@ -130,9 +137,15 @@ class Runtime:
                              self.metrics, self.routing.overflow_priority, clock)
         self.started = False
         self.draining = False
+        self.job_lane: JobLane | None = None
 
     async def start(self) -> None:
         self.routing = await self._routing_for(self.routing.config)
+        cfg = self.routing.config
+        if any(lane in JOB_LANES for m in self.routing.models.values() for lane in m.routes.lanes):
+            objects, jobs = await open_stores(cfg.state)
+            self.job_lane = JobLane(objects, jobs, cfg.jobs, self.sync, self._job_target)
+            await self.job_lane.start()
         self.started = True
         log.info("router_started", models=sorted(self.routing.models), backends=sorted(self._backends))
 
@@ -184,8 +197,17 @@ class Runtime:
             return [f"reload failed: {exc}"]
         return []
 
+    def _job_target(self, model: str, lane: Lane) -> Target | None:
+        entry = self.routing.models.get(model)
+        name = entry.routes.lanes.get(lane) if entry else None
+        return self.routing.targets.get(name) if name else None
+
     async def close(self) -> None:
         self.draining = True
+        if self.job_lane is not None:
+            await self.job_lane.stop()
+            await self.job_lane.objects.close()
+            await self.job_lane.jobs.close()
         for _, backend in self._backends.values():
             await backend.close()
         await self.connections.close()

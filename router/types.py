@@ -24,6 +24,7 @@ class Lane(StrEnum):
 
 SYNC_LANES: tuple[Lane, ...] = (Lane.REALTIME, Lane.SERVERLESS)
 MODEL_LANES: tuple[Lane, ...] = (Lane.REALTIME, Lane.SERVERLESS, Lane.ASYNC, Lane.BATCH)
+JOB_LANES: frozenset[Lane] = frozenset({Lane.ASYNC, Lane.BATCH})  # answered 202 + a job
 
 
 class BreakerState(StrEnum):
@@ -177,6 +178,7 @@ class Invocation:
     inference_id: str | None = None
     path: str | None = None  # path and query as received, for extra paths forwarded to http backends
     timeout_s: float | None = None  # at most this long, on top of the backend's own timeout
+    job_timeout_s: float | None = None  # a job's budget: replaces the backend's (sync) timeout
     headers: Mapping[str, str] = field(default_factory=dict)  # extra headers to pass (e.g. traceparent)
 
 

@@ -110,9 +110,9 @@ policies:
     assert found[1].startswith("cfg.yaml:12:37: policies.r.params.1.when.saturation.nowhere: unknown matcher")
 
 
-def test_async_lane_is_refused_until_it_exists() -> None:
-    text = MINIMAL.replace("{realtime: rt}", "{realtime: rt, async: rt}")
-    assert issues_of(text) == ["cfg.yaml:5:34: models.m.lanes.async: the async lane is not available in this version"]
+def test_batch_lane_is_refused_until_it_exists() -> None:
+    text = MINIMAL.replace("{realtime: rt}", "{realtime: rt, batch: rt}")
+    assert issues_of(text) == ["cfg.yaml:5:34: models.m.lanes.batch: the batch lane is not available in this version"]
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "demo.yaml", "latency-first.yaml", "cost-saver.yaml"])

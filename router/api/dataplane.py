@@ -1,25 +1,30 @@
-"""The data plane: ``POST /endpoints/{name}/invocations`` (SageMaker InvokeEndpoint) and models' extra paths.
+"""The data plane: ``POST /endpoints/{name}/invocations`` (SageMaker InvokeEndpoint), models' extra paths,
+and ``POST /endpoints/{name}/async-invocations`` (InvokeEndpointAsync).
 
 A plain ASGI class in front of the Litestar app: it answers data-plane paths itself (the hot path,
 no per-request framework work) and hands every other request to Litestar. It only translates HTTP
-to features and back; the engine decides and the sync lane calls backends.
+to features and back; the engine decides, the sync lane calls backends, the job lane stores jobs.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import AsyncIterator
 from random import getrandbits  # request ids need uniqueness, not secrecy; uuid4 costs a syscall
 from typing import Any
 
+import msgspec
 import structlog
 
 from router.api.errors import ErrorAnswer, from_failure
 from router.features import RequestError
+from router.lanes.jobs import JobLane
 from router.lanes.sync import SyncFailure
 from router.metrics import UNKNOWN_MODEL
 from router.runtime import ModelEntry, Runtime
-from router.types import Invocation, InvocationResult, Lane
+from router.storage.base import Job, JobStatus, ObjectTooLarge, StorageError
+from router.types import JOB_LANES, Hop, Invocation, InvocationResult, Lane, RequestFeatures, Route
 
 log = structlog.get_logger("router.access")
 
@@ -28,6 +33,7 @@ Headers = list[tuple[bytes, bytes]]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _PREFIX = "/endpoints/"
 _JSON = (b"content-type", b"application/json")
+_encode = msgspec.json.Encoder().encode
 
 
 class ClientDisconnected(Exception):
@@ -52,6 +58,37 @@ async def read_body(receive: Any, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+async def read_prefix(receive: Any, limit: int) -> tuple[bytes, bool]:
+    """Up to ``limit`` + 1 bytes of a body of unknown length, and whether that was all of it."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        more = message.get("more_body", False)
+        if not more or size > limit:
+            return b"".join(chunks), not more
+
+
+async def rest_of_body(receive: Any, prefix: bytes) -> AsyncIterator[bytes]:
+    """The body as it arrives, after what was already read: streamed to storage, never held whole."""
+    if prefix:
+        yield prefix
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
 def _has_dot_segment(path: str) -> bool:
     """A prefix path with '..' could reach another path of the model server than the one configured."""
     return any(part in (".", "..") for part in path.split("/"))
@@ -68,6 +105,19 @@ def _router_headers(request_id: str, lane: str, backend: str, reason: str) -> He
     ]
 
 
+def _origin(scope: Any, headers: dict[str, str]) -> str:
+    host = headers.get("host") or "{}:{}".format(*scope.get("server") or ("127.0.0.1", 80))
+    return f"{scope.get('scheme', 'http')}://{host}"
+
+
+class _Accepted(Exception):
+    """Control flow: the request became a job; ``job`` is what to answer with."""
+
+    def __init__(self, job: Job, hop: Hop) -> None:
+        self.job = job
+        self.hop = hop
+
+
 class DataPlane:
     """ASGI app: data-plane requests here, everything else to ``app`` (Litestar)."""
 
@@ -82,13 +132,16 @@ class DataPlane:
                 name, _, tail = path[len(_PREFIX):].partition("/")
                 if tail == "invocations" and name:
                     return await self._serve(scope, receive, send, name, extra=False)
+                if tail == "async-invocations" and name:
+                    return await self._serve(scope, receive, send, name, extra=False, sagemaker_async=True)
             else:
                 model = self.runtime.routing.model_for_path(path)
                 if model is not None:
                     return await self._serve(scope, receive, send, model, extra=True)
         await self.app(scope, receive, send)
 
-    async def _serve(self, scope: Any, receive: Any, send: Any, name: str, *, extra: bool) -> None:
+    async def _serve(self, scope: Any, receive: Any, send: Any, name: str, *, extra: bool,
+                     sagemaker_async: bool = False) -> None:
         started = time.perf_counter()
         runtime = self.runtime
         routing = runtime.routing
@@ -110,8 +163,18 @@ class DataPlane:
                 raise RequestError(400, "ValidationError", "'.' and '..' path segments are not forwarded")
             if runtime.draining:
                 raise RequestError(503, "ServiceUnavailable", "the router is shutting down", retry_after_s=1.0)
-            body = await self._body(receive, headers, entry)
-            features = routing.features.extract(name, headers, len(body))
+            if sagemaker_async:
+                lane, backend, reason = "async", entry.routes.lanes.get(Lane.ASYNC, "none"), "async_invocation"
+                status = await self._serve_async_invocation(scope, receive, send, headers, entry, request_id)
+                return
+            declared = self._declared_length(headers, entry)
+            prefix, complete = b"", True
+            if declared is None:  # chunked: read what a sync lane could take, then decide
+                prefix, complete = await read_prefix(receive, entry.max_sync_bytes)
+                size = len(prefix) if complete else max(len(prefix), entry.max_sync_bytes + 1)
+            else:
+                size = declared
+            features = routing.features.extract(name, headers, size)
             snap = runtime.tracker.snapshot(entry.routes.lanes, entry.routes.limits)
             route = routing.engine.decide(features, snap)
             decision = route.decision
@@ -125,13 +188,32 @@ class DataPlane:
                                    retry_after_s=decision.retry_after_s)
             if not route.hops:
                 raise RequestError(413, "ValidationError", "request body exceeds every lane's limit")
-            backend = route.hops[0].backend
+            first = route.hops[0]
+            backend = first.backend
+            if first.lane in JOB_LANES:  # straight to a job: the body streams to storage
+                body_source: bytes | AsyncIterator[bytes]
+                body_source = prefix if declared is None and complete else rest_of_body(receive, prefix)
+                raise _Accepted(await self._accept(headers, entry, features, first, body_source), first)
+            body = prefix if declared is None else await read_body(receive, entry.max_sync_bytes)
             inv = self._invocation(scope, headers, body, extra)
             deadline_at = (runtime.clock() + features.deadline_ms / 1000.0) if features.deadline_ms else None
-            outcome = await runtime.sync.serve(name, route, inv, features.priority, routing.targets, deadline_at)
+            sync_hops = tuple(h for h in route.hops if h.lane not in JOB_LANES)
+            job_hop = next((h for h in route.hops if h.lane in JOB_LANES), None)
+            try:
+                outcome = await runtime.sync.serve(name, route if job_hop is None else Route(decision, sync_hops),
+                                                   inv, features.priority, routing.targets, deadline_at)
+            except SyncFailure as exc:
+                if job_hop is None or (exc.error is not None and not exc.error.retryable):
+                    raise
+                last = exc.hop.backend if exc.hop else sync_hops[-1].backend
+                metrics.fallbacks(name, last, job_hop.backend, exc.reason).inc()
+                raise _Accepted(await self._accept(headers, entry, features, job_hop, body), job_hop) from None
             lane, backend = outcome.hop.lane.value, outcome.hop.backend
             status = outcome.result.status
             await self._answer(send, outcome.result, request_id, lane, backend, reason)
+        except _Accepted as accepted:
+            lane, backend = accepted.hop.lane.value, accepted.hop.backend
+            status = await self._answer_job(send, accepted.job, features, request_id, lane, backend, reason)
         except RequestError as exc:
             status = exc.status
             await self._error(send, ErrorAnswer(exc.status, exc.error_type, exc.message, exc.retry_after_s),
@@ -160,17 +242,104 @@ class DataPlane:
                          urgency=features.urgency if features else None,
                          bytes=features.payload_bytes if features else None)
 
-    @staticmethod
-    async def _body(receive: Any, headers: dict[str, str], entry: ModelEntry) -> bytes:
+    # --- jobs -----------------------------------------------------------------------------------
+
+    def _job_lane(self) -> JobLane:
+        lane = self.runtime.job_lane
+        if lane is None:
+            raise RequestError(503, "ServiceUnavailable", "the async lane is not running", retry_after_s=5.0)
+        return lane
+
+    async def _accept(self, headers: dict[str, str], entry: ModelEntry, features: RequestFeatures, hop: Hop,
+                      body: bytes | AsyncIterator[bytes], *, content_type: str | None = None,
+                      accept: str | None = None) -> Job:
+        """Store the job durably; 413 past the lane's limit, 503 when storage fails (never a 202 then)."""
+        limit = entry.routes.limits.get(hop.lane, 0)
+        try:
+            return await self._job_lane().accept(
+                lane=hop.lane, model=entry.name, tenant=features.caller, priority=features.priority, body=body,
+                limit=limit, content_type=content_type or headers.get("content-type"),
+                accept=accept or headers.get("accept"),
+                custom_attributes=headers.get("x-amzn-sagemaker-custom-attributes"),
+                inference_id=headers.get("x-amzn-sagemaker-inference-id"))
+        except ObjectTooLarge:
+            raise RequestError(413, "ValidationError", f"request body exceeds the {hop.lane} lane's limit of "
+                               f"{limit} bytes") from None
+        except StorageError as exc:
+            log.warning("job_not_stored", model=entry.name, error=str(exc))
+            raise RequestError(503, "ServiceUnavailable", "the job could not be stored; nothing was accepted",
+                               retry_after_s=2.0) from None
+
+    async def _answer_job(self, send: Any, job: Job, features: RequestFeatures | None, request_id: str,
+                          lane: str, backend: str, reason: str) -> int:
+        """202 + Location, or with ``Prefer: wait=N`` the result itself if the job finished in time."""
+        job_lane = self._job_lane()
+        if features is not None and features.wait_s:
+            finished = await job_lane.wait(job.job_id, min(features.wait_s, 60.0))
+            if finished is not None and finished.status is JobStatus.SUCCEEDED and finished.result_key:
+                try:
+                    body = await job_lane.objects.get(finished.result_key)
+                except StorageError:
+                    body = None
+                if body is not None:
+                    await self._answer(send, InvocationResult(body, finished.result_content_type), request_id,
+                                       lane, backend, reason)
+                    return 200
+            job = finished or job
+        url = f"/jobs/{job.job_id}"
+        out = _router_headers(request_id, lane, backend, reason)
+        out += [_JSON, (b"location", url.encode()), (b"retry-after", b"1")]
+        body = _encode({"job_id": job.job_id, "lane": job.spec.lane, "status_url": url, "status": job.status.value})
+        await send({"type": "http.response.start", "status": 202, "headers": out})
+        await send({"type": "http.response.body", "body": body})
+        return 202
+
+    async def _serve_async_invocation(self, scope: Any, receive: Any, send: Any, headers: dict[str, str],
+                                      entry: ModelEntry, request_id: str) -> int:
+        """InvokeEndpointAsync: inline body (staged in storage) or X-Amzn-SageMaker-InputLocation (aws mode)."""
+        hop_backend = entry.routes.lanes.get(Lane.ASYNC)
+        if hop_backend is None:
+            raise RequestError(400, "ValidationError", "this model has no async lane")
+        routing = self.runtime.routing
+        if headers.get("x-amzn-sagemaker-inputlocation"):
+            raise RequestError(400, "ValidationError", "X-Amzn-SageMaker-InputLocation is not supported yet: "
+                               "send the payload inline as the request body")
+        features = routing.features.extract(entry.name, headers, int(headers.get("content-length") or 0))
         declared = headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise RequestError(400, "ValidationError", "invalid Content-Length header")
-            if int(declared) > entry.max_bytes:
-                raise RequestError(413, "ValidationError",
-                                   f"request body of {declared} bytes exceeds this model's limit of "
-                                   f"{entry.max_bytes} bytes")
-        return await read_body(receive, entry.max_bytes)
+        limit = entry.routes.limits.get(Lane.ASYNC, 0)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise RequestError(413 if declared.isdigit() else 400, "ValidationError",
+                               f"request body exceeds the async lane's limit of {limit} bytes")
+        hop = Hop(Lane.ASYNC, hop_backend)
+        job = await self._accept(headers, entry, features, hop, rest_of_body(receive, b""),
+                                 content_type=headers.get("x-amzn-sagemaker-content-type"),
+                                 accept=headers.get("x-amzn-sagemaker-accept"))
+        origin = _origin(scope, headers)
+        url = f"/jobs/{job.job_id}"
+        out = _router_headers(request_id, "async", hop_backend, "async_invocation")
+        out += [_JSON, (b"location", url.encode()),
+                (b"x-amzn-sagemaker-outputlocation", f"{origin}{url}/result".encode()),
+                (b"x-amzn-sagemaker-failurelocation", f"{origin}{url}/error".encode())]
+        # SageMaker echoes the client's InferenceId, else makes one; the job id is the router's own
+        inference_id = headers.get("x-amzn-sagemaker-inference-id") or job.job_id
+        body = _encode({"InferenceId": inference_id, "job_id": job.job_id, "lane": "async", "status_url": url})
+        await send({"type": "http.response.start", "status": 202, "headers": out})
+        await send({"type": "http.response.body", "body": body})
+        return 202
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _declared_length(headers: dict[str, str], entry: ModelEntry) -> int | None:
+        declared = headers.get("content-length")
+        if declared is None:
+            return None
+        if not declared.isdigit():
+            raise RequestError(400, "ValidationError", "invalid Content-Length header")
+        if int(declared) > entry.max_bytes:
+            raise RequestError(413, "ValidationError", f"request body of {declared} bytes exceeds this model's "
+                               f"limit of {entry.max_bytes} bytes")
+        return int(declared)
 
     @staticmethod
     def _invocation(scope: Any, headers: dict[str, str], body: bytes, extra: bool) -> Invocation:

@@ -70,7 +70,9 @@ class HttpBackend:
         headers.update(inv.headers)
         url = self._url if inv.path is None else self._origin + inv.path
         timeout = self._timeout
-        if inv.timeout_s is not None and inv.timeout_s < self._timeout_s:
+        if inv.job_timeout_s is not None:
+            timeout = aiohttp.ClientTimeout(total=inv.job_timeout_s)
+        elif inv.timeout_s is not None and inv.timeout_s < self._timeout_s:
             timeout = aiohttp.ClientTimeout(total=max(inv.timeout_s, 0.001))
         try:
             async with self._session().post(url, data=inv.body, headers=headers, timeout=timeout) as resp:

@@ -177,6 +177,8 @@ class SageMakerBackend:
 
     async def invoke(self, inv: Invocation) -> InvocationResult:
         timeout = min(self._timeout_s, math.inf if inv.timeout_s is None else inv.timeout_s)
+        if inv.job_timeout_s is not None:  # a job's budget (InvokeEndpoint itself still ends at 60 s)
+            timeout = inv.job_timeout_s
         try:
             async with asyncio.timeout(timeout):
                 client = await self._clients.get(self._region, self._endpoint_url)

@@ -104,7 +104,7 @@ class SyncLane:
                     break
                 attempts += 1
                 try:
-                    result = await self._call(target, inv, now, deadline_at)
+                    result = await self.call(target, inv, now, deadline_at)
                     return SyncOutcome(result, hop, attempts)
                 except BackendError as exc:
                     if not exc.retryable:
@@ -117,7 +117,7 @@ class SyncLane:
         if full and priority >= self.overflow_priority:
             hop = full[0]
             try:
-                result = await self._call(targets[hop.backend], inv, self.clock(), deadline_at)
+                result = await self.call(targets[hop.backend], inv, self.clock(), deadline_at)
             except BackendError as exc:
                 raise SyncFailure(exc.kind.value, hop, exc) from None
             return SyncOutcome(result, hop, attempts + 1)
@@ -126,7 +126,9 @@ class SyncLane:
                               BackendError(FailureKind.TIMEOUT, "the deadline passed before a backend answered"))
         raise SyncFailure("saturated" if full else "breaker_open", hops[-1] if hops else None)
 
-    async def _call(self, target: Target, inv: Invocation, now: float, deadline_at: float | None) -> InvocationResult:
+    async def call(self, target: Target, inv: Invocation, now: float,
+                   deadline_at: float | None = None) -> InvocationResult:
+        """One tracked call: in-flight, latency, breaker and metrics are updated whatever happens."""
         tracker = target.tracker
         if deadline_at is not None:
             remaining = deadline_at - now

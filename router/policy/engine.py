@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from router.types import Decision, Hop, Lane, Policy, RequestFeatures, Route, Snapshot
+from router.types import JOB_LANES, Decision, Hop, Lane, Policy, RequestFeatures, Route, Snapshot
 
 log = structlog.get_logger("router.policy")
 
@@ -23,12 +23,14 @@ class ModelRoutes:
     limits: Mapping[Lane, int]
     chain: tuple[Policy, ...]
     default: Decision
+    async_without_prefer: bool = False  # the model answers 202 even to clients that did not ask for it
 
 
 class PolicyEngine:
     """First non-None decision of the chain wins. A policy that raises, names a lane the model lacks,
     names an unknown backend or routes a payload no lane of its route can take is skipped and counted.
     When every policy abstains the model's default route applies, so a request always has a route.
+    Job lanes (async, batch) are dropped from routes of clients that did not allow a 202.
     """
 
     def __init__(self, models: Mapping[str, ModelRoutes], backends: frozenset[str],
@@ -48,21 +50,27 @@ class PolicyEngine:
                 continue
             if decision is None:
                 continue
-            route = self._resolve(model, decision, req.payload_bytes)
+            route = self._resolve(model, decision, req)
             if isinstance(route, str):
                 self._skip(req.model, policy.name, route)
                 continue
             return route
-        route = self._resolve(model, model.default, req.payload_bytes)
+        route = self._resolve(model, model.default, req)
         if isinstance(route, Route):
             return route
-        return self._any_lane_that_fits(model, req.payload_bytes)
+        return self._any_lane_that_fits(model, req)
 
     def _skip(self, model: str, policy: str, why: str) -> None:
         if self._on_skip is not None:
             self._on_skip(model, policy, why)
 
-    def _resolve(self, model: ModelRoutes, d: Decision, payload: int) -> Route | str:
+    @staticmethod
+    def _usable(model: ModelRoutes, lane: Lane, req: RequestFeatures) -> bool:
+        if lane in JOB_LANES and not (req.accepts_async or model.async_without_prefer):
+            return False
+        return model.limits.get(lane, 0) >= req.payload_bytes
+
+    def _resolve(self, model: ModelRoutes, d: Decision, req: RequestFeatures) -> Route | str:
         """The route for a decision, or why it cannot be used."""
         if d.lane is Lane.SHED:
             retry = min(max(d.retry_after_s if d.retry_after_s is not None else 1.0, 0.0), MAX_RETRY_AFTER_S)
@@ -75,19 +83,20 @@ class PolicyEngine:
             return "unknown_lane"
         if backend not in self._backends:
             return "unknown_backend"
-        hops = [Hop(d.lane, backend)] if model.limits.get(d.lane, 0) >= payload else []
-        seen = {backend}
+        hops = [Hop(d.lane, backend)] if self._usable(model, d.lane, req) else []
+        seen: set[tuple[Lane, str]] = {(d.lane, backend)}
         for lane in d.fallback:
             fb = model.lanes.get(lane)
-            if fb is not None and fb not in seen and model.limits.get(lane, 0) >= payload:
-                seen.add(fb)
+            if fb is not None and (lane, fb) not in seen and self._usable(model, lane, req):
+                seen.add((lane, fb))
                 hops.append(Hop(lane, fb))
         if not hops:
-            return "too_large"
+            return "async_not_accepted" if d.lane in JOB_LANES and model.limits.get(d.lane, 0) >= req.payload_bytes \
+                else "too_large"
         return Route(d, tuple(hops))
 
-    @staticmethod
-    def _any_lane_that_fits(model: ModelRoutes, payload: int) -> Route:
-        hops = tuple(Hop(lane, b) for lane, b in model.lanes.items() if model.limits.get(lane, 0) >= payload)
+    @classmethod
+    def _any_lane_that_fits(cls, model: ModelRoutes, req: RequestFeatures) -> Route:
+        hops = tuple(Hop(lane, b) for lane, b in model.lanes.items() if cls._usable(model, lane, req))
         lane = hops[0].lane if hops else model.default.lane
         return Route(Decision(lane, reason="too_large_for_default", policy="default"), hops)

@@ -1,0 +1,101 @@
+"""The jobs API: ``GET /jobs/{id}``, ``GET /jobs/{id}/result``, ``GET /jobs/{id}/error``, ``DELETE /jobs/{id}``.
+
+With callers configured, a request must carry an API key and sees only its own tenant's jobs; a job of
+another tenant is answered exactly like a missing one (404), so ids cannot be probed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, delete, get
+from litestar.exceptions import NotFoundException, PermissionDeniedException
+from litestar.params import FromPath
+from litestar.response import Stream
+
+from router.features import RequestError
+from router.lanes.jobs import JobLane, job_json
+from router.runtime import Runtime
+from router.storage.base import Job, JobStatus, StorageError
+
+PENDING_RETRY_AFTER = "1"
+
+
+async def _job_for(request: Request[Any, Any, Any], job_id: FromPath[str]) -> tuple[JobLane, Job]:
+    runtime: Runtime = request.app.state.runtime
+    lane = runtime.job_lane
+    if lane is None:
+        raise NotFoundException("no model of this router has an async lane")
+    routing = runtime.routing
+    try:
+        caller = routing.features.caller({k.lower(): v for k, v in request.headers.items()})
+    except RequestError as exc:
+        raise PermissionDeniedException(exc.message) from None
+    if routing.config.callers and caller.tenant == "anonymous":
+        raise PermissionDeniedException(f"an API key ({routing.config.server.api_key_header}) is required")
+    try:
+        job = await lane.jobs.get(job_id) if len(job_id) <= 128 else None
+    except StorageError:
+        raise _unavailable() from None
+    if job is None or (routing.config.callers and job.spec.tenant != caller.tenant):
+        raise NotFoundException(f"no job {job_id}")
+    return lane, job
+
+
+def _unavailable() -> Exception:
+    from litestar.exceptions import HTTPException
+
+    return HTTPException(status_code=503, detail="job storage is unavailable; retry later",
+                         headers={"Retry-After": "2"})
+
+
+@get("/jobs/{job_id:str}")
+async def get_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> dict[str, Any]:
+    _, job = await _job_for(request, job_id)
+    return job_json(job, f"/jobs/{job.job_id}")
+
+
+@get("/jobs/{job_id:str}/result")
+async def get_result(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[Any]:
+    """The model's answer once succeeded; 202 + Retry-After while pending; the error once failed."""
+    lane, job = await _job_for(request, job_id)
+    if job.status is JobStatus.SUCCEEDED and job.result_key:
+        try:
+            size = await lane.objects.size(job.result_key)
+        except StorageError:
+            raise _unavailable() from None
+        if size is None:
+            raise _unavailable()  # recorded but not readable: storage trouble, not the client's
+        return Stream(lane.objects.stream(job.result_key), status_code=200,
+                      media_type=job.result_content_type or "application/octet-stream",
+                      headers={"Content-Length": str(size), "X-Job-Status": job.status.value})
+    if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        return Response(job_json(job, f"/jobs/{job.job_id}"), status_code=202,
+                        headers={"Retry-After": PENDING_RETRY_AFTER})
+    status = 410 if job.status is JobStatus.EXPIRED else 424
+    return Response(job_json(job, f"/jobs/{job.job_id}"), status_code=status)
+
+
+@get("/jobs/{job_id:str}/error")
+async def get_error(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[Any]:
+    """The FailureLocation of the embedded mode: the error once the job failed or expired, else 404."""
+    _, job = await _job_for(request, job_id)
+    if job.status in (JobStatus.FAILED, JobStatus.EXPIRED):
+        return Response(job_json(job), status_code=200)
+    raise NotFoundException(f"job {job_id} has not failed")
+
+
+@delete("/jobs/{job_id:str}", status_code=200)
+async def cancel_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[Any]:
+    """Cancel a queued job (it ends failed with error type Cancelled); a started job cannot be."""
+    lane, job = await _job_for(request, job_id)
+    try:
+        cancelled = job.status is JobStatus.QUEUED and await lane.jobs.fail(
+            job.job_id, None, {"type": "Cancelled", "message": "cancelled by the client"}, lane.clock())
+        job = await lane.jobs.get(job_id) or job
+    except StorageError:
+        raise _unavailable() from None
+    return Response(job_json(job), status_code=200 if cancelled else 409)
+
+
+JOB_HANDLERS = [get_job, get_result, get_error, cancel_job]

@@ -1,0 +1,244 @@
+"""The async lane: accept a job durably, run it later with workers, at least once, results by job id.
+
+Accepting stores the payload, then records the job; only then does the API answer 202. Workers lease
+jobs, keep the lease alive while a job runs, wait for room on the backend (sync traffic comes first),
+and write the result under the job id before marking the job succeeded, so a redelivered job
+overwrites its result instead of adding one. Transient failures are retried with exponential backoff
+and jitter up to ``max_attempts``; permanent ones (the model rejected the input) fail at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import AsyncIterable, Callable, Mapping
+from typing import Any
+
+import structlog
+
+from router.config import JobsConfig
+from router.lanes.sync import SyncLane, Target
+from router.storage.base import TERMINAL, Job, JobSpec, JobStatus, JobStore, ObjectStore, StorageError, StoreStats
+from router.types import BackendError, Invocation, Lane
+
+log = structlog.get_logger("router.jobs")
+
+Clock = Callable[[], float]
+TargetLookup = Callable[[str, Lane], Target | None]  # (model, lane) -> the backend serving it, if any
+
+
+def input_key(job_id: str) -> str:
+    return f"inputs/{job_id}"
+
+
+def result_key(job_id: str) -> str:
+    return f"results/{job_id}"
+
+
+def job_json(job: Job, status_url: str | None = None) -> dict[str, Any]:
+    """The jobs API's view of a job (DESIGN.md contract)."""
+    out: dict[str, Any] = {
+        "job_id": job.job_id,
+        "status": job.status.value,
+        "lane": job.spec.lane,
+        "model": job.spec.model,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "attempts": job.attempts,
+        "error": dict(job.error) if job.error and job.status is not JobStatus.SUCCEEDED else None,
+    }
+    if status_url:
+        out["status_url"] = status_url
+    return out
+
+
+class JobLane:
+    """Accepts jobs and runs them. ``workers`` tasks per process; 0 means accept only."""
+
+    def __init__(self, objects: ObjectStore, jobs: JobStore, cfg: JobsConfig, sync: SyncLane,
+                 targets: TargetLookup, *, clock: Clock = time.time) -> None:
+        self.metrics = sync.metrics
+        self.objects = objects
+        self.jobs = jobs
+        self.cfg = cfg
+        self.sync = sync
+        self.targets = targets
+        self.clock = clock
+        self.stats = StoreStats()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self._done: dict[str, asyncio.Event] = {}  # job id -> set when this process finishes it
+        self._running: dict[str, Job] = {}
+
+    # --- accepting ------------------------------------------------------------------------------
+
+    async def accept(self, *, lane: Lane, model: str, tenant: str, priority: int,
+                     body: bytes | AsyncIterable[bytes], limit: int, content_type: str | None,
+                     accept: str | None = None, custom_attributes: str | None = None,
+                     inference_id: str | None = None, job_id: str | None = None) -> Job:
+        """Store the payload, then the job. Raises StorageError (answer 503) or ObjectTooLarge (413)."""
+        job_id = job_id or uuid.uuid4().hex
+        key = input_key(job_id)
+        if isinstance(body, bytes | bytearray):
+            stored = await self.objects.put(key, bytes(body))
+        else:
+            stored = await self.objects.put_stream(key, body, limit=limit)
+        spec = JobSpec(
+            job_id=job_id, lane=lane.value, model=model, tenant=tenant, input_key=key,
+            input_bytes=stored.size, input_sha256=stored.sha256, content_type=content_type, accept=accept,
+            custom_attributes=custom_attributes, inference_id=inference_id, priority=priority,
+            max_attempts=self.cfg.max_attempts, ttl_s=self.cfg.ttl, timeout_s=self.cfg.invocation_timeout,
+        )
+        job = await self.jobs.create(spec, self.clock())
+        log.info("job_accepted", job_id=job_id, model=model, lane=lane.value, bytes=stored.size)
+        return job
+
+    async def wait(self, job_id: str, timeout_s: float) -> Job | None:
+        """The job once it is terminal, or its latest state after ``timeout_s`` (Prefer: wait=N)."""
+        deadline = time.monotonic() + timeout_s
+        event = self._done.setdefault(job_id, asyncio.Event())
+        delay = 0.02
+        try:
+            while True:
+                job = await self.jobs.get(job_id)
+                left = deadline - time.monotonic()
+                if job is None or job.status in TERMINAL or left <= 0:
+                    return job
+                # woken at once when this process finishes it; polling covers other replicas
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), timeout=min(delay, left))
+                delay = min(delay * 2, 0.5)
+        finally:
+            self._done.pop(job_id, None)
+
+    # --- running --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        self._tasks = [asyncio.create_task(self._worker(i), name=f"job-worker-{i}")
+                       for i in range(self.cfg.workers)]
+        self._tasks.append(asyncio.create_task(self._janitor(), name="job-janitor"))
+
+    async def stop(self) -> None:
+        """Stop leasing; running jobs get ``drain_timeout`` to finish, the rest go back to the queue."""
+        self._stopping.set()
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(self._tasks, timeout=self.cfg.drain_timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        self._tasks = []
+
+    async def _worker(self, index: int) -> None:
+        while not self._stopping.is_set():
+            try:
+                leased = await self.jobs.lease(1, self.cfg.lease, self.clock())
+            except StorageError:
+                log.warning("job_lease_failed", worker=index)
+                leased = []
+            if not leased:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=self.cfg.poll_interval)
+                continue
+            await self._run(leased[0])
+
+    async def _run(self, job: Job) -> None:
+        lease = job.lease or ""
+        self._running[job.job_id] = job
+        keeper = asyncio.create_task(self._keep_lease(job.job_id, lease))
+        try:
+            await self._attempt(job, lease)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):  # draining: hand the job back without counting it
+                await asyncio.shield(self.jobs.release(job.job_id, lease, self.clock()))
+            raise
+        except Exception:
+            log.exception("job_attempt_crashed", job_id=job.job_id)
+            await self._retry_or_fail(job, lease, {"type": "InternalFailure", "message": "router error"})
+        finally:
+            keeper.cancel()
+            self._running.pop(job.job_id, None)
+            event = self._done.get(job.job_id)
+            if event is not None:
+                event.set()
+
+    async def _keep_lease(self, job_id: str, lease: str) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.lease / 3)
+            try:
+                if not await self.jobs.extend(job_id, lease, self.cfg.lease, self.clock()):
+                    log.warning("job_lease_lost", job_id=job_id)
+                    return
+            except StorageError:
+                log.warning("job_lease_extend_failed", job_id=job_id)
+
+    async def _attempt(self, job: Job, lease: str) -> None:
+        spec = job.spec
+        target = self.targets(spec.model, Lane(spec.lane))
+        if target is None:
+            await self.jobs.fail(job.job_id, lease, {"type": "ValidationError",
+                                                     "message": f"model {spec.model!r} has no {spec.lane} lane"},
+                                 self.clock())
+            return
+        body = await self.objects.get(spec.input_key)
+        tracker = target.tracker
+        while tracker.inflight >= tracker.capacity or not tracker.admits(self.sync.clock()):
+            if self._stopping.is_set():
+                await self.jobs.release(job.job_id, lease, self.clock())
+                return
+            await asyncio.sleep(0.05)  # sync traffic first: jobs take the room it leaves
+        inv = Invocation(body=body, content_type=spec.content_type, accept=spec.accept,
+                         custom_attributes=spec.custom_attributes, inference_id=spec.inference_id,
+                         job_timeout_s=spec.timeout_s)
+        try:
+            result = await self.sync.call(target, inv, self.sync.clock())
+        except BackendError as exc:
+            error = {"type": exc.kind.value, "message": exc.message, "status": exc.original_status or exc.status}
+            if exc.retryable:
+                await self._retry_or_fail(job, lease, error)
+            else:
+                await self.jobs.fail(job.job_id, lease, error, self.clock())
+                self._finished(job, "failed")
+                log.info("job_failed", job_id=job.job_id, error=error["type"])
+            return
+        key = result_key(job.job_id)
+        await self.objects.put(key, result.body)  # under the job id: a second run overwrites, never adds
+        if not await self.jobs.succeed(job.job_id, lease, key, result.content_type, self.clock()):
+            log.warning("job_result_not_recorded", job_id=job.job_id, why="lease lost")
+        else:
+            self._finished(job, "succeeded")
+            log.info("job_succeeded", job_id=job.job_id, attempts=job.attempts)
+
+    def _finished(self, job: Job, status: str) -> None:
+        self.metrics.job_attempts(job.spec.model, "ok" if status == "succeeded" else "failed").inc()
+        self.metrics.job_duration(job.spec.model, job.spec.lane, status).observe(
+            max(0.0, self.clock() - job.created_at))
+
+    async def _retry_or_fail(self, job: Job, lease: str, error: Mapping[str, Any]) -> None:
+        now = self.clock()
+        if job.attempts >= job.spec.max_attempts:
+            await self.jobs.fail(job.job_id, lease, {**error, "attempts": job.attempts}, now)
+            self._finished(job, "failed")
+            log.info("job_failed", job_id=job.job_id, error=error.get("type"), attempts=job.attempts)
+            return
+        delay = min(self.cfg.max_backoff, self.cfg.backoff * 2 ** (job.attempts - 1)) * random.uniform(0.5, 1.5)
+        await self.jobs.retry(job.job_id, lease, error, now + delay, now)
+        self.metrics.job_attempts(job.spec.model, "retried").inc()
+
+    async def _janitor(self) -> None:
+        """Expires jobs past their TTL and refreshes the stats the metrics read."""
+        while not self._stopping.is_set():
+            try:
+                now = self.clock()
+                expired = await self.jobs.expire(now)
+                if expired:
+                    log.info("jobs_expired", count=expired)
+                self.stats = await self.jobs.stats(now)
+            except StorageError:
+                log.warning("job_janitor_storage_error")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=2.0)
