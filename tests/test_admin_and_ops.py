@@ -166,9 +166,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_demo_command_serves_a_prediction_and_stops_on_sigterm(http: aiohttp.ClientSession) -> None:
+async def test_demo_command_serves_a_prediction_and_stops_on_sigterm(tmp_path: Path,
+                                                                    http: aiohttp.ClientSession) -> None:
     port, rt_port, sls_port = free_port(), free_port(), free_port()
-    env = {**os.environ, "DEMO_RT_PORT": str(rt_port), "DEMO_SLS_PORT": str(sls_port)}
+    env = {**os.environ, "DEMO_RT_PORT": str(rt_port), "DEMO_SLS_PORT": str(sls_port),
+           "DEMO_STATE": str(tmp_path / "var")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "router.cli", "demo", "--port", str(port), env=env, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -186,12 +188,28 @@ async def test_demo_command_serves_a_prediction_and_stops_on_sigterm(http: aioht
                     break
             except aiohttp.ClientConnectionError:
                 continue
+        job: dict[str, str] = {}
+        if body:  # the async lane: low urgency + Prefer: respond-async -> 202, then the job's result
+            base = f"http://127.0.0.1:{port}"
+            async with http.post(f"{base}/endpoints/fraud/invocations", data="120.5,2,0.8,350,7,30", headers={
+                    "Content-Type": "text/csv", "X-Urgency": "low", "Prefer": "respond-async"}) as r:
+                assert r.status == 202
+                location = r.headers["Location"]
+            for _ in range(100):
+                async with http.get(base + location) as r:
+                    job["status"] = (await r.json())["status"]
+                if job["status"] == "succeeded":
+                    async with http.get(base + location + "/result") as r:
+                        job["result"] = await r.text()
+                    break
+                await asyncio.sleep(0.05)
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
         out, err = await asyncio.wait_for(proc.communicate(), timeout=15)
     assert body, f"the demo did not answer; its stderr:\n{err.decode()[-3000:]}"
     assert 0.0 < float(body) < 1.0
+    assert job == {"status": "succeeded", "result": body}
     # uvicorn drains, runs the lifespan shutdown, then re-raises SIGTERM so the exit status tells the truth
     assert proc.returncode in (0, -signal.SIGTERM)
     assert b'"event":"router_stopped"' in err

@@ -210,6 +210,8 @@ async def test_a_tenant_sees_only_its_own_jobs(tmp_path: Path, http: Any) -> Non
         async with http.get(f"{router.url}/jobs/{job_id}", headers={"X-Api-Key": KEY_B}) as r:
             assert r.status == 404
         async with http.get(f"{router.url}/jobs/{job_id}") as r:
+            assert r.status == 404  # anonymous is not team-a
+        async with http.get(f"{router.url}/jobs/{job_id}", headers={"X-Api-Key": "unknown-key-123"}) as r:
             assert r.status == 403
 
 

@@ -1,7 +1,8 @@
 """The jobs API: ``GET /jobs/{id}``, ``GET /jobs/{id}/result``, ``GET /jobs/{id}/error``, ``DELETE /jobs/{id}``.
 
-With callers configured, a request must carry an API key and sees only its own tenant's jobs; a job of
-another tenant is answered exactly like a missing one (404), so ids cannot be probed.
+A caller sees only the jobs of its own tenant: a job of another tenant is answered exactly like a missing
+one (404), so ids cannot be probed. Anonymous callers (no API key) share the tenant "anonymous"; their
+job ids (128 random bits) are the capability to read them, like a presigned URL.
 """
 
 from __future__ import annotations
@@ -31,13 +32,11 @@ async def _job_for(request: Request[Any, Any, Any], job_id: FromPath[str]) -> tu
         caller = routing.features.caller({k.lower(): v for k, v in request.headers.items()})
     except RequestError as exc:
         raise PermissionDeniedException(exc.message) from None
-    if routing.config.callers and caller.tenant == "anonymous":
-        raise PermissionDeniedException(f"an API key ({routing.config.server.api_key_header}) is required")
     try:
         job = await lane.jobs.get(job_id) if len(job_id) <= 128 else None
     except StorageError:
         raise _unavailable() from None
-    if job is None or (routing.config.callers and job.spec.tenant != caller.tenant):
+    if job is None or job.spec.tenant != caller.tenant:
         raise NotFoundException(f"no job {job_id}")
     return lane, job
 

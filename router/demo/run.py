@@ -49,6 +49,11 @@ JSON, and a team API key that may claim critical urgency:
 A deadline the cold serverless lane cannot meet is kept on real-time:
   curl -s -i -X POST {base}/endpoints/fraud/invocations -H 'Content-Type: text/csv' \\
        -H 'X-Deadline-Ms: 500' --data '{row}'
+Low urgency from a client that accepts a 202 becomes a job (the async lane); fetch it when done:
+  curl -s -i -X POST {base}/endpoints/fraud/invocations -H 'Content-Type: text/csv' \\
+       -H 'X-Urgency: low' -H 'Prefer: respond-async' --data '{row}'
+  curl -s {base}/jobs/<job_id>            # status
+  curl -s {base}/jobs/<job_id>/result     # the model's answer once succeeded
 KServe V2 and TorchServe clients keep their URLs:
   curl -s -X POST {base}/v2/models/fraud/infer -H 'Content-Type: application/json' \\
        --data '{{"instances": [[{row}]]}}'
