@@ -24,8 +24,8 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import csv_body, proc_rss_mb, router_cli, run_wrk, started  # noqa: E402
-from upstream import free_port, require_tools  # noqa: E402
+from overhead import csv_body, proc_rss_mb, router_cli, run_wrk, started
+from upstream import free_port, require_tools
 
 WRK_LUA = """\
 wrk.method = "POST"
