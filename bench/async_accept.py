@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--upload-mib", type=int, default=1024)
     args = ap.parse_args(argv)
     tools = require_tools("wrk")
-    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent.parent) as tmp_name:
+    with tempfile.TemporaryDirectory(prefix="router-bench-") as tmp_name:
         tmp = Path(tmp_name)
         port = free_port()
         config = tmp / "router.yaml"

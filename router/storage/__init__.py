@@ -17,4 +17,12 @@ async def open_stores(cfg: LocalStateConfig | AwsStateConfig) -> tuple[ObjectSto
         root = Path(cfg.path)
         root.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240  # once, at start-up
         return LocalObjectStore(root / "objects"), SqliteJobStore(root / "jobs.sqlite3")
-    raise NotImplementedError("state kind 'aws' is wired in with the S3 + SQS stores")
+    from router.storage.aws import SqsJobStore
+    from router.storage.s3 import S3ObjectStore
+
+    objects = S3ObjectStore(cfg.bucket, cfg.prefix, region=cfg.region, endpoint_url=cfg.endpoint_url)
+    jobs = SqsJobStore(cfg.bucket, cfg.queue_url, dlq_url=cfg.dlq_url, prefix=f"{cfg.prefix}jobs/",
+                       region=cfg.region, endpoint_url=cfg.endpoint_url)
+    await objects.start()
+    await jobs.start()
+    return objects, jobs

@@ -1,0 +1,52 @@
+"""The async lane in the scale-out mode: payloads, results and job records in S3, the queue in SQS with a
+dead-letter queue, all on moto's server; the router's real aiobotocore code runs against it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router.demo.model_server import ModelServer
+from tests.conftest import serve_router
+from tests.moto_server import boto3_client, create_bucket, create_queues, moto_server, moto_url  # noqa: F401
+from tests.test_async_lane import config, expected, rows, until_done
+
+
+def aws_config(rt: ModelServer, tmp_path: Path, url: str) -> str:
+    bucket = create_bucket(url)
+    queues = create_queues(url, max_receive_count=10, visibility_timeout_s=5)
+    state = (f'state: {{kind: aws, bucket: {bucket}, prefix: "router/", queue_url: "{queues.queue_url}", '
+             f'dlq_url: "{queues.dlq_url}", endpoint_url: "{url}", region: us-east-1}}')
+    return config(rt, tmp_path).replace(f'state: {{kind: local, path: "{tmp_path}"}}', state)
+
+
+async def test_a_job_runs_through_s3_and_sqs(tmp_path: Path, http: Any, moto_url: str) -> None:  # noqa: F811
+    async with ModelServer() as rt, serve_router(aws_config(rt, tmp_path, moto_url)) as router:
+        async with http.post(router.endpoint("fraud"), data=rows(200), headers={
+                "Content-Type": "text/csv", "Prefer": "respond-async"}) as r:
+            assert r.status == 202
+            job_id = (await r.json())["job_id"]
+        job = await until_done(http, router, job_id)
+        assert (job["status"], job["attempts"]) == ("succeeded", 1)
+        async with http.get(f"{router.url}/jobs/{job_id}/result") as r:
+            assert r.status == 200
+            assert [float(x) for x in (await r.text()).split()] == pytest.approx(expected(200), abs=1e-6)
+    keys = {o["Key"] for o in boto3_client("s3", moto_url).list_objects_v2(Bucket="router-state")["Contents"]}
+    assert {f"router/inputs/{job_id}", f"router/results/{job_id}", f"router/jobs/{job_id}.json"} <= keys
+
+
+async def test_a_poison_job_lands_in_the_dead_letter_queue(tmp_path: Path, http: Any,
+                                                           moto_url: str) -> None:  # noqa: F811
+    async with ModelServer(fail_status=503) as rt, serve_router(aws_config(rt, tmp_path, moto_url)) as router:
+        async with http.post(router.endpoint("fraud"), data=rows(200), headers={
+                "Content-Type": "text/csv", "Prefer": "respond-async"}) as r:
+            job_id = (await r.json())["job_id"]
+        job = await until_done(http, router, job_id)
+        assert (job["status"], job["attempts"]) == ("failed", 3)
+        assert rt.requests == 3
+    sqs = boto3_client("sqs", moto_url)
+    dlq = sqs.get_queue_url(QueueName="router-jobs-dlq")["QueueUrl"]
+    messages = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10).get("Messages", [])
+    assert [m["Body"] for m in messages] == [job_id]
