@@ -242,3 +242,13 @@ async def test_storage_failure_is_503_never_a_202(tmp_path: Path, http: Any) -> 
             assert "Retry-After" in r.headers
         stats = await router.runtime.job_lane.jobs.stats(0.0)  # type: ignore[union-attr]
         assert sum(stats.jobs.values()) == 0
+
+
+async def test_input_location_needs_the_aws_state(tmp_path: Path, http: Any) -> None:
+    async with ModelServer() as rt, serve_router(config(rt, tmp_path)) as router:
+        async with http.post(router.url + "/endpoints/fraud/async-invocations",
+                             headers={"X-Amzn-SageMaker-InputLocation": "s3://bucket/key.csv"}) as r:
+            assert r.status == 400
+            assert "state kind aws" in (await r.json())["message"]
+        async with http.post(router.url + "/endpoints/nope/async-invocations", data=ROW) as r:
+            assert r.status == 404

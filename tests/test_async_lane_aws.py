@@ -3,10 +3,13 @@ dead-letter queue, all on moto's server; the router's real aiobotocore code runs
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from botocore.config import Config
 
 from router.demo.model_server import ModelServer
 from tests.conftest import serve_router
@@ -50,3 +53,28 @@ async def test_a_poison_job_lands_in_the_dead_letter_queue(tmp_path: Path, http:
     dlq = sqs.get_queue_url(QueueName="router-jobs-dlq")["QueueUrl"]
     messages = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10).get("Messages", [])
     assert [m["Body"] for m in messages] == [job_id]
+
+
+async def test_boto3_invoke_endpoint_async_with_an_s3_input_location(tmp_path: Path, http: Any,
+                                                                     moto_url: str) -> None:  # noqa: F811
+    async with ModelServer() as rt, serve_router(aws_config(rt, tmp_path, moto_url)) as router:
+        s3 = boto3_client("s3", moto_url)
+        s3.put_object(Bucket="router-state", Key="router/uploads/batch-1.csv", Body=rows(30).encode())
+
+        def invoke(location: str) -> Any:
+            smr = boto3.client("sagemaker-runtime", endpoint_url=router.url, region_name="us-east-1",
+                               config=Config(retries={"total_max_attempts": 1}))
+            return smr.invoke_endpoint_async(EndpointName="fraud", InputLocation=location, ContentType="text/csv")
+
+        response = await asyncio.to_thread(invoke, "s3://router-state/router/uploads/batch-1.csv")
+        job_id = response["OutputLocation"].split("/")[-2]
+        job = await until_done(http, router, job_id)
+        assert job["status"] == "succeeded"
+        async with http.get(f"{router.url}/jobs/{job_id}/result") as r:
+            assert [float(x) for x in (await r.text()).split()] == pytest.approx(expected(30), abs=1e-6)
+        for bad in ("https://router-state/router/uploads/batch-1.csv", "s3://other-bucket/router/x.csv",
+                    "s3://router-state/elsewhere/x.csv", "s3://router-state/router/missing.csv"):
+            async with http.post(router.url + "/endpoints/fraud/async-invocations",
+                                 headers={"X-Amzn-SageMaker-InputLocation": bad}) as r:
+                assert r.status == 400, bad
+                assert r.headers["x-amzn-ErrorType"] == "ValidationError"

@@ -18,12 +18,13 @@ import msgspec
 import structlog
 
 from router.api.errors import ErrorAnswer, from_failure
+from router.config import AwsStateConfig
 from router.features import RequestError
 from router.lanes.jobs import JobLane
 from router.lanes.sync import SyncFailure
 from router.metrics import UNKNOWN_MODEL
 from router.runtime import ModelEntry, Runtime
-from router.storage.base import Job, JobStatus, ObjectTooLarge, StorageError
+from router.storage.base import Job, JobStatus, ObjectTooLarge, StorageError, StoredObject
 from router.types import JOB_LANES, Hop, Invocation, InvocationResult, Lane, RequestFeatures, Route
 
 log = structlog.get_logger("router.access")
@@ -252,7 +253,7 @@ class DataPlane:
 
     async def _accept(self, headers: dict[str, str], entry: ModelEntry, features: RequestFeatures, hop: Hop,
                       body: bytes | AsyncIterator[bytes], *, content_type: str | None = None,
-                      accept: str | None = None) -> Job:
+                      accept: str | None = None, existing: StoredObject | None = None) -> Job:
         """Store the job durably; 413 past the lane's limit, 503 when storage fails (never a 202 then)."""
         limit = entry.routes.limits.get(hop.lane, 0)
         try:
@@ -261,7 +262,7 @@ class DataPlane:
                 limit=limit, content_type=content_type or headers.get("content-type"),
                 accept=accept or headers.get("accept"),
                 custom_attributes=headers.get("x-amzn-sagemaker-custom-attributes"),
-                inference_id=headers.get("x-amzn-sagemaker-inference-id"))
+                inference_id=headers.get("x-amzn-sagemaker-inference-id"), existing=existing)
         except ObjectTooLarge:
             raise RequestError(413, "ValidationError", f"request body exceeds the {hop.lane} lane's limit of "
                                f"{limit} bytes") from None
@@ -301,10 +302,8 @@ class DataPlane:
         if hop_backend is None:
             raise RequestError(400, "ValidationError", "this model has no async lane")
         routing = self.runtime.routing
-        if headers.get("x-amzn-sagemaker-inputlocation"):
-            raise RequestError(400, "ValidationError", "X-Amzn-SageMaker-InputLocation is not supported yet: "
-                               "send the payload inline as the request body")
         features = routing.features.extract(entry.name, headers, int(headers.get("content-length") or 0))
+        existing = await self._input_location(headers.get("x-amzn-sagemaker-inputlocation"), entry)
         declared = headers.get("content-length")
         limit = entry.routes.limits.get(Lane.ASYNC, 0)
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
@@ -313,7 +312,7 @@ class DataPlane:
         hop = Hop(Lane.ASYNC, hop_backend)
         job = await self._accept(headers, entry, features, hop, rest_of_body(receive, b""),
                                  content_type=headers.get("x-amzn-sagemaker-content-type"),
-                                 accept=headers.get("x-amzn-sagemaker-accept"))
+                                 accept=headers.get("x-amzn-sagemaker-accept"), existing=existing)
         origin = _origin(scope, headers)
         url = f"/jobs/{job.job_id}"
         out = _router_headers(request_id, "async", hop_backend, "async_invocation")
@@ -326,6 +325,30 @@ class DataPlane:
         await send({"type": "http.response.start", "status": 202, "headers": out})
         await send({"type": "http.response.body", "body": body})
         return 202
+
+    async def _input_location(self, location: str | None, entry: ModelEntry) -> StoredObject | None:
+        """An ``s3://`` InputLocation inside the configured bucket and prefix, as a stored object; 400 else."""
+        if not location:
+            return None
+        state = self.runtime.routing.config.state
+        if not isinstance(state, AwsStateConfig):
+            raise RequestError(400, "ValidationError", "X-Amzn-SageMaker-InputLocation needs state kind aws; "
+                               "send the payload inline as the request body")
+        scheme, _, rest = location.partition("://")
+        bucket, _, key = rest.partition("/")
+        if scheme != "s3" or bucket != state.bucket or not key.startswith(state.prefix) or ".." in key.split("/"):
+            raise RequestError(400, "ValidationError", f"InputLocation must be an s3:// URI under "
+                               f"s3://{state.bucket}/{state.prefix}")
+        relative = key[len(state.prefix):]
+        try:
+            size = await self._job_lane().objects.size(relative)
+        except (StorageError, ValueError):
+            size = None
+        if size is None:
+            raise RequestError(400, "ValidationError", "InputLocation does not name an object the router can read")
+        if size > entry.routes.limits.get(Lane.ASYNC, 0):
+            raise RequestError(413, "ValidationError", "the InputLocation object exceeds the async lane's limit")
+        return StoredObject(relative, size, "")
 
     # --- helpers --------------------------------------------------------------------------------
 

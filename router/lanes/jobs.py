@@ -21,7 +21,17 @@ import structlog
 
 from router.config import JobsConfig
 from router.lanes.sync import SyncLane, Target
-from router.storage.base import TERMINAL, Job, JobSpec, JobStatus, JobStore, ObjectStore, StorageError, StoreStats
+from router.storage.base import (
+    TERMINAL,
+    Job,
+    JobSpec,
+    JobStatus,
+    JobStore,
+    ObjectStore,
+    StorageError,
+    StoredObject,
+    StoreStats,
+)
 from router.types import BackendError, Invocation, Lane
 
 log = structlog.get_logger("router.jobs")
@@ -78,11 +88,17 @@ class JobLane:
     async def accept(self, *, lane: Lane, model: str, tenant: str, priority: int,
                      body: bytes | AsyncIterable[bytes], limit: int, content_type: str | None,
                      accept: str | None = None, custom_attributes: str | None = None,
-                     inference_id: str | None = None, job_id: str | None = None) -> Job:
-        """Store the payload, then the job. Raises StorageError (answer 503) or ObjectTooLarge (413)."""
+                     inference_id: str | None = None, job_id: str | None = None,
+                     existing: StoredObject | None = None) -> Job:
+        """Store the payload, then the job. Raises StorageError (answer 503) or ObjectTooLarge (413).
+
+        ``existing``: the payload is already in the object store (an InputLocation); ``body`` is ignored.
+        """
         job_id = job_id or uuid.uuid4().hex
-        key = input_key(job_id)
-        if isinstance(body, bytes | bytearray):
+        key = existing.key if existing else input_key(job_id)
+        if existing is not None:
+            stored = existing
+        elif isinstance(body, bytes | bytearray):
             stored = await self.objects.put(key, bytes(body))
         else:
             stored = await self.objects.put_stream(key, body, limit=limit)
