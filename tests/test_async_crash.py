@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import aiohttp
 
 from router.demo.model import FraudModel
 from router.demo.model_server import ModelServer
+from tests.moto_server import boto3_client, create_bucket, create_queues, moto_server, moto_url  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS = 500
@@ -57,13 +59,37 @@ async def statuses(http: aiohttp.ClientSession, base: str, ids: list[str]) -> di
     return dict(await asyncio.gather(*(one(i) for i in ids)))
 
 
+def local_results(tmp_path: Path) -> list[str]:
+    return [p.name for p in (tmp_path / "var" / "objects" / "results").iterdir()]
+
+
 async def test_sigkill_midway_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    state = f'state: {{kind: local, path: "{tmp_path / "var"}"}}'
+    await crash_and_recover(tmp_path, state, lambda: local_results(tmp_path))
+
+
+async def test_sigkill_midway_on_s3_and_sqs(tmp_path: Path, moto_url: str) -> None:  # noqa: F811
+    bucket = create_bucket(moto_url)
+    queues = create_queues(moto_url, max_receive_count=20)
+    state = (f'state: {{kind: aws, bucket: {bucket}, queue_url: "{queues.queue_url}", '
+             f'dlq_url: "{queues.dlq_url}", endpoint_url: "{moto_url}", region: us-east-1}}')
+
+    def s3_results() -> list[str]:
+        pages = boto3_client("s3", moto_url).get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix="results/")
+        return [o["Key"].removeprefix("results/") for page in pages for o in page.get("Contents", [])]
+
+    await crash_and_recover(tmp_path, state, s3_results)
+
+
+async def crash_and_recover(tmp_path: Path, state: str, results_written: Callable[[], list[str]]) -> None:
+    """500 jobs, SIGKILL once a third are done, restart; check every job and every result."""
     port = free_port()
     async with ModelServer(latency_s=0.02) as model, aiohttp.ClientSession() as http:
         config = tmp_path / "router.yaml"
         config.write_text(f"""
 server: {{listen: "127.0.0.1:{port}", access_log: false}}
-state: {{kind: local, path: "{tmp_path / 'var'}"}}
+{state}
 jobs: {{workers: {WORKERS}, lease: 2s, max_attempts: 5, backoff: 50ms, poll_interval: 20ms}}
 backends:
   rt: {{kind: http, url: "{model.url}/invocations", max_concurrency: 8}}
@@ -121,7 +147,7 @@ models:
                 await proc.wait()
     # one result object per job, under its id; re-runs are bounded by what was in flight at the kill.
     # A write cut by the kill leaves a hidden temp file that no reader ever sees (not yet swept).
-    written = [p.name for p in (tmp_path / "var" / "objects" / "results").iterdir()]
+    written = results_written()
     assert sorted(n for n in written if not n.startswith(".")) == sorted(ids)
     assert len([n for n in written if n.startswith(".") and n.endswith(".tmp")]) <= WORKERS
     assert JOBS <= model.requests <= JOBS + WORKERS
