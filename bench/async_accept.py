@@ -24,25 +24,14 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overhead import WRK_LUA as OVERHEAD_LUA
 from overhead import csv_body, proc_rss_mb, router_cli, run_wrk, started
 from upstream import free_port, require_tools
 
-WRK_LUA = """\
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "text/csv"
-wrk.headers["Prefer"] = "respond-async"
-wrk.body = [==[{body}]==]
-
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'BENCHJSON {{"requests": %.0f, "duration_us": %.0f, "p50_us": %.1f, "p90_us": %.1f, "p99_us": %.1f, ' ..
-    '"mean_us": %.1f, "max_us": %.1f, "err_connect": %.0f, "err_read": %.0f, "err_write": %.0f, ' ..
-    '"err_status": %.0f, "err_timeout": %.0f}}\\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency.mean, latency.max, e.connect, e.read, e.write, e.status, e.timeout))
-end
-"""
+# overhead.py's script (POST + the JSON summary line), plus the header that makes each request a job
+WRK_LUA = OVERHEAD_LUA.replace('wrk.headers["Content-Type"] = "text/csv"\n',
+                               'wrk.headers["Content-Type"] = "text/csv"\nwrk.headers["Prefer"] = "respond-async"\n')
+assert "respond-async" in WRK_LUA
 
 CONFIG = """
 server: {{listen: "127.0.0.1:{port}", access_log: false, max_body: 1100MiB}}

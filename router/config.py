@@ -211,6 +211,15 @@ class FallbackConfig(Strict):
     overflow_min_urgency: str = "critical"
 
 
+class WebhookConfig(Strict):
+    """Completion callbacks for jobs: a client names a URL in ``header``; it must match ``allow``."""
+
+    allow: list[str] = Field(min_length=1)  # exact URLs, or prefixes ending in '*'; nothing else is called
+    secret: str = Field(min_length=16)  # HMAC-SHA256 key of the X-Router-Signature header
+    header: str = "X-Callback-Url"
+    attempts: int = Field(3, ge=1, le=10)
+
+
 class RouterConfig(Strict):
     server: ServerConfig = ServerConfig()
     state: StateConfig = Field(default_factory=LocalStateConfig)
@@ -221,6 +230,7 @@ class RouterConfig(Strict):
     models: dict[str, ModelConfig]
     policies: dict[str, PolicyConfig] = Field(default_factory=dict)
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
+    webhooks: WebhookConfig | None = None
 
     def backend_names(self) -> set[str]:
         return set(self.backends)

@@ -41,8 +41,8 @@ class ClientDisconnected(Exception):
     pass
 
 
-async def read_body(receive: Any, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it passes ``limit`` instead of buffering it first."""
+async def read_prefix(receive: Any, limit: int) -> tuple[bytes, bool]:
+    """Up to ``limit`` + 1 bytes of the body, and whether that was all of it: never buffers past the limit."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -51,28 +51,19 @@ async def read_body(receive: Any, limit: int) -> bytes:
             raise ClientDisconnected
         chunk = message.get("body", b"")
         if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(413, "ValidationError", f"request body exceeds this model's limit of {limit} bytes")
             chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-async def read_prefix(receive: Any, limit: int) -> tuple[bytes, bool]:
-    """Up to ``limit`` + 1 bytes of a body of unknown length, and whether that was all of it."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        chunk = message.get("body", b"")
-        chunks.append(chunk)
-        size += len(chunk)
+            size += len(chunk)
         more = message.get("more_body", False)
         if not more or size > limit:
-            return b"".join(chunks), not more
+            return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), not more
+
+
+async def read_body(receive: Any, limit: int) -> bytes:
+    """The whole body, refusing (413) as soon as it passes ``limit`` instead of buffering it first."""
+    body, complete = await read_prefix(receive, limit)
+    if not complete or len(body) > limit:
+        raise RequestError(413, "ValidationError", f"request body exceeds this model's limit of {limit} bytes")
+    return body
 
 
 async def rest_of_body(receive: Any, prefix: bytes) -> AsyncIterator[bytes]:
