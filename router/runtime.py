@@ -21,6 +21,7 @@ from router.policy.registry import build_policy
 from router.state import Clock, SaturationTracker, TrackerSettings
 from router.storage import open_stores
 from router.types import JOB_LANES, Backend, Decision, Lane, RequestFeatures, Route
+from router.webhooks import CallbackPolicy, WebhookNotifier
 from router.yamlpos import ConfigError
 
 log = structlog.get_logger("router.runtime")
@@ -46,6 +47,7 @@ class Routing:
     exact_paths: Mapping[str, str]  # extra path -> model
     prefix_paths: tuple[tuple[str, str], ...]  # (prefix, model), longest first
     overflow_priority: int
+    callbacks: CallbackPolicy | None = None  # webhooks' allow-list, when webhooks are on
 
     def model_for_path(self, path: str) -> str | None:
         model = self.exact_paths.get(path)
@@ -116,7 +118,8 @@ def build_routing(
     features = FeatureExtractor(cfg.urgency, cfg.callers, cfg.server.api_key_header,
                                 on_clamp=lambda model: metrics.urgency_clamped(model).inc())
     overflow = levels.get(cfg.fallback.overflow_min_urgency, max(levels.values()))
-    return Routing(cfg, models, engine, features, targets, exact, tuple(prefixes), overflow)
+    callbacks = CallbackPolicy(cfg.webhooks.allow) if cfg.webhooks else None
+    return Routing(cfg, models, engine, features, targets, exact, tuple(prefixes), overflow, callbacks)
 
 
 class Runtime:
@@ -145,6 +148,7 @@ class Runtime:
         if any(lane in JOB_LANES for m in self.routing.models.values() for lane in m.routes.lanes):
             objects, jobs = await open_stores(cfg.state)
             self.job_lane = JobLane(objects, jobs, cfg.jobs, self.sync, self._job_target)
+            self._set_notifier(cfg)
             await self.job_lane.start()
         self.started = True
         log.info("router_started", models=sorted(self.routing.models), backends=sorted(self._backends))
@@ -173,6 +177,7 @@ class Runtime:
             cfg, self.tracker, {}, self.metrics)
         self.routing = routing
         self.sync.overflow_priority = routing.overflow_priority
+        self._set_notifier(cfg)
         self.sync.budget.ratio = cfg.fallback.retry_budget
         self.sync.budget.min_per_s = cfg.fallback.min_retries_per_second
         self.metrics.reloads("ok").inc()
@@ -196,6 +201,12 @@ class Runtime:
             log.exception("config_reload_failed")
             return [f"reload failed: {exc}"]
         return []
+
+    def _set_notifier(self, cfg: RouterConfig) -> None:
+        if self.job_lane is not None:
+            hooks = cfg.webhooks
+            self.job_lane.notifier = WebhookNotifier(self.connections.http, hooks.secret, attempts=hooks.attempts
+                                                     ) if hooks else None
 
     def _job_target(self, model: str, lane: Lane) -> Target | None:
         entry = self.routing.models.get(model)

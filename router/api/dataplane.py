@@ -247,13 +247,15 @@ class DataPlane:
                       accept: str | None = None, existing: StoredObject | None = None) -> Job:
         """Store the job durably; 413 past the lane's limit, 503 when storage fails (never a 202 then)."""
         limit = entry.routes.limits.get(hop.lane, 0)
+        callback = self._callback_url(headers)
         try:
             return await self._job_lane().accept(
                 lane=hop.lane, model=entry.name, tenant=features.caller, priority=features.priority, body=body,
                 limit=limit, content_type=content_type or headers.get("content-type"),
                 accept=accept or headers.get("accept"),
                 custom_attributes=headers.get("x-amzn-sagemaker-custom-attributes"),
-                inference_id=headers.get("x-amzn-sagemaker-inference-id"), existing=existing)
+                inference_id=headers.get("x-amzn-sagemaker-inference-id"), existing=existing,
+                callback_url=callback)
         except ObjectTooLarge:
             raise RequestError(413, "ValidationError", f"request body exceeds the {hop.lane} lane's limit of "
                                f"{limit} bytes") from None
@@ -316,6 +318,18 @@ class DataPlane:
         await send({"type": "http.response.start", "status": 202, "headers": out})
         await send({"type": "http.response.body", "body": body})
         return 202
+
+    def _callback_url(self, headers: dict[str, str]) -> str | None:
+        """The client's callback URL, if webhooks are on; 400 unless the allow-list has it."""
+        routing = self.runtime.routing
+        hooks = routing.config.webhooks
+        url = headers.get(hooks.header.lower()) if hooks else None
+        if url is None or routing.callbacks is None:
+            return None
+        if not routing.callbacks.allows(url):
+            raise RequestError(400, "ValidationError", f"{hooks.header if hooks else 'callback'} is not an "
+                               "allowed callback URL (webhooks.allow)")
+        return url
 
     async def _input_location(self, location: str | None, entry: ModelEntry) -> StoredObject | None:
         """An ``s3://`` InputLocation inside the configured bucket and prefix, as a stored object; 400 else."""

@@ -33,6 +33,7 @@ from router.storage.base import (
     StoreStats,
 )
 from router.types import BackendError, Invocation, Lane
+from router.webhooks import WebhookNotifier
 
 log = structlog.get_logger("router.jobs")
 
@@ -82,6 +83,8 @@ class JobLane:
         self._stopping = asyncio.Event()
         self._done: dict[str, asyncio.Event] = {}  # job id -> set when this process finishes it
         self._running: dict[str, Job] = {}
+        self.notifier: WebhookNotifier | None = None
+        self._callbacks: set[asyncio.Task[None]] = set()
 
     # --- accepting ------------------------------------------------------------------------------
 
@@ -89,7 +92,7 @@ class JobLane:
                      body: bytes | AsyncIterable[bytes], limit: int, content_type: str | None,
                      accept: str | None = None, custom_attributes: str | None = None,
                      inference_id: str | None = None, job_id: str | None = None,
-                     existing: StoredObject | None = None) -> Job:
+                     existing: StoredObject | None = None, callback_url: str | None = None) -> Job:
         """Store the payload, then the job. Raises StorageError (answer 503) or ObjectTooLarge (413).
 
         ``existing``: the payload is already in the object store (an InputLocation); ``body`` is ignored.
@@ -107,6 +110,7 @@ class JobLane:
             input_bytes=stored.size, input_sha256=stored.sha256, content_type=content_type, accept=accept,
             custom_attributes=custom_attributes, inference_id=inference_id, priority=priority,
             max_attempts=self.cfg.max_attempts, ttl_s=self.cfg.ttl, timeout_s=self.cfg.invocation_timeout,
+            callback_url=callback_url,
         )
         job = await self.jobs.create(spec, self.clock())
         log.info("job_accepted", job_id=job_id, model=model, lane=lane.value, bytes=stored.size)
@@ -141,6 +145,8 @@ class JobLane:
     async def stop(self) -> None:
         """Stop leasing; running jobs get ``drain_timeout`` to finish, the rest go back to the queue."""
         self._stopping.set()
+        if self._callbacks:  # deliveries already under way get a few seconds
+            await asyncio.wait(set(self._callbacks), timeout=5.0)
         if not self._tasks:
             return
         _, pending = await asyncio.wait(self._tasks, timeout=self.cfg.drain_timeout)
@@ -230,6 +236,10 @@ class JobLane:
             log.info("job_succeeded", job_id=job.job_id, attempts=job.attempts)
 
     def _finished(self, job: Job, status: str) -> None:
+        if job.spec.callback_url and self.notifier is not None:
+            task = asyncio.create_task(self._callback(job.job_id, job.spec.callback_url, self.notifier))
+            self._callbacks.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._callbacks.discard)
         self.metrics.job_attempts(job.spec.model, "ok" if status == "succeeded" else "failed").inc()
         self.metrics.job_duration(job.spec.model, job.spec.lane, status).observe(
             max(0.0, self.clock() - job.created_at))
@@ -244,6 +254,15 @@ class JobLane:
         delay = min(self.cfg.max_backoff, self.cfg.backoff * 2 ** (job.attempts - 1)) * random.uniform(0.5, 1.5)
         await self.jobs.retry(job.job_id, lease, error, now + delay, now)
         self.metrics.job_attempts(job.spec.model, "retried").inc()
+
+    async def _callback(self, job_id: str, url: str, notifier: WebhookNotifier) -> None:
+        try:
+            job = await self.jobs.get(job_id)
+        except StorageError:
+            log.warning("webhook_job_unreadable", job_id=job_id)
+            return
+        if job is not None and await notifier.notify(url, job_json(job, f"/jobs/{job_id}")):
+            log.info("webhook_delivered", job_id=job_id)
 
     async def _janitor(self) -> None:
         """Expires jobs past their TTL and refreshes the stats the metrics read."""
