@@ -16,12 +16,12 @@ from router.features import FeatureExtractor
 from router.lanes.jobs import JobLane
 from router.lanes.sync import RetryBudget, SyncLane, Target
 from router.metrics import RouterMetrics
+from router.notify import CallbackPolicy, WebhookNotifier
 from router.policy.engine import ModelRoutes, PolicyEngine
 from router.policy.registry import build_policy
 from router.state import Clock, SaturationTracker, TrackerSettings
 from router.storage import open_stores
 from router.types import JOB_LANES, Backend, Decision, Lane, RequestFeatures, Route
-from router.webhooks import CallbackPolicy, WebhookNotifier
 from router.yamlpos import ConfigError
 
 log = structlog.get_logger("router.runtime")

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from router.demo.model_server import ModelServer
-from router.webhooks import CallbackPolicy, WebhookNotifier, verify
+from router.notify import CallbackPolicy, WebhookNotifier, verify
 from tests.conftest import serve_router
 from tests.test_async_lane import config, rows, until_done
 

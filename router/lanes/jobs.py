@@ -21,6 +21,7 @@ import structlog
 
 from router.config import JobsConfig
 from router.lanes.sync import SyncLane, Target
+from router.notify import WebhookNotifier
 from router.storage.base import (
     TERMINAL,
     Job,
@@ -33,7 +34,6 @@ from router.storage.base import (
     StoreStats,
 )
 from router.types import BackendError, Invocation, Lane
-from router.webhooks import WebhookNotifier
 
 log = structlog.get_logger("router.jobs")
 
