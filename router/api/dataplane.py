@@ -20,7 +20,7 @@ import structlog
 from router.api.errors import ErrorAnswer, from_failure
 from router.config import AwsStateConfig
 from router.features import RequestError
-from router.lanes.jobs import JobLane
+from router.lanes.jobs import JobLane, job_url
 from router.lanes.sync import SyncFailure
 from router.metrics import UNKNOWN_MODEL
 from router.runtime import ModelEntry, Runtime
@@ -159,7 +159,7 @@ class DataPlane:
                 lane, backend, reason = "async", entry.routes.lanes.get(Lane.ASYNC, "none"), "async_invocation"
                 status = await self._serve_async_invocation(scope, receive, send, headers, entry, request_id)
                 return
-            declared = self._declared_length(headers, entry)
+            declared = self._declared_length(headers, entry.max_bytes)
             prefix, complete = b"", True
             if declared is None:  # chunked: read what a sync lane could take, then decide
                 prefix, complete = await read_prefix(receive, entry.max_sync_bytes)
@@ -280,7 +280,7 @@ class DataPlane:
                                        lane, backend, reason)
                     return 200
             job = finished or job
-        url = f"/jobs/{job.job_id}"
+        url = job_url(job.job_id)
         out = _router_headers(request_id, lane, backend, reason)
         out += [_JSON, (b"location", url.encode()), (b"retry-after", b"1")]
         body = _encode({"job_id": job.job_id, "lane": job.spec.lane, "status_url": url, "status": job.status.value})
@@ -295,19 +295,15 @@ class DataPlane:
         if hop_backend is None:
             raise RequestError(400, "ValidationError", "this model has no async lane")
         routing = self.runtime.routing
-        features = routing.features.extract(entry.name, headers, int(headers.get("content-length") or 0))
+        declared = self._declared_length(headers, entry.routes.limits.get(Lane.ASYNC, 0))
+        features = routing.features.extract(entry.name, headers, declared or 0)
         existing = await self._input_location(headers.get("x-amzn-sagemaker-inputlocation"), entry)
-        declared = headers.get("content-length")
-        limit = entry.routes.limits.get(Lane.ASYNC, 0)
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            raise RequestError(413 if declared.isdigit() else 400, "ValidationError",
-                               f"request body exceeds the async lane's limit of {limit} bytes")
         hop = Hop(Lane.ASYNC, hop_backend)
         job = await self._accept(headers, entry, features, hop, rest_of_body(receive, b""),
                                  content_type=headers.get("x-amzn-sagemaker-content-type"),
                                  accept=headers.get("x-amzn-sagemaker-accept"), existing=existing)
         origin = _origin(scope, headers)
-        url = f"/jobs/{job.job_id}"
+        url = job_url(job.job_id)
         out = _router_headers(request_id, "async", hop_backend, "async_invocation")
         out += [_JSON, (b"location", url.encode()),
                 (b"x-amzn-sagemaker-outputlocation", f"{origin}{url}/result".encode()),
@@ -358,15 +354,16 @@ class DataPlane:
     # --- helpers --------------------------------------------------------------------------------
 
     @staticmethod
-    def _declared_length(headers: dict[str, str], entry: ModelEntry) -> int | None:
+    def _declared_length(headers: dict[str, str], limit: int) -> int | None:
+        """Content-Length, checked before a byte is read: 400 if malformed, 413 over ``limit``."""
         declared = headers.get("content-length")
         if declared is None:
             return None
         if not declared.isdigit():
             raise RequestError(400, "ValidationError", "invalid Content-Length header")
-        if int(declared) > entry.max_bytes:
-            raise RequestError(413, "ValidationError", f"request body of {declared} bytes exceeds this model's "
-                               f"limit of {entry.max_bytes} bytes")
+        if int(declared) > limit:
+            raise RequestError(413, "ValidationError", f"request body of {declared} bytes exceeds the "
+                               f"limit of {limit} bytes")
         return int(declared)
 
     @staticmethod

@@ -15,7 +15,7 @@ from litestar.params import FromPath
 from litestar.response import Stream
 
 from router.features import RequestError
-from router.lanes.jobs import JobLane, job_json
+from router.lanes.jobs import JobLane, job_json, job_url
 from router.runtime import Runtime
 from router.storage.base import Job, JobStatus, StorageError
 
@@ -51,7 +51,7 @@ def _unavailable() -> Exception:
 @get("/jobs/{job_id:str}")
 async def get_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> dict[str, Any]:
     _, job = await _job_for(request, job_id)
-    return job_json(job, f"/jobs/{job.job_id}")
+    return job_json(job, job_url(job.job_id))
 
 
 @get("/jobs/{job_id:str}/result")
@@ -69,10 +69,10 @@ async def get_result(request: Request[Any, Any, Any], job_id: FromPath[str]) -> 
                       media_type=job.result_content_type or "application/octet-stream",
                       headers={"Content-Length": str(size), "X-Job-Status": job.status.value})
     if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
-        return Response(job_json(job, f"/jobs/{job.job_id}"), status_code=202,
+        return Response(job_json(job, job_url(job.job_id)), status_code=202,
                         headers={"Retry-After": PENDING_RETRY_AFTER})
     status = 410 if job.status is JobStatus.EXPIRED else 424
-    return Response(job_json(job, f"/jobs/{job.job_id}"), status_code=status)
+    return Response(job_json(job, job_url(job.job_id)), status_code=status)
 
 
 @get("/jobs/{job_id:str}/error")

@@ -49,6 +49,11 @@ def result_key(job_id: str) -> str:
     return f"results/{job_id}"
 
 
+def job_url(job_id: str) -> str:
+    """Where the jobs API answers for a job (the 202's Location and status_url)."""
+    return f"/jobs/{job_id}"
+
+
 def job_json(job: Job, status_url: str | None = None) -> dict[str, Any]:
     """The jobs API's view of a job (DESIGN.md contract)."""
     out: dict[str, Any] = {
@@ -82,7 +87,6 @@ class JobLane:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._done: dict[str, asyncio.Event] = {}  # job id -> set when this process finishes it
-        self._running: dict[str, Job] = {}
         self.notifier: WebhookNotifier | None = None
         self._callbacks: set[asyncio.Task[None]] = set()
 
@@ -170,7 +174,6 @@ class JobLane:
 
     async def _run(self, job: Job) -> None:
         lease = job.lease or ""
-        self._running[job.job_id] = job
         keeper = asyncio.create_task(self._keep_lease(job.job_id, lease))
         try:
             await self._attempt(job, lease)
@@ -183,7 +186,6 @@ class JobLane:
             await self._retry_or_fail(job, lease, {"type": "InternalFailure", "message": "router error"})
         finally:
             keeper.cancel()
-            self._running.pop(job.job_id, None)
             event = self._done.get(job.job_id)
             if event is not None:
                 event.set()
@@ -261,7 +263,7 @@ class JobLane:
         except StorageError:
             log.warning("webhook_job_unreadable", job_id=job_id)
             return
-        if job is not None and await notifier.notify(url, job_json(job, f"/jobs/{job_id}")):
+        if job is not None and await notifier.notify(url, job_json(job, job_url(job_id))):
             log.info("webhook_delivered", job_id=job_id)
 
     async def _janitor(self) -> None:
