@@ -55,6 +55,13 @@ async def serve_router(yaml_text: str, env: Mapping[str, str] | None = None,
         sock.close()
 
 
+def free_port() -> int:
+    """A port nothing listens on now, for a server started in another process."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 
 from router.cli import main
 from router.demo.model_server import ModelServer
-from tests.conftest import serve_router
+from tests.conftest import free_port, serve_router
 
 TOKEN = "admin-secret-token"
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,11 +158,6 @@ def test_explain_command_prints_the_decision_as_json(tmp_path: Path, capsys: pyt
     assert json.loads(capsys.readouterr().out)["backend"] == "rt"
     assert main(["explain", "--config", str(path), "--model", "nope"]) == 2
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_demo_command_serves_a_prediction_and_stops_on_sigterm(tmp_path: Path,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,17 +15,13 @@ import aiohttp
 
 from router.demo.model import FraudModel
 from router.demo.model_server import ModelServer
+from tests.conftest import free_port
 from tests.moto_server import boto3_client, create_bucket, create_queues, moto_server, moto_url  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS = 500
 WORKERS = 4
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def row(i: int) -> str:

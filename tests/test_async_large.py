@@ -10,7 +10,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.test_async_crash import free_port, start_router
+from tests.conftest import free_port
+from tests.test_async_crash import start_router
 
 MiB = 1024 * 1024
 SIZE = 200 * MiB
