@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -53,6 +53,13 @@ async def serve_router(yaml_text: str, env: Mapping[str, str] | None = None,
         server.should_exit = True
         await task
         sock.close()
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait until ``predicate()`` holds (for state of servers on this loop), instead of a sleep that guesses."""
+    async with asyncio.timeout(timeout_s):
+        while not predicate():  # noqa: ASYNC110 -- the state is plain attributes, there is no event to wait on
+            await asyncio.sleep(0.005)
 
 
 def free_port() -> int:

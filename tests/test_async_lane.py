@@ -14,7 +14,7 @@ from botocore.config import Config
 
 from router.demo.model import FraudModel
 from router.demo.model_server import ModelServer
-from tests.conftest import RunningRouter, serve_router
+from tests.conftest import RunningRouter, serve_router, until
 
 ROW = "120.5,2,0.8,350,7,30"
 KEY_A, KEY_B = "team-a-secret-key", "team-b-secret-key"
@@ -114,7 +114,7 @@ async def test_saturated_realtime_falls_back_to_async_for_clients_that_accept_it
                                                                                  http: Any) -> None:
     async with ModelServer(latency_s=0.5) as rt, serve_router(config(rt, tmp_path, rt_capacity=1)) as router:
         busy = asyncio.create_task(http.post(router.endpoint("fraud"), data=ROW))
-        await asyncio.sleep(0.15)
+        await until(lambda: rt.inflight == 1)
         async with http.post(router.endpoint("fraud"), data=ROW, headers={
                 "Content-Type": "text/csv", "Prefer": "respond-async"}) as r:
             assert r.status == 202

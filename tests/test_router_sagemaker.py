@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 
 from router.demo.model import FraudModel
 from router.demo.model_server import ModelServer
-from tests.conftest import RunningRouter, serve_router
+from tests.conftest import RunningRouter, serve_router, until
 from tests.sm_emulator import SageMakerRuntimeEmulator
 
 ROW = "120.5,2,0.8,350,7,30"
@@ -166,15 +166,17 @@ async def test_boto3_sees_its_own_exceptions_for_router_errors() -> None:
         assert missing.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
 
         # saturate the only backend, then a low-urgency request is shed: boto3 sees a throttling error
-        rt.latency_s = 0.5
-        busy = asyncio.create_task(asyncio.to_thread(invoke))
-        await asyncio.sleep(0.2)
+        # the low-urgency client is built first: building a boto3 client can take longer than the busy call
+        low_client = boto3_client(router)
+        low_client.meta.events.register("before-sign.sagemaker-runtime.InvokeEndpoint",
+                                        lambda request, **_: request.headers.__setitem__("X-Urgency", "low"))
 
         def low() -> Any:
-            event_client = boto3_client(router)
-            event_client.meta.events.register("before-sign.sagemaker-runtime.InvokeEndpoint",
-                                              lambda request, **_: request.headers.__setitem__("X-Urgency", "low"))
-            return event_client.invoke_endpoint(EndpointName="fraud", Body=ROW.encode(), ContentType="text/csv")
+            return low_client.invoke_endpoint(EndpointName="fraud", Body=ROW.encode(), ContentType="text/csv")
+
+        rt.latency_s = 2.0
+        busy = asyncio.create_task(asyncio.to_thread(invoke))
+        await until(lambda: rt.inflight == 1)
 
         with pytest.raises(ClientError) as shed:
             await asyncio.to_thread(low)

@@ -15,7 +15,7 @@ from yarl import URL
 
 from router.demo.model import FraudModel
 from router.demo.model_server import ModelServer
-from tests.conftest import RunningRouter, serve_router
+from tests.conftest import RunningRouter, serve_router, until
 
 ROW = "120.5,2,0.8,350,7,30"
 TEAM_KEY = "team-a-secret-key"
@@ -138,7 +138,7 @@ async def test_payload_over_serverless_limit_stays_on_realtime(servers: Any, htt
         rt.latency_s = 0.3
         big = "\n".join([ROW] * 2000)  # ~42 KB: over serverless's 32 KB, under realtime's 64 KB
         first = asyncio.create_task(post(http, router.endpoint("fraud"), ROW))
-        await asyncio.sleep(0.1)
+        await until(lambda: rt.inflight == 1)
         status, headers, _ = await post(http, router.endpoint("fraud"), big, **{"X-Urgency": "critical",
                                                                               "X-Api-Key": TEAM_KEY})
         await first
@@ -215,7 +215,7 @@ async def test_low_urgency_is_shed_under_saturation_while_critical_is_served(ser
     async with serve_router(config(rt, sls, rt_capacity=1, sls_capacity=1)) as router:
         rt.latency_s = sls.latency_s = 0.5
         busy = [asyncio.create_task(post(http, router.endpoint("fraud"))) for _ in range(2)]
-        await asyncio.sleep(0.15)
+        await until(lambda: rt.inflight + sls.inflight == 2)
         low = await post(http, router.endpoint("fraud"), **{"X-Urgency": "low"})
         normal = await post(http, router.endpoint("fraud"), **{"X-Urgency": "normal"})
         critical = await post(http, router.endpoint("fraud"), **{"X-Urgency": "critical", "X-Api-Key": TEAM_KEY})
