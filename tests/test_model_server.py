@@ -138,24 +138,25 @@ async def test_overload_status_can_be_503(server: ModelServer, http: aiohttp.Cli
 async def test_cold_start_is_paid_once_after_idle(http: aiohttp.ClientSession) -> None:
     async with ModelServer(idle_after_s=0.1, cold_start_s=0.15) as server:
         first = await timed_invoke(http, server)
+        assert server.cold_starts == 1
         warm = await timed_invoke(http, server)
+        assert server.cold_starts == 1  # served warm
         await asyncio.sleep(0.15)
         after_idle = await timed_invoke(http, server)
     assert first[0] == warm[0] == after_idle[0] == 200
     assert first[1] >= 0.15
-    assert warm[1] < 0.1
     assert after_idle[1] >= 0.15
     assert server.cold_starts == 2
 
 
 async def test_concurrent_requests_during_a_cold_start_share_it(http: aiohttp.ClientSession) -> None:
-    async with ModelServer(idle_after_s=1.0, cold_start_s=0.2) as server:
+    async with ModelServer(idle_after_s=5.0, cold_start_s=0.5) as server:
         start = time.monotonic()
         statuses = await asyncio.gather(*(invoke(http, server) for _ in range(4)))
         elapsed = time.monotonic() - start
     assert statuses == [200] * 4
     assert server.cold_starts == 1
-    assert 0.2 <= elapsed < 0.4
+    assert 0.5 <= elapsed < 1.5  # one shared wait; one each in turn would take 2 s
 
 
 async def test_always_warm_by_default(server: ModelServer, http: aiohttp.ClientSession) -> None:
