@@ -118,22 +118,23 @@ def _dump_error(error: Mapping[str, Any]) -> str:
     return json.dumps(dict(error), default=str)
 
 
-class SqliteJobStore:
-    """``JobStore`` on one SQLite file (WAL, ``synchronous=FULL``), with group commit of concurrent writes.
+class SqliteDatabase:
+    """One SQLite file (WAL, ``synchronous=FULL``) owned by one thread, with group commit of concurrent writes.
 
+    Subclasses give ``SCHEMA`` (run at open), ``SCHEMA_VERSION`` and ``NAME`` (for errors and the thread).
     ``path`` is the database file (its folder is created), or ``":memory:"`` for a throwaway store without WAL.
     ``max_batch`` caps how many queued writes share one transaction. The constructor opens the database on the
     store's thread and raises StorageError if it cannot; use the store from one event loop.
-
-    ``attempts`` counts the leases taken; ``release`` gives the attempt back (decrements it), since the job
-    never ran to an outcome. A lease whose time ran out but that nobody re-leased yet is still the job's
-    current lease, so its holder can still extend or finish the job.
     """
+
+    SCHEMA = ""
+    SCHEMA_VERSION = 1
+    NAME = "store"
 
     def __init__(self, path: str | Path, *, max_batch: int = _MAX_BATCH) -> None:
         self.path = str(path)
         self._max_batch = max_batch
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-jobs")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{self.NAME}")
         self._conn: sqlite3.Connection | None = None
         self._pending: list[tuple[_Op, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -142,7 +143,7 @@ class SqliteJobStore:
             self._executor.submit(self._open).result()
         except (sqlite3.Error, OSError) as exc:
             self._executor.shutdown(wait=True)
-            raise StorageError(f"cannot open job store {self.path}: {exc}") from exc
+            raise StorageError(f"cannot open {self.NAME} store {self.path}: {exc}") from exc
 
     # -- the store's thread ---------------------------------------------------------------------------------
 
@@ -159,10 +160,10 @@ class SqliteJobStore:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=5000")  # another process (a CLI, a backup) may hold a lock briefly
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, _SCHEMA_VERSION):
-                raise sqlite3.DatabaseError(f"schema version {version}, this router knows {_SCHEMA_VERSION}")
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            if version not in (0, self.SCHEMA_VERSION):
+                raise sqlite3.DatabaseError(f"schema version {version}, this router knows {self.SCHEMA_VERSION}")
+            conn.executescript(self.SCHEMA)
+            conn.execute(f"PRAGMA user_version={self.SCHEMA_VERSION}")
         except BaseException:
             conn.close()
             raise
@@ -170,7 +171,7 @@ class SqliteJobStore:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise sqlite3.ProgrammingError("job store is closed")
+            raise sqlite3.ProgrammingError(f"{self.NAME} store is closed")
         return self._conn
 
     def _run_batch(self, ops: list[_Op]) -> list[tuple[bool, Any]]:
@@ -210,11 +211,11 @@ class SqliteJobStore:
     async def _write(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
         """Queue ``op`` for the next group commit and wait until it is durable."""
         if self._closed:
-            raise StorageError("job store is closed")
+            raise StorageError(f"{self.NAME} store is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((op, future))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="sqlite-job-store-flush")
+            self._flusher = asyncio.create_task(self._flush(), name=f"sqlite-{self.NAME}-store-flush")
         return cast(_T, await future)
 
     async def _flush(self) -> None:
@@ -230,7 +231,7 @@ class SqliteJobStore:
                 self._pending.clear()
                 raise
             except Exception as exc:
-                error = StorageError(f"job store write failed: {exc}")
+                error = StorageError(f"{self.NAME} store write failed: {exc}")
                 error.__cause__ = exc
                 for _, future in batch:
                     if not future.done():
@@ -242,7 +243,7 @@ class SqliteJobStore:
                 if ok:
                     future.set_result(value)
                 elif isinstance(value, sqlite3.Error):
-                    error = StorageError(f"job store write failed: {value}")
+                    error = StorageError(f"{self.NAME} store write failed: {value}")
                     error.__cause__ = value
                     future.set_exception(error)
                 else:
@@ -250,11 +251,36 @@ class SqliteJobStore:
 
     async def _read_async(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._closed:
-            raise StorageError("job store is closed")
+            raise StorageError(f"{self.NAME} store is closed")
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, self._read, op)
         except sqlite3.Error as exc:
-            raise StorageError(f"job store read failed: {exc}") from exc
+            raise StorageError(f"{self.NAME} store read failed: {exc}") from exc
+
+    async def close(self) -> None:
+        """Finish the writes already queued, close the connection and stop the thread. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._flusher is not None and not self._flusher.done():
+            with contextlib.suppress(Exception):
+                await self._flusher
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close_conn)
+        self._executor.shutdown(wait=True)
+
+
+class SqliteJobStore(SqliteDatabase):
+    """``JobStore`` on a ``SqliteDatabase``: job records and the work queue in one file.
+
+    ``attempts`` counts the leases taken; ``release`` gives the attempt back (decrements it), since the job
+    never ran to an outcome. A lease whose time ran out but that nobody re-leased yet is still the job's
+    current lease, so its holder can still extend or finish the job.
+    """
+
+    SCHEMA = _SCHEMA
+    SCHEMA_VERSION = _SCHEMA_VERSION
+    NAME = "job"
 
     # -- JobStore -------------------------------------------------------------------------------------------
 
@@ -387,15 +413,3 @@ class SqliteJobStore:
             )
 
         return await self._read_async(op)
-
-    async def close(self) -> None:
-        """Finish the writes already queued, close the connection and stop the thread. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._flusher is not None and not self._flusher.done():
-            with contextlib.suppress(Exception):
-                await self._flusher
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._close_conn)
-        self._executor.shutdown(wait=True)
