@@ -6,12 +6,18 @@ import logging
 import os
 import sys
 from collections.abc import MutableMapping
+from contextvars import ContextVar
 from typing import Any, Literal
 
 import msgspec
 import structlog
 
 _encoder = msgspec.json.Encoder()
+
+# The trace id of the request being served: the data plane sets it, so every line logged while serving
+# a request (the access line, a policy or backend that raised) carries it. A task copies its context,
+# so it never leaks between requests; one ContextVar costs less than structlog's bind_contextvars.
+request_trace_id: ContextVar[str | None] = ContextVar("request_trace_id", default=None)
 
 
 def _json(obj: Any, **_: Any) -> bytes:
@@ -40,6 +46,14 @@ class FdLogger:
     log = debug = info = warn = warning = error = err = critical = exception = fatal = failure = msg
 
 
+def _add_trace_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    if "trace_id" not in event:
+        trace_id = request_trace_id.get()
+        if trace_id is not None:
+            event["trace_id"] = trace_id
+    return event
+
+
 def _drop_color(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     event.pop("color_message", None)  # uvicorn's ANSI copy of the message
     return event
@@ -51,6 +65,7 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: i
         fmt = "console" if sys.stderr.isatty() else "json"
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _add_trace_id,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

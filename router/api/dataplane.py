@@ -22,9 +22,11 @@ from router.config import AwsStateConfig
 from router.features import RequestError
 from router.lanes.jobs import JobLane, job_url
 from router.lanes.sync import SyncFailure
+from router.logging import request_trace_id
 from router.metrics import UNKNOWN_MODEL
 from router.runtime import ModelEntry, Runtime
 from router.storage.base import Job, JobStatus, ObjectTooLarge, StorageError, StoredObject
+from router.tracecontext import TraceContext, start_span
 from router.types import JOB_LANES, Hop, Invocation, InvocationResult, Lane, RequestFeatures, Route
 
 log = structlog.get_logger("router.access")
@@ -141,6 +143,8 @@ class DataPlane:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         rid = headers.get("x-request-id")
         request_id = rid if rid is not None and _REQUEST_ID.match(rid) else f"{getrandbits(128):032x}"
+        trace = start_span(headers.get("traceparent"), headers.get("tracestate"))
+        trace_token = request_trace_id.set(trace.trace_id)
         entry = routing.models.get(name)
         model_label = name if entry is not None else UNKNOWN_MODEL
         lane = backend = reason = "none"
@@ -187,7 +191,7 @@ class DataPlane:
                 body_source = prefix if declared is None and complete else rest_of_body(receive, prefix)
                 raise _Accepted(await self._accept(headers, entry, features, first, body_source), first)
             body = prefix if declared is None else await read_body(receive, entry.max_sync_bytes)
-            inv = self._invocation(scope, headers, body, extra)
+            inv = self._invocation(scope, headers, body, extra, trace)
             deadline_at = (runtime.clock() + features.deadline_ms / 1000.0) if features.deadline_ms else None
             sync_hops = tuple(h for h in route.hops if h.lane not in JOB_LANES)
             job_hop = next((h for h in route.hops if h.lane in JOB_LANES), None)
@@ -228,11 +232,12 @@ class DataPlane:
             metrics.requests(model_label, lane, backend, str(status)).inc()
             metrics.duration(model_label, lane).observe(elapsed)
             if routing.config.server.access_log:
-                log.info("request", request_id=request_id, model=model_label, lane=lane, backend=backend,
-                         reason=reason, status=status, duration_ms=round(elapsed * 1000.0, 3),
+                log.info("request", request_id=request_id, trace_id=trace.trace_id, model=model_label, lane=lane,
+                         backend=backend, reason=reason, status=status, duration_ms=round(elapsed * 1000.0, 3),
                          caller=features.caller if features else None,
                          urgency=features.urgency if features else None,
                          bytes=features.payload_bytes if features else None)
+            request_trace_id.reset(trace_token)
 
     # --- jobs -----------------------------------------------------------------------------------
 
@@ -367,13 +372,12 @@ class DataPlane:
         return int(declared)
 
     @staticmethod
-    def _invocation(scope: Any, headers: dict[str, str], body: bytes, extra: bool) -> Invocation:
+    def _invocation(scope: Any, headers: dict[str, str], body: bytes, extra: bool, trace: TraceContext) -> Invocation:
         path = None
         if extra:
             raw = scope.get("raw_path") or scope["path"].encode()
             query = scope.get("query_string") or b""
             path = raw.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
-        trace = headers.get("traceparent")
         return Invocation(
             body=body,
             content_type=headers.get("content-type"),
@@ -382,7 +386,7 @@ class DataPlane:
             target_variant=headers.get("x-amzn-sagemaker-target-variant"),
             inference_id=headers.get("x-amzn-sagemaker-inference-id"),
             path=path,
-            headers={"traceparent": trace} if trace else {},
+            headers=trace.headers(),
         )
 
     @staticmethod

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import math
 import os
+from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import aiohttp
@@ -40,6 +42,21 @@ _NOT_READY = frozenset({"ModelNotReadyException"})
 _UNAVAILABLE = frozenset({"ServiceUnavailable", "InternalFailure", "InternalDependencyException"})
 _MODEL_ERROR = frozenset({"ModelError", "ModelStreamError"})
 _VALIDATION = frozenset({"ValidationError", "ValidationException"})
+
+# Trace headers of the call being made: botocore's signing hook reads them, as clients are shared by
+# every call. The SageMaker API has no parameter for them and does not pass them on to the container
+# (only CustomAttributes reach it, and those belong to the client); the trace still reaches AWS's
+# side, a VPC endpoint's proxy or an emulator.
+_TRACE_HEADERS = ("traceparent", "tracestate")
+_trace_headers: ContextVar[Mapping[str, str] | None] = ContextVar("sagemaker_trace_headers", default=None)
+
+
+def _add_trace_headers(request: Any, **_: Any) -> None:
+    """botocore ``before-sign`` hook: the current call's ``traceparent``/``tracestate`` as HTTP headers."""
+    headers = _trace_headers.get() or {}
+    for name in _TRACE_HEADERS:
+        if name in headers:
+            request.headers[name] = headers[name]
 
 
 def default_region() -> str:
@@ -89,12 +106,13 @@ class SageMakerClients:
             if client is None:
                 if self._session is None:
                     self._session = get_session()
-                client = await self._stack.enter_async_context(
+                made = await self._stack.enter_async_context(
                     self._session.create_client(
                         "sagemaker-runtime", region_name=key[0], endpoint_url=endpoint_url, config=self._config()
                     )
                 )
-                self._clients[key] = client
+                made.meta.events.register("before-sign.sagemaker-runtime", _add_trace_headers)
+                self._clients[key] = client = made
             return client
 
     async def close(self) -> None:
@@ -182,7 +200,11 @@ class SageMakerBackend:
         try:
             async with asyncio.timeout(timeout):
                 client = await self._clients.get(self._region, self._endpoint_url)
-                resp = await client.invoke_endpoint(**self._params(inv))
+                token = _trace_headers.set(inv.headers)
+                try:
+                    resp = await client.invoke_endpoint(**self._params(inv))
+                finally:
+                    _trace_headers.reset(token)
                 async with resp["Body"] as stream:
                     body: bytes = await stream.read()
         except ClientError as exc:
