@@ -175,6 +175,18 @@ class RouteConfig(Strict):
     fallback: list[ModelLane] = Field(default_factory=list)
 
 
+class BatchConfig(Strict):
+    """The batch lane's buffer (flush triggers) and runs, per model."""
+
+    max_records: int = Field(1000, ge=1, le=1_000_000)  # flush when this many records are buffered
+    max_bytes: Size = Field(6_000_000, ge=1)  # ... or this many bytes (SageMaker's MaxPayloadInMB)
+    max_wait: Duration = Field(30.0, gt=0)  # ... or when the oldest buffered record is this old
+    max_payload: Size = Field(6_000_000, ge=1)  # the largest mini-batch sent to the model in one call
+    max_concurrent: int = Field(4, ge=1, le=1000)  # mini-batches in flight at once, per run
+    # A request larger than max_bytes on its own: 413, or "split" to run it alone, in mini-batches.
+    oversized: Literal["reject", "split"] = "reject"
+
+
 class ModelConfig(Strict):
     lanes: dict[ModelLane, str]
     limits: dict[ModelLane, Size] = Field(default_factory=dict)
@@ -183,9 +195,12 @@ class ModelConfig(Strict):
     paths: list[str] = Field(default_factory=list)  # extra URLs, e.g. /v2/models/fraud/infer or /v1/fraud/*
     # Answer 202 + a job even without Prefer: respond-async (for clients built for an async API).
     async_without_prefer: bool = False
+    batch: BatchConfig = Field(default_factory=BatchConfig)
 
     def limit(self, lane: Lane) -> int:
         limit: int = self.limits.get(lane.value, DEFAULT_LIMITS[lane])  # type: ignore[call-overload]
+        if lane is Lane.BATCH and self.batch.oversized == "reject":
+            return min(limit, self.batch.max_bytes)
         return limit
 
     def default_route(self) -> RouteConfig:
@@ -281,8 +296,9 @@ def _semantic_issues(data: dict[str, Any]) -> list[tuple[Path, str, bool]]:
         for lane, backend in lanes.items():
             if isinstance(backend, str) and backend not in backends:
                 issues.append(((*base, "lanes", lane), f"unknown backend {backend!r}", False))
-            elif lane == "batch":
-                issues.append(((*base, "lanes", lane), f"the {lane} lane is not available in this version", False))
+            elif lane == "batch" and _mapping(data.get("state")).get("kind") == "aws":
+                issues.append(((*base, "lanes", lane), "the batch lane's buffer needs state kind 'local' in this "
+                               "version (a SQLite file on a volume); scale-out state is for the async lane", False))
         default = model.get("default")
         if isinstance(default, dict) and lanes:
             named: list[tuple[Path, Any]] = [(("lane",), default.get("lane"))]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
@@ -101,6 +101,33 @@ class JobCollector(Collector):
         yield from (jobs, queued, oldest, dead)
 
 
+class BatchGauge(NamedTuple):
+    model: str
+    records: int
+    oldest_age_s: float
+    max_wait_s: float
+
+
+class BatchCollector(Collector):
+    """The batch buffers' gauges, read at scrape time from the batch lane's in-memory counters."""
+
+    def __init__(self, buffers: Callable[[], Iterable[BatchGauge]]) -> None:
+        self._buffers = buffers
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        buffered = GaugeMetricFamily("router_batch_buffered_records", "Records buffered, not yet flushed",
+                                     labels=["model"])
+        oldest = GaugeMetricFamily("router_batch_oldest_buffered_age_seconds",
+                                   "Age of the oldest buffered record (0 when none)", labels=["model"])
+        max_wait = GaugeMetricFamily("router_batch_max_wait_seconds", "The configured max_wait of the buffer",
+                                     labels=["model"])
+        for gauge in self._buffers():
+            buffered.add_metric([gauge.model], gauge.records)
+            oldest.add_metric([gauge.model], gauge.oldest_age_s)
+            max_wait.add_metric([gauge.model], gauge.max_wait_s)
+        yield from (buffered, oldest, max_wait)
+
+
 class RouterMetrics:
     """Every metric the router exports, in its own registry (several apps can live in one process)."""
 
@@ -137,6 +164,20 @@ class RouterMetrics:
             buckets=(0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 21600), registry=r))
         self.job_attempts = _Children(Counter("router_job_attempts", "Job attempts by outcome",
                                               ["model", "outcome"], registry=r))
+
+        self.batch_flushes = _Children(Counter("router_batch_flushes", "Batch buffer flushes by trigger",
+                                               ["model", "trigger"], registry=r))
+        self.batch_size = _Children(Histogram(
+            "router_batch_size_records", "Records per flushed batch", ["model"],
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000), registry=r))
+        self.batch_run_duration = _Children(Histogram(
+            "router_batch_run_duration_seconds", "Time to run one flushed batch", ["model"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600, 86400), registry=r))
+        self.batch_records = _Children(Counter("router_batch_records", "Batch records run, by outcome",
+                                               ["model", "outcome"], registry=r))
+
+    def watch_batch(self, buffers: Callable[[], Iterable[BatchGauge]]) -> None:
+        self.registry.register(BatchCollector(buffers))
 
     def watch_jobs(self, stats: Callable[[], StoreStats | None]) -> None:
         self.registry.register(JobCollector(stats))

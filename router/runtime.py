@@ -11,7 +11,11 @@ from typing import Any
 import structlog
 
 from router.backends import Connections, build_backend
-from router.config import BackendConfig, RouterConfig, load_config
+from router.batch.base import BatchRunner
+from router.batch.lane import BatchLane
+from router.batch.local import LocalRunner
+from router.batch.store import BatchStore
+from router.config import BackendConfig, BatchConfig, LocalStateConfig, RouterConfig, load_config
 from router.features import FeatureExtractor
 from router.lanes.jobs import JobLane
 from router.lanes.sync import RetryBudget, SyncLane, Target
@@ -21,6 +25,7 @@ from router.policy.engine import ModelRoutes, PolicyEngine
 from router.policy.registry import build_policy
 from router.state import Clock, SaturationTracker, TrackerSettings
 from router.storage import open_stores
+from router.storage.base import StoreStats
 from router.types import JOB_LANES, Backend, Decision, Lane, RequestFeatures, Route
 from router.yamlpos import ConfigError
 
@@ -132,7 +137,8 @@ class Runtime:
         self.metrics = metrics or RouterMetrics()
         self.tracker = SaturationTracker(clock)
         self.metrics.watch_backends(lambda: self.tracker)
-        self.metrics.watch_jobs(lambda: self.job_lane.stats if self.job_lane else None)
+        self.metrics.watch_jobs(self._job_stats)
+        self.metrics.watch_batch(lambda: self.batch_lane.gauges() if self.batch_lane else ())
         self.connections = Connections()
         self._backends: dict[str, tuple[BackendConfig, Backend]] = {}
         self.routing = build_routing(cfg, self.tracker, {}, self.metrics)
@@ -141,6 +147,7 @@ class Runtime:
         self.started = False
         self.draining = False
         self.job_lane: JobLane | None = None
+        self.batch_lane: BatchLane | None = None
 
     async def start(self) -> None:
         self.routing = await self._routing_for(self.routing.config)
@@ -150,6 +157,12 @@ class Runtime:
             self.job_lane = JobLane(objects, jobs, cfg.jobs, self.sync, self._job_target)
             self._set_notifier(cfg)
             await self.job_lane.start()
+            if isinstance(cfg.state, LocalStateConfig) and any(
+                    Lane.BATCH in m.routes.lanes for m in self.routing.models.values()):
+                store = BatchStore(Path(cfg.state.path) / "batch.sqlite3")
+                self.batch_lane = BatchLane(store, objects, self._batch_settings, self._batch_runner, self.metrics,
+                                            drain_timeout=cfg.jobs.drain_timeout)
+                await self.batch_lane.start()
         self.started = True
         log.info("router_started", models=sorted(self.routing.models), backends=sorted(self._backends))
 
@@ -208,6 +221,30 @@ class Runtime:
             self.job_lane.notifier = WebhookNotifier(self.connections.http, hooks.secret, attempts=hooks.attempts
                                                      ) if hooks else None
 
+    def _job_stats(self) -> StoreStats | None:
+        stats = self.job_lane.stats if self.job_lane else None
+        if self.batch_lane is None or stats is None:
+            return stats
+        jobs = {k: v for k, v in stats.jobs.items() if k[0] != Lane.BATCH.value}
+        jobs.update({(Lane.BATCH.value, status): n for status, n in self.batch_lane.counts.items()})
+        return StoreStats(jobs, stats.queued, stats.oldest_queued_age_s, stats.dead_lettered)
+
+    def _batch_settings(self, model: str) -> BatchConfig | None:
+        cfg = self.routing.config.models.get(model)
+        return cfg.batch if cfg is not None and Lane.BATCH.value in cfg.lanes else None
+
+    def _batch_runner(self, model: str) -> BatchRunner | None:
+        settings = self._batch_settings(model)
+        target = self._job_target(model, Lane.BATCH)
+        if settings is None or target is None:
+            return None
+        jobs = self.routing.config.jobs
+        lane = self.batch_lane
+        return LocalRunner(self.sync, target, max_payload=settings.max_payload, max_records=settings.max_records,
+                           max_concurrent=settings.max_concurrent, attempts=jobs.max_attempts,
+                           backoff_s=jobs.backoff, max_backoff_s=jobs.max_backoff,
+                           timeout_s=jobs.invocation_timeout, stopping=lambda: lane is None or lane.stopping)
+
     def _job_target(self, model: str, lane: Lane) -> Target | None:
         entry = self.routing.models.get(model)
         name = entry.routes.lanes.get(lane) if entry else None
@@ -215,6 +252,9 @@ class Runtime:
 
     async def close(self) -> None:
         self.draining = True
+        if self.batch_lane is not None:
+            await self.batch_lane.stop()
+            await self.batch_lane.store.close()
         if self.job_lane is not None:
             await self.job_lane.stop()
             await self.job_lane.objects.close()

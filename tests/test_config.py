@@ -110,9 +110,28 @@ policies:
     assert found[1].startswith("cfg.yaml:12:37: policies.r.params.1.when.saturation.nowhere: unknown matcher")
 
 
-def test_batch_lane_is_refused_until_it_exists() -> None:
-    text = MINIMAL.replace("{realtime: rt}", "{realtime: rt, batch: rt}")
-    assert issues_of(text) == ["cfg.yaml:5:34: models.m.lanes.batch: the batch lane is not available in this version"]
+def test_batch_lane_takes_its_settings_and_caps_requests_at_max_bytes() -> None:
+    text = MINIMAL.replace("{realtime: rt}", "{realtime: rt, batch: rt}\n    batch: {max_records: 50, max_bytes: 1MB,"
+                                            " max_wait: 250ms}")
+    model = parse_config(text, "cfg.yaml", {}).models["m"]
+    assert (model.batch.max_records, model.batch.max_bytes, model.batch.max_wait) == (50, 1_000_000, 0.25)
+    assert model.limit(Lane.BATCH) == 1_000_000  # a request over max_bytes on its own is refused...
+    split = parse_config(text.replace("max_wait: 250ms", "max_wait: 250ms, oversized: split"), "cfg.yaml", {})
+    assert split.models["m"].limit(Lane.BATCH) == 100_000_000  # ...unless it may run alone, split
+
+
+def test_batch_settings_errors_are_all_reported() -> None:
+    text = MINIMAL.replace("{realtime: rt}", "{realtime: rt, batch: rt}\n    batch: {max_records: 0, max_wait: soon,"
+                                            " oversized: chop}")
+    found = issues_of(text)
+    assert [f.split(": ")[1] for f in found] == ["models.m.batch.max_records", "models.m.batch.max_wait",
+                                                 "models.m.batch.oversized"]
+
+
+def test_batch_lane_needs_local_state() -> None:
+    text = "state: {kind: aws, bucket: b, queue_url: 'http://127.0.0.1:9/q'}\n" + MINIMAL.replace(
+        "{realtime: rt}", "{realtime: rt, batch: rt}")
+    assert any("models.m.lanes.batch: the batch lane's buffer needs state kind 'local'" in f for f in issues_of(text))
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "demo.yaml", "latency-first.yaml", "cost-saver.yaml"])

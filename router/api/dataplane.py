@@ -18,6 +18,8 @@ import msgspec
 import structlog
 
 from router.api.errors import ErrorAnswer, from_failure
+from router.batch.lane import BatchLane
+from router.batch.records import RecordError, record_format
 from router.config import AwsStateConfig
 from router.features import RequestError
 from router.lanes.jobs import JobLane, job_url
@@ -247,12 +249,19 @@ class DataPlane:
             raise RequestError(503, "ServiceUnavailable", "the async lane is not running", retry_after_s=5.0)
         return lane
 
+    def _lane_of(self, job: Job) -> JobLane | BatchLane:
+        if job.spec.lane == Lane.BATCH.value and self.runtime.batch_lane is not None:
+            return self.runtime.batch_lane
+        return self._job_lane()
+
     async def _accept(self, headers: dict[str, str], entry: ModelEntry, features: RequestFeatures, hop: Hop,
                       body: bytes | AsyncIterator[bytes], *, content_type: str | None = None,
                       accept: str | None = None, existing: StoredObject | None = None) -> Job:
         """Store the job durably; 413 past the lane's limit, 503 when storage fails (never a 202 then)."""
         limit = entry.routes.limits.get(hop.lane, 0)
         callback = self._callback_url(headers)
+        if hop.lane is Lane.BATCH:
+            return await self._accept_batch(headers, entry, features, body, limit, callback)
         try:
             return await self._job_lane().accept(
                 lane=hop.lane, model=entry.name, tenant=features.caller, priority=features.priority, body=body,
@@ -269,10 +278,42 @@ class DataPlane:
             raise RequestError(503, "ServiceUnavailable", "the job could not be stored; nothing was accepted",
                                retry_after_s=2.0) from None
 
+    async def _accept_batch(self, headers: dict[str, str], entry: ModelEntry, features: RequestFeatures,
+                            body: bytes | AsyncIterator[bytes], limit: int, callback: str | None) -> Job:
+        """Append the request's records to the model's batch buffer: 400 naming a bad line, 413, or 503."""
+        lane = self.runtime.batch_lane
+        if lane is None:
+            raise RequestError(503, "ServiceUnavailable", "the batch lane is not running", retry_after_s=5.0)
+        content_type = headers.get("content-type")
+        fmt = record_format(content_type)
+        if fmt is None:
+            raise RequestError(415, "ValidationError", f"batch records cannot be read from {content_type!r}: use "
+                               "text/csv, application/jsonlines or application/json with an instances array")
+        if not isinstance(body, bytes):
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in body:
+                size += len(chunk)
+                if size > limit:
+                    raise RequestError(413, "ValidationError", f"request body exceeds the batch lane's limit of "
+                                       f"{limit} bytes")
+                chunks.append(chunk)
+            body = b"".join(chunks)
+        try:
+            return await lane.accept(model=entry.name, tenant=features.caller, priority=features.priority, body=body,
+                                     fmt=fmt, content_type=content_type, accept=headers.get("accept"),
+                                     callback_url=callback)
+        except RecordError as exc:
+            raise RequestError(400, "ValidationError", f"record does not parse as {fmt.value}: {exc}") from None
+        except StorageError as exc:
+            log.warning("batch_not_stored", model=entry.name, error=str(exc))
+            raise RequestError(503, "ServiceUnavailable", "the records could not be stored; nothing was accepted",
+                               retry_after_s=2.0) from None
+
     async def _answer_job(self, send: Any, job: Job, features: RequestFeatures | None, request_id: str,
                           lane: str, backend: str, reason: str) -> int:
         """202 + Location, or with ``Prefer: wait=N`` the result itself if the job finished in time."""
-        job_lane = self._job_lane()
+        job_lane = self._lane_of(job)
         if features is not None and features.wait_s:
             finished = await job_lane.wait(job.job_id, min(features.wait_s, 60.0))
             if finished is not None and finished.status is JobStatus.SUCCEEDED and finished.result_key:

@@ -14,6 +14,7 @@ from litestar.exceptions import NotFoundException, PermissionDeniedException
 from litestar.params import FromPath
 from litestar.response import Stream
 
+from router.batch.lane import BatchLane
 from router.features import RequestError
 from router.lanes.jobs import JobLane, job_json, job_url
 from router.runtime import Runtime
@@ -22,23 +23,26 @@ from router.storage.base import Job, JobStatus, StorageError
 PENDING_RETRY_AFTER = "1"
 
 
-async def _job_for(request: Request[Any, Any, Any], job_id: FromPath[str]) -> tuple[JobLane, Job]:
+async def _job_for(request: Request[Any, Any, Any], job_id: FromPath[str]) -> tuple[JobLane | BatchLane, Job]:
     runtime: Runtime = request.app.state.runtime
-    lane = runtime.job_lane
-    if lane is None:
-        raise NotFoundException("no model of this router has an async lane")
+    lanes: list[JobLane | BatchLane] = [lane for lane in (runtime.job_lane, runtime.batch_lane) if lane is not None]
+    if not lanes:
+        raise NotFoundException("no model of this router has an async or batch lane")
     routing = runtime.routing
     try:
         caller = routing.features.caller({k.lower(): v for k, v in request.headers.items()})
     except RequestError as exc:
         raise PermissionDeniedException(exc.message) from None
-    try:
-        job = await lane.jobs.get(job_id) if len(job_id) <= 128 else None
-    except StorageError:
-        raise _unavailable() from None
-    if job is None or job.spec.tenant != caller.tenant:
-        raise NotFoundException(f"no job {job_id}")
-    return lane, job
+    for lane in lanes if len(job_id) <= 128 else ():
+        try:
+            job = await lane.get(job_id)
+        except StorageError:
+            raise _unavailable() from None
+        if job is not None:
+            if job.spec.tenant != caller.tenant:
+                break
+            return lane, job
+    raise NotFoundException(f"no job {job_id}")
 
 
 def _unavailable() -> Exception:
@@ -86,12 +90,12 @@ async def get_error(request: Request[Any, Any, Any], job_id: FromPath[str]) -> R
 
 @delete("/jobs/{job_id:str}", status_code=200)
 async def cancel_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[Any]:
-    """Cancel a queued job (it ends failed with error type Cancelled); a started job cannot be."""
+    """Cancel a queued job, or a batch job still buffered (it ends failed, error type Cancelled); a started
+    job cannot be."""
     lane, job = await _job_for(request, job_id)
     try:
-        cancelled = job.status is JobStatus.QUEUED and await lane.jobs.fail(
-            job.job_id, None, {"type": "Cancelled", "message": "cancelled by the client"}, lane.clock())
-        job = await lane.jobs.get(job_id) or job
+        cancelled = job.status is JobStatus.QUEUED and await lane.cancel(job.job_id)
+        job = await lane.get(job_id) or job
     except StorageError:
         raise _unavailable() from None
     return Response(job_json(job), status_code=200 if cancelled else 409)

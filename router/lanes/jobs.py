@@ -64,8 +64,11 @@ def job_json(job: Job, status_url: str | None = None) -> dict[str, Any]:
         "created_at": job.created_at,
         "updated_at": job.updated_at,
         "attempts": job.attempts,
-        "error": dict(job.error) if job.error and job.status is not JobStatus.SUCCEEDED else None,
+        # a batch job that succeeded may still name the records that failed
+        "error": dict(job.error) if job.error and (job.status is not JobStatus.SUCCEEDED or job.records) else None,
     }
+    if job.records is not None:
+        out["records"] = dict(job.records)
     if status_url:
         out["status_url"] = status_url
     return out
@@ -119,6 +122,14 @@ class JobLane:
         job = await self.jobs.create(spec, self.clock())
         log.info("job_accepted", job_id=job_id, model=model, lane=lane.value, bytes=stored.size)
         return job
+
+    async def get(self, job_id: str) -> Job | None:
+        return await self.jobs.get(job_id)
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a queued job: it ends failed with error type Cancelled."""
+        return await self.jobs.fail(job_id, None, {"type": "Cancelled", "message": "cancelled by the client"},
+                                    self.clock())
 
     async def wait(self, job_id: str, timeout_s: float) -> Job | None:
         """The job once it is terminal, or its latest state after ``timeout_s`` (Prefer: wait=N)."""

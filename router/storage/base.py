@@ -84,6 +84,7 @@ class Job:
     result_content_type: str | None = None
     error: Mapping[str, Any] | None = None  # {"type": ..., "message": ..., "status": ...}
     lease: str | None = None  # the token a worker must show to extend, finish or retry it
+    records: Mapping[str, int] | None = None  # batch jobs: {"total", "done", "failed"} record counts
 
     @property
     def job_id(self) -> str:

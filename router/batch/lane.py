@@ -1,0 +1,290 @@
+"""The batch lane: requests' records appended durably to a per-model buffer, flushed into batch runs.
+
+``accept`` parses the request into records (400 naming the line that does not parse), appends them in
+one durable write, and only then is the 202 sent. A model's buffer is flushed when it holds
+``max_records`` records or ``max_bytes`` bytes, or when its oldest record is ``max_wait`` old. A flush
+moves whole requests into a batch in one transaction; the batch is run (local runner or Batch
+Transform), every request's outputs are assembled in its input order and stored under its job id, and
+all the batch's jobs end in one transaction. After a restart, batches cut short are run again and what
+was still buffered is flushed: nothing accepted is lost, and each record ends exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from itertools import groupby
+from typing import Any
+
+import structlog
+
+from router.batch.base import BatchRunner, RecordOutcome
+from router.batch.records import RecordError, RecordFormat, assemble, parse_records
+from router.batch.store import Batch, BatchedJob, BatchEntry, BatchStore, Buffered, JobEnd
+from router.config import BatchConfig
+from router.lanes.jobs import result_key
+from router.metrics import BatchGauge, RouterMetrics
+from router.storage.base import TERMINAL, Job, JobStatus, ObjectStore, StorageError
+
+log = structlog.get_logger("router.batch")
+
+SettingsFor = Callable[[str], BatchConfig | None]  # model -> its batch settings (None: no batch lane now)
+RunnerFor = Callable[[str], BatchRunner | None]  # model -> the runner of its batch backend
+_MAX_ERRORS = 100  # failed records listed in a job's error; the counts cover all of them
+_RESULT_TYPES = {RecordFormat.CSV: "text/csv", RecordFormat.JSONL: "application/jsonlines",
+                 RecordFormat.JSON: "application/json"}
+
+
+class BatchLane:
+    """Accepts batch requests and runs their records in batches; ``runs`` batches at once per process."""
+
+    def __init__(self, store: BatchStore, objects: ObjectStore, settings: SettingsFor, runner_for: RunnerFor,
+                 metrics: RouterMetrics, *, runs: int = 2, drain_timeout: float = 30.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.objects = objects
+        self.settings = settings
+        self.runner_for = runner_for
+        self.metrics = metrics
+        self.drain_timeout = drain_timeout
+        self.clock = clock
+        self.counts: dict[str, int] = {}  # jobs by status, refreshed by the ticker, for router_jobs
+        self._buffers: dict[str, Buffered] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._slots = asyncio.Semaphore(runs)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._done: dict[str, asyncio.Event] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        self.stopping = False
+
+    # --- accepting ------------------------------------------------------------------------------
+
+    async def accept(self, *, model: str, tenant: str, priority: int, body: bytes, fmt: RecordFormat,
+                     content_type: str | None, accept: str | None, callback_url: str | None = None) -> Job:
+        """Append the request's records durably. RecordError: a record does not parse (answer 400);
+        StorageError: nothing was stored (answer 503)."""
+        records = parse_records(body, fmt)
+        if not records:
+            raise RecordError(1, "no records")
+        entry = BatchEntry(uuid.uuid4().hex, model, tenant, fmt, records, content_type, accept, callback_url,
+                           priority)
+        now = self.clock()
+        await self.store.append(entry, now)
+        old = self._buffers.get(model, Buffered())
+        buffered = Buffered(old.jobs + 1, old.records + len(records), old.bytes + entry.size,
+                            old.oldest if old.oldest is not None else now)
+        self._buffers[model] = buffered
+        cfg = self.settings(model)
+        if cfg is not None and (buffered.records >= cfg.max_records or buffered.bytes >= cfg.max_bytes):
+            self._flush_soon(model, "records" if buffered.records >= cfg.max_records else "bytes")
+        job = await self.store.get(entry.job_id)
+        if job is None:
+            raise StorageError("the appended job cannot be read back")
+        return job
+
+    async def get(self, job_id: str) -> Job | None:
+        return await self.store.get(job_id)
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a job still in the buffer; a flushed one runs to its end."""
+        job = await self.store.get(job_id)
+        if job is None or not await self.store.cancel(job_id, self.clock()):
+            return False
+        old = self._buffers.get(job.spec.model)
+        if old is not None and job.records is not None:
+            self._buffers[job.spec.model] = Buffered(old.jobs - 1, old.records - job.records["total"],
+                                                     old.bytes - job.spec.input_bytes, old.oldest if old.jobs > 1
+                                                     else None)
+        return True
+
+    async def wait(self, job_id: str, timeout_s: float) -> Job | None:
+        """The job once it ended, or its latest state after ``timeout_s`` (Prefer: wait=N)."""
+        event = self._done.setdefault(job_id, asyncio.Event())
+        try:
+            job = await self.store.get(job_id)
+            if job is not None and job.status not in TERMINAL:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), timeout=timeout_s)
+                job = await self.store.get(job_id)
+            return job
+        finally:
+            self._done.pop(job_id, None)
+
+    def gauges(self) -> Iterable[BatchGauge]:
+        now = self.clock()
+        for model, buffered in sorted(self._buffers.items()):
+            cfg = self.settings(model)
+            age = now - buffered.oldest if buffered.oldest is not None and buffered.records else 0.0
+            yield BatchGauge(model, buffered.records, max(0.0, age), cfg.max_wait if cfg else 0.0)
+
+    # --- flushing -------------------------------------------------------------------------------
+
+    def _flush_soon(self, model: str, trigger: str) -> None:
+        lock = self._locks.setdefault(model, asyncio.Lock())
+        if lock.locked() and trigger in ("records", "bytes"):
+            return  # the flush under way loops while the buffer is still over its limits
+        self._spawn(self._flush(model, trigger), f"batch-flush-{model}")
+
+    async def _flush(self, model: str, trigger: str) -> None:
+        async with self._locks.setdefault(model, asyncio.Lock()):
+            while not self.stopping:
+                cfg = self.settings(model)
+                buffered = self._buffers.get(model, Buffered())
+                if cfg is None or not buffered.jobs or not self._due(buffered, cfg, trigger, self.clock()):
+                    return
+                batch_id = uuid.uuid4().hex
+                try:
+                    batch, left = await self.store.flush(model, batch_id, max_records=cfg.max_records,
+                                                         max_bytes=cfg.max_bytes, trigger=trigger, now=self.clock())
+                except StorageError:
+                    log.warning("batch_flush_failed", model=model)
+                    return  # the buffer is intact; the ticker tries again
+                current = self._buffers.get(model, Buffered())  # appends may have landed since the flush
+                taken = batch.jobs if batch else []
+                records = sum(len(j.records) for j in taken)
+                size = sum(len(r) for j in taken for r in j.records)
+                jobs_left = max(0, current.jobs - len(taken))
+                self._buffers[model] = Buffered(jobs_left, max(0, current.records - records),
+                                                max(0, current.bytes - size), left.oldest if left.oldest is not None
+                                                else (self.clock() if jobs_left else None))
+                if batch is None:
+                    return
+                self.metrics.batch_flushes(model, trigger).inc()
+                self.metrics.batch_size(model).observe(batch.records)
+                log.info("batch_flushed", model=model, batch_id=batch_id, trigger=trigger, jobs=len(batch.jobs),
+                         records=batch.records)
+                self._spawn(self._run(batch), f"batch-run-{batch_id}")
+
+    @staticmethod
+    def _due(buffered: Buffered, cfg: BatchConfig, trigger: str, now: float) -> bool:
+        if trigger == "restart":
+            return True
+        if buffered.records >= cfg.max_records or buffered.bytes >= cfg.max_bytes:
+            return True
+        return trigger == "age" and buffered.oldest is not None and now - buffered.oldest >= cfg.max_wait
+
+    async def _tick(self) -> None:
+        """Flush buffers whose oldest record reached max_wait; refresh the job counts for metrics."""
+        last_counts = 0.0
+        while not self.stopping:
+            now = self.clock()
+            waits = [0.25]
+            for model, buffered in list(self._buffers.items()):
+                cfg = self.settings(model)
+                if cfg is None or not buffered.jobs or buffered.oldest is None:
+                    continue
+                waits.append(cfg.max_wait / 4)
+                if now - buffered.oldest >= cfg.max_wait:
+                    self._flush_soon(model, "age")
+            if now - last_counts >= 2.0:
+                with contextlib.suppress(StorageError):
+                    self.counts = await self.store.counts()
+                last_counts = now
+            await asyncio.sleep(max(0.01, min(waits)))
+
+    # --- running --------------------------------------------------------------------------------
+
+    async def _run(self, batch: Batch) -> None:
+        async with self._slots:
+            if self.stopping:
+                return  # stays pending: run after the restart
+            started = time.monotonic()
+            runner = self.runner_for(batch.model)
+            ends: list[JobEnd] = []
+            for (fmt, ctype, accept), group in groupby(batch.jobs, key=lambda j: (j.fmt, j.content_type, j.accept)):
+                jobs = list(group)
+                records = [r for j in jobs for r in j.records]
+                run_id = batch.batch_id if len(ends) == 0 and len(jobs) == len(batch.jobs) \
+                    else f"{batch.batch_id}-{len(ends)}"
+                outcomes = await self._outcomes(runner, run_id, records, fmt, ctype or fmt.value, accept)
+                ends += await self._store_results(jobs, outcomes)
+            try:
+                ended = await self.store.complete(batch.batch_id, ends, self.clock())
+            except StorageError:
+                log.warning("batch_not_completed", batch_id=batch.batch_id)  # pending: runs again after a restart
+                return
+            failed = sum(e.failed for e in ends)
+            self.metrics.batch_records(batch.model, "succeeded").inc(sum(e.done for e in ends))
+            self.metrics.batch_records(batch.model, "failed").inc(failed)
+            self.metrics.batch_run_duration(batch.model).observe(time.monotonic() - started)
+            for end in ends:
+                self.metrics.job_duration(batch.model, "batch", end.status.value).observe(
+                    max(0.0, self.clock() - next(j.created_at for j in batch.jobs if j.job_id == end.job_id)))
+                event = self._done.get(end.job_id)
+                if event is not None:
+                    event.set()
+            log.info("batch_done", model=batch.model, batch_id=batch.batch_id, jobs=ended, records=batch.records,
+                     failed=failed, runs=batch.runs, seconds=round(time.monotonic() - started, 3))
+
+    async def _outcomes(self, runner: BatchRunner | None, run_id: str, records: Sequence[bytes], fmt: RecordFormat,
+                        content_type: str, accept: str | None) -> list[RecordOutcome]:
+        if runner is None:
+            return [RecordOutcome(None, "the model has no batch lane any more")] * len(records)
+        try:
+            outcomes = await runner.run(run_id, records, fmt, content_type=content_type, accept=accept)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a runner bug must not lose the records: they fail with the reason
+            log.exception("batch_runner_failed", batch_id=run_id)
+            outcomes = [RecordOutcome(None, f"batch runner failed: {type(exc).__name__}")] * len(records)
+        if len(outcomes) != len(records):
+            return [RecordOutcome(None, f"runner answered {len(outcomes)} outcomes for {len(records)} records")
+                    ] * len(records)
+        return outcomes
+
+    async def _store_results(self, jobs: list[BatchedJob], outcomes: list[RecordOutcome]) -> list[JobEnd]:
+        ends: list[JobEnd] = []
+        at = 0
+        for job in jobs:
+            mine = outcomes[at:at + len(job.records)]
+            at += len(job.records)
+            failed = [(i, o.error) for i, o in enumerate(mine) if o.output is None]
+            done = len(mine) - len(failed)
+            error = None
+            if failed:
+                error = {"type": "RecordsFailed", "message": f"{len(failed)} of {len(mine)} records failed",
+                         "records": [{"index": i, "error": e} for i, e in failed[:_MAX_ERRORS]]}
+            key = None
+            if done:  # under the job id: a batch run twice overwrites, never adds
+                key = result_key(job.job_id)
+                await self.objects.put(key, assemble([o.output for o in mine], job.fmt))
+            status = JobStatus.SUCCEEDED if done else JobStatus.FAILED
+            ends.append(JobEnd(job.job_id, status, done, len(failed), key, _RESULT_TYPES[job.fmt] if key else None,
+                               error))
+        return ends
+
+    # --- life -----------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self) -> None:
+        """Run batches cut short by a stop or a crash, flush what was left buffered, start the ticker."""
+        self.stopping = False
+        self._buffers = await self.store.buffered()
+        for batch in await self.store.pending():
+            log.info("batch_resumed", model=batch.model, batch_id=batch.batch_id, runs=batch.runs)
+            self._spawn(self._run(batch), f"batch-run-{batch.batch_id}")
+        for model in list(self._buffers):
+            self._flush_soon(model, "restart")
+        self.counts = await self.store.counts()
+        self._ticker = asyncio.create_task(self._tick(), name="batch-ticker")
+
+    async def stop(self) -> None:
+        """Stop flushing; runs under way get ``drain_timeout``, the rest stay pending for the next start.
+        Buffered records stay in the durable buffer and are flushed after the restart."""
+        self.stopping = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self.drain_timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)

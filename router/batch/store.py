@@ -1,0 +1,267 @@
+"""The batch lane's durable buffer: batch jobs, their records, and the batches they were flushed into.
+
+One SQLite file (WAL, fsync at commit, group commit: see ``SqliteDatabase``). A job's records are stored
+inline with it, joined by newlines (each record is one line: a CSV line, a JSON line, or a compact JSON
+instance), so appending a request is one row in one transaction shared with its concurrent neighbours.
+
+A job is ``queued`` while buffered, ``running`` once a flush put it into a batch, and then ``succeeded``
+or ``failed``. A flush moves whole jobs into a new batch in one transaction; a batch stays ``pending``
+until ``complete`` records every job's end in one transaction, guarded by the batch id, so a batch that
+ran twice (a crash mid-run, then a restart) still ends each job, and so each record, exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from router.batch.records import RecordFormat
+from router.storage.base import Job, JobSpec, JobStatus
+from router.storage.sqlite import SqliteDatabase
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batch_jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL UNIQUE,
+    model TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    fmt TEXT NOT NULL,
+    content_type TEXT,
+    accept TEXT,
+    callback_url TEXT,
+    priority INTEGER NOT NULL,
+    records INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    payload BLOB,
+    status TEXT NOT NULL,
+    batch_id TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    result_key TEXT,
+    result_content_type TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS batch_jobs_buffered ON batch_jobs (model, seq) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS batch_jobs_in_batch ON batch_jobs (batch_id, seq) WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS batch_jobs_status ON batch_jobs (status);
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    records INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    state TEXT NOT NULL,
+    runs INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS batches_pending ON batches (created_at) WHERE state = 'pending';
+"""
+
+_INSERT = (
+    "INSERT INTO batch_jobs (job_id, model, tenant, fmt, content_type, accept, callback_url, priority, records,"
+    " bytes, payload, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)"
+)
+_JOB_COLUMNS = "job_id, fmt, content_type, accept, callback_url, records, payload, created_at"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEntry:
+    """One accepted request: its records (in order) and how to answer it."""
+
+    job_id: str
+    model: str
+    tenant: str
+    fmt: RecordFormat
+    records: Sequence[bytes]
+    content_type: str | None = None
+    accept: str | None = None
+    callback_url: str | None = None
+    priority: int = 0
+
+    @property
+    def size(self) -> int:
+        return sum(len(r) for r in self.records)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchedJob:
+    """A job inside a flushed batch, with its records."""
+
+    job_id: str
+    fmt: RecordFormat
+    content_type: str | None
+    accept: str | None
+    callback_url: str | None
+    records: list[bytes]
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    batch_id: str
+    model: str
+    trigger: str
+    jobs: list[BatchedJob]
+    runs: int = 1  # how many times it was started, this time included
+
+    @property
+    def records(self) -> int:
+        return sum(len(j.records) for j in self.jobs)
+
+
+@dataclass(frozen=True, slots=True)
+class Buffered:
+    """What a model has buffered: jobs, records, bytes, and when the oldest of them was appended."""
+
+    jobs: int = 0
+    records: int = 0
+    bytes: int = 0
+    oldest: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobEnd:
+    """How one job of a batch ended."""
+
+    job_id: str
+    status: JobStatus  # succeeded or failed
+    done: int
+    failed: int
+    result_key: str | None
+    result_content_type: str | None
+    error: Mapping[str, Any] | None
+
+
+def _batched(row: sqlite3.Row) -> BatchedJob:
+    payload: bytes = row["payload"] or b""
+    records = payload.split(b"\n") if row["records"] else []
+    return BatchedJob(row["job_id"], RecordFormat(row["fmt"]), row["content_type"], row["accept"],
+                      row["callback_url"], records, row["created_at"])
+
+
+def _job(row: sqlite3.Row) -> Job:
+    spec = JobSpec(job_id=row["job_id"], lane="batch", model=row["model"], tenant=row["tenant"], input_key="",
+                   input_bytes=row["bytes"], input_sha256="", content_type=row["content_type"],
+                   accept=row["accept"], priority=row["priority"], max_attempts=1,
+                   callback_url=row["callback_url"])
+    error = row["error"]
+    return Job(spec=spec, status=JobStatus(row["status"]), created_at=row["created_at"],
+               updated_at=row["updated_at"], attempts=1 if row["batch_id"] else 0, result_key=row["result_key"],
+               result_content_type=row["result_content_type"],
+               error=json.loads(error) if error is not None else None,
+               records={"total": row["records"], "done": row["done"], "failed": row["failed"]})
+
+
+class BatchStore(SqliteDatabase):
+    """The durable buffer of the batch lane (embedded mode). Every method is durable when it returns."""
+
+    SCHEMA = _SCHEMA
+    SCHEMA_VERSION = 1
+    NAME = "batch"
+
+    async def append(self, entry: BatchEntry, now: float) -> None:
+        payload = b"\n".join(entry.records)
+        params = (entry.job_id, entry.model, entry.tenant, entry.fmt.value, entry.content_type, entry.accept,
+                  entry.callback_url, entry.priority, len(entry.records), entry.size, payload, now, now)
+        await self._write(lambda conn: conn.execute(_INSERT, params))
+
+    async def get(self, job_id: str) -> Job | None:
+        def op(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute("SELECT * FROM batch_jobs WHERE job_id = ?", (job_id,)).fetchone()
+            return _job(row) if row is not None else None
+
+        return await self._read_async(op)
+
+    async def buffered(self) -> dict[str, Buffered]:
+        """Per model, what is buffered and not yet flushed (read at start-up)."""
+        def op(conn: sqlite3.Connection) -> dict[str, Buffered]:
+            rows = conn.execute("SELECT model, count(*), sum(records), sum(bytes), min(created_at) FROM batch_jobs"
+                                " WHERE status = 'queued' GROUP BY model").fetchall()
+            return {r[0]: Buffered(r[1], r[2], r[3], r[4]) for r in rows}
+
+        return await self._read_async(op)
+
+    async def flush(self, model: str, batch_id: str, *, max_records: int, max_bytes: int, trigger: str,
+                    now: float) -> tuple[Batch | None, Buffered]:
+        """Move the oldest buffered jobs of ``model`` into a new batch, whole jobs up to the limits (at least
+        one job, however large). Returns the batch (None if nothing was buffered) and what is left buffered."""
+        def op(conn: sqlite3.Connection) -> tuple[Batch | None, Buffered]:
+            taken: list[sqlite3.Row] = []
+            records = size = 0
+            cursor = conn.execute(f"SELECT seq, bytes, {_JOB_COLUMNS} FROM batch_jobs"
+                                  " WHERE model = ? AND status = 'queued' ORDER BY seq", (model,))
+            for row in cursor:
+                if taken and (records + row["records"] > max_records or size + row["bytes"] > max_bytes):
+                    break
+                taken.append(row)
+                records += row["records"]
+                size += row["bytes"]
+            cursor.close()
+            batch = None
+            if taken:
+                conn.execute("INSERT INTO batches (batch_id, model, trigger, records, bytes, created_at, state, runs)"
+                             " VALUES (?, ?, ?, ?, ?, ?, 'pending', 1)",
+                             (batch_id, model, trigger, records, size, now))
+                conn.executemany("UPDATE batch_jobs SET status = 'running', batch_id = ?, updated_at = ?"
+                                 " WHERE seq = ?", [(batch_id, now, row["seq"]) for row in taken])
+                batch = Batch(batch_id, model, trigger, [_batched(row) for row in taken])
+            left = conn.execute("SELECT count(*), sum(records), sum(bytes), min(created_at) FROM batch_jobs"
+                                " WHERE model = ? AND status = 'queued'", (model,)).fetchone()
+            return batch, Buffered(left[0], left[1] or 0, left[2] or 0, left[3])
+
+        return await self._write(op)
+
+    async def pending(self) -> list[Batch]:
+        """Batches flushed but not completed (their run was cut short); each counted as started once more."""
+        def op(conn: sqlite3.Connection) -> list[Batch]:
+            batches = conn.execute("SELECT batch_id, model, trigger, runs FROM batches WHERE state = 'pending'"
+                                   " ORDER BY created_at").fetchall()
+            out = []
+            for b in batches:
+                conn.execute("UPDATE batches SET runs = runs + 1 WHERE batch_id = ?", (b["batch_id"],))
+                rows = conn.execute(f"SELECT {_JOB_COLUMNS} FROM batch_jobs WHERE batch_id = ? AND"
+                                    " status = 'running' ORDER BY seq", (b["batch_id"],)).fetchall()
+                out.append(Batch(b["batch_id"], b["model"], b["trigger"], [_batched(r) for r in rows],
+                                 b["runs"] + 1))
+            return out
+
+        return await self._write(op)
+
+    async def complete(self, batch_id: str, ends: Sequence[JobEnd], now: float) -> int:
+        """Record how each job of the batch ended and close the batch; how many jobs this call ended."""
+        def op(conn: sqlite3.Connection) -> int:
+            ended = 0
+            for end in ends:
+                ended += conn.execute(
+                    "UPDATE batch_jobs SET status = ?, done = ?, failed = ?, result_key = ?, result_content_type = ?,"
+                    " error = ?, payload = NULL, updated_at = ? WHERE job_id = ? AND batch_id = ?"
+                    " AND status = 'running'",
+                    (end.status.value, end.done, end.failed, end.result_key, end.result_content_type,
+                     json.dumps(dict(end.error), default=str) if end.error is not None else None, now,
+                     end.job_id, batch_id)).rowcount
+            conn.execute("UPDATE batches SET state = 'done' WHERE batch_id = ?", (batch_id,))
+            return ended
+
+        return await self._write(op)
+
+    async def cancel(self, job_id: str, now: float) -> bool:
+        """A buffered job -> failed (Cancelled); False if it was already flushed or ended."""
+        error = json.dumps({"type": "Cancelled", "message": "cancelled by the client"})
+
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute("UPDATE batch_jobs SET status = 'failed', error = ?, payload = NULL, updated_at = ?"
+                                " WHERE job_id = ? AND status = 'queued'", (error, now, job_id)).rowcount == 1
+
+        return await self._write(op)
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs by status, for ``router_jobs{lane="batch"}``."""
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
+            return dict(conn.execute("SELECT status, count(*) FROM batch_jobs GROUP BY status").fetchall())
+
+        return await self._read_async(op)
