@@ -183,13 +183,15 @@ async def test_demo_command_serves_a_prediction_and_stops_on_sigterm(tmp_path: P
             except aiohttp.ClientConnectionError:
                 continue
         job: dict[str, str] = {}
-        if body:  # the async lane: low urgency + Prefer: respond-async -> 202, then the job's result
+        if body:  # the batch lane: low urgency + Prefer: respond-async -> 202, then one line per record
             base = f"http://127.0.0.1:{port}"
-            async with http.post(f"{base}/endpoints/fraud/invocations", data="120.5,2,0.8,350,7,30", headers={
+            records = "120.5,2,0.8,350,7,30\n4999.0,3,0.95,4200,31,2\n120.5,2,0.8,350,7,30\n"
+            async with http.post(f"{base}/endpoints/fraud/invocations", data=records, headers={
                     "Content-Type": "text/csv", "X-Urgency": "low", "Prefer": "respond-async"}) as r:
                 assert r.status == 202
+                assert r.headers["X-Router-Lane"] == "batch"
                 location = r.headers["Location"]
-            for _ in range(100):
+            for _ in range(200):  # the demo flushes its batch buffer within 2 s
                 async with http.get(base + location) as r:
                     job["status"] = (await r.json())["status"]
                 if job["status"] == "succeeded":
@@ -203,7 +205,10 @@ async def test_demo_command_serves_a_prediction_and_stops_on_sigterm(tmp_path: P
         out, err = await asyncio.wait_for(proc.communicate(), timeout=15)
     assert body, f"the demo did not answer; its stderr:\n{err.decode()[-3000:]}"
     assert 0.0 < float(body) < 1.0
-    assert job == {"status": "succeeded", "result": body}
+    assert job["status"] == "succeeded"
+    first, risky, third = job["result"].splitlines()
+    assert first == third == body.strip()
+    assert float(risky) > float(first)
     # uvicorn drains, runs the lifespan shutdown, then re-raises SIGTERM so the exit status tells the truth
     assert proc.returncode in (0, -signal.SIGTERM)
     assert b'"event":"router_stopped"' in err

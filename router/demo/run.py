@@ -36,6 +36,7 @@ def demo_config_path() -> Path:
 def banner(port: int, admin_token: str, team_key: str) -> str:
     base = f"http://127.0.0.1:{port}"
     row = "120.5,2,0.8,350,7,30"
+    row2 = "4999.0,3,0.95,4200,31,2"  # a risky one
     return f"""
 inference-router demo is running on {base}
   model "fraud": real-time server on :{RT_PORT} (4 concurrent), serverless server on :{SLS_PORT}
@@ -49,11 +50,18 @@ JSON, and a team API key that may claim critical urgency:
 A deadline the cold serverless lane cannot meet is kept on real-time:
   curl -s -i -X POST {base}/endpoints/fraud/invocations -H 'Content-Type: text/csv' \\
        -H 'X-Deadline-Ms: 500' --data '{row}'
-Low urgency from a client that accepts a 202 becomes a job (the async lane); fetch it when done:
+A client that accepts a 202 gets a job (the async lane); fetch it when done:
   curl -s -i -X POST {base}/endpoints/fraud/invocations -H 'Content-Type: text/csv' \\
-       -H 'X-Urgency: low' -H 'Prefer: respond-async' --data '{row}'
+       -H 'Prefer: respond-async' --data '{row}'
   curl -s {base}/jobs/<job_id>            # status
   curl -s {base}/jobs/<job_id>/result     # the model's answer once succeeded
+Low urgency goes to the batch lane: many records in one request, one score per record, in order
+(flushed within 2 s):
+  printf '{row}\\n{row2}\\n{row}\\n' > batch.csv
+  curl -s -i -X POST {base}/endpoints/fraud/invocations -H 'Content-Type: text/csv' \\
+       -H 'X-Urgency: low' -H 'Prefer: respond-async' --data-binary @batch.csv
+  curl -s {base}/jobs/<job_id>            # records done / total
+  curl -s {base}/jobs/<job_id>/result     # one line per record, in input order
 KServe V2 and TorchServe clients keep their URLs:
   curl -s -X POST {base}/v2/models/fraud/infer -H 'Content-Type: application/json' \\
        --data '{{"instances": [[{row}]]}}'
