@@ -23,7 +23,7 @@ import structlog
 
 from router.batch.base import BatchRunner, RecordOutcome
 from router.batch.records import RecordError, RecordFormat, assemble, parse_records
-from router.batch.store import Batch, BatchedJob, BatchEntry, BatchStore, Buffered, JobEnd
+from router.batch.store import Batch, BatchedJob, BatchEntry, BatchStore, Buffered, JobEnd, entry_job
 from router.config import BatchConfig
 from router.lanes.jobs import result_key
 from router.metrics import BatchGauge, RouterMetrics
@@ -80,10 +80,7 @@ class BatchLane:
         cfg = self.settings(model)
         if cfg is not None and (buffered.records >= cfg.max_records or buffered.bytes >= cfg.max_bytes):
             self._flush_soon(model, "records" if buffered.records >= cfg.max_records else "bytes")
-        job = await self.store.get(entry.job_id)
-        if job is None:
-            raise StorageError("the appended job cannot be read back")
-        return job
+        return entry_job(entry, now)
 
     async def get(self, job_id: str) -> Job | None:
         return await self.store.get(job_id)

@@ -144,11 +144,24 @@ def _batched(row: sqlite3.Row) -> BatchedJob:
                       row["callback_url"], records, row["created_at"])
 
 
+def _spec(job_id: str, model: str, tenant: str, size: int, content_type: str | None, accept: str | None,
+          priority: int, callback_url: str | None) -> JobSpec:
+    return JobSpec(job_id=job_id, lane="batch", model=model, tenant=tenant, input_key="", input_bytes=size,
+                   input_sha256="", content_type=content_type, accept=accept, priority=priority, max_attempts=1,
+                   callback_url=callback_url)
+
+
+def entry_job(entry: BatchEntry, now: float) -> Job:
+    """The job of an entry just appended, as ``get`` would read it back."""
+    spec = _spec(entry.job_id, entry.model, entry.tenant, entry.size, entry.content_type, entry.accept,
+                 entry.priority, entry.callback_url)
+    return Job(spec=spec, status=JobStatus.QUEUED, created_at=now, updated_at=now,
+               records={"total": len(entry.records), "done": 0, "failed": 0})
+
+
 def _job(row: sqlite3.Row) -> Job:
-    spec = JobSpec(job_id=row["job_id"], lane="batch", model=row["model"], tenant=row["tenant"], input_key="",
-                   input_bytes=row["bytes"], input_sha256="", content_type=row["content_type"],
-                   accept=row["accept"], priority=row["priority"], max_attempts=1,
-                   callback_url=row["callback_url"])
+    spec = _spec(row["job_id"], row["model"], row["tenant"], row["bytes"], row["content_type"], row["accept"],
+                 row["priority"], row["callback_url"])
     error = row["error"]
     return Job(spec=spec, status=JobStatus(row["status"]), created_at=row["created_at"],
                updated_at=row["updated_at"], attempts=1 if row["batch_id"] else 0, result_key=row["result_key"],
