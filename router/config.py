@@ -167,7 +167,55 @@ class SageMakerBackendConfig(_BackendBase):
     variant: str | None = None  # TargetVariant when the client names none
 
 
-BackendConfig = Annotated[HttpBackendConfig | SageMakerBackendConfig, Field(discriminator="kind")]
+S3_URI = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
+MAX_TRANSFORM_PAYLOAD = 100 * 1024 * 1024  # SageMaker's cap on MaxPayloadInMB x MaxConcurrentTransforms
+
+
+class SageMakerBatchBackendConfig(_BackendBase):
+    """SageMaker Batch Transform (CreateTransformJob): runs a flushed batch as one S3 input object. Batch lane only.
+
+    ``max_concurrency`` counts batches (transform jobs) in flight; ``timeout`` is one job's, from its creation.
+    """
+
+    kind: Literal["sagemaker-batch"]
+    model_name: str = Field(pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$", max_length=63)  # an existing SageMaker model
+    instance_type: str = Field("ml.m5.large", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+    instance_count: int = Field(1, ge=1, le=100)
+    max_payload: Size = 6_000_000  # per mini-batch sent to the model: MaxPayloadInMB, rounded up to whole MiB
+    max_concurrent_transforms: int = Field(1, ge=1, le=100)
+    input_location: str = Field(pattern=S3_URI)  # s3://bucket/prefix: each batch's records go here
+    output_location: str = Field(pattern=S3_URI)  # S3OutputPath: SageMaker writes <input object>.out here
+    region: str | None = None
+    endpoint_url: str | None = None  # the SageMaker control plane: a VPC endpoint or an emulator
+    s3_endpoint_url: str | None = None  # S3, likewise
+    poll: Duration = Field(5.0, gt=0.0)  # first DescribeTransformJob delay; doubles up to max_poll
+    max_poll: Duration = Field(60.0, gt=0.0)
+    timeout: Duration = Field(24 * 3600.0, gt=0.0)  # a job still running then fails its records (and is stopped)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def max_payload_mb(self) -> int:
+        """MaxPayloadInMB: SageMaker counts MiB; rounded up so a record of max_payload bytes still fits."""
+        return max(1, -(-self.max_payload // (1024 * 1024)))
+
+    @model_validator(mode="after")
+    def _within_sagemaker_limits(self) -> SageMakerBatchBackendConfig:
+        if self.max_payload_mb * 1024 * 1024 > MAX_TRANSFORM_PAYLOAD:
+            raise ValueError("max_payload cannot exceed 100MiB (SageMaker's MaxPayloadInMB limit)")
+        if self.max_payload_mb * self.max_concurrent_transforms * 1024 * 1024 > MAX_TRANSFORM_PAYLOAD:
+            raise ValueError("max_payload x max_concurrent_transforms cannot exceed 100MiB (a SageMaker limit)")
+        if self.max_poll < self.poll:
+            raise ValueError("max_poll must be at least poll")
+        if self.serverless is not None:
+            raise ValueError("serverless does not apply to a sagemaker-batch backend")
+        return self
+
+
+BackendConfig = Annotated[
+    HttpBackendConfig | SageMakerBackendConfig | SageMakerBatchBackendConfig, Field(discriminator="kind")
+]
+# Backend kinds that serve only some lanes (a batch job API cannot answer a request in its own exchange).
+KIND_LANES: dict[str, frozenset[str]] = {"sagemaker-batch": frozenset({"batch"})}
 
 
 class RouteConfig(Strict):
@@ -263,6 +311,11 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def _backend_kind(backend: Any) -> str:
+    kind = _mapping(backend).get("kind")
+    return kind if isinstance(kind, str) else ""
+
+
 def _semantic_issues(data: dict[str, Any]) -> list[tuple[Path, str, bool]]:
     """Cross-references pydantic cannot see, checked on the raw YAML so they are reported even when other
     fields are invalid. Each issue: (path, message, whether it points at the key rather than the value)."""
@@ -296,6 +349,11 @@ def _semantic_issues(data: dict[str, Any]) -> list[tuple[Path, str, bool]]:
         for lane, backend in lanes.items():
             if isinstance(backend, str) and backend not in backends:
                 issues.append(((*base, "lanes", lane), f"unknown backend {backend!r}", False))
+            elif isinstance(backend, str) and lane not in KIND_LANES.get(_backend_kind(backends[backend]), (lane,)):
+                kind = _backend_kind(backends[backend])
+                allowed = ", ".join(sorted(KIND_LANES[kind]))
+                issues.append(((*base, "lanes", lane), f"backend {backend!r} is of kind {kind!r}, which serves only "
+                               f"the {allowed} lane, not {lane}", False))
             elif lane == "batch" and _mapping(data.get("state")).get("kind") == "aws":
                 issues.append(((*base, "lanes", lane), "the batch lane's buffer needs state kind 'local' in this "
                                "version (a SQLite file on a volume); scale-out state is for the async lane", False))
@@ -365,7 +423,7 @@ def _pydantic_path(loc: tuple[str | int, ...], data: Any) -> Path:
     return tuple(path)
 
 
-_TAGS = {"http", "sagemaker", "local", "aws"}
+_TAGS = {"http", "sagemaker", "sagemaker-batch", "local", "aws"}
 
 
 def _issues_from_validation(

@@ -14,7 +14,9 @@ import pytest
 import uvicorn
 
 from router.app import create_app
+from router.backends.sagemaker import SageMakerClients
 from router.config import parse_config
+from router.demo.model_server import ModelServer
 from router.logging import configure_logging
 from router.runtime import Runtime
 
@@ -73,6 +75,21 @@ def free_port() -> int:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+async def model() -> AsyncIterator[ModelServer]:
+    """The demo fraud model's server (the SageMaker container contract) on a free port."""
+    async with ModelServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[SageMakerClients]:
+    """The process-wide aiobotocore clients, closed after the test."""
+    sm = SageMakerClients()
+    yield sm
+    await sm.close()
 
 
 @pytest.fixture

@@ -70,13 +70,6 @@ async def emulator(container: str) -> AsyncIterator[SageMakerRuntimeEmulator]:
         yield emu
 
 
-@pytest.fixture
-async def clients() -> AsyncIterator[SageMakerClients]:
-    sm = SageMakerClients()
-    yield sm
-    await sm.close()
-
-
 MakeBackend = Callable[..., SageMakerBackend]
 
 

@@ -227,3 +227,14 @@ async def test_a_stop_keeps_the_buffer_and_the_next_start_flushes_it(tmp_path: P
             assert flushes(router, "restart") == 1
             outputs = [float((await result(http, router, i))[2]) for i in ids]
         assert outputs == pytest.approx(scores([row(i) for i in range(3)]), abs=1e-6)
+
+
+async def test_prefer_wait_answers_the_records_outputs_when_the_batch_ends_in_time(tmp_path: Path,
+                                                                                  http: Any) -> None:
+    async with ModelServer() as rt, serve_router(config(rt, tmp_path, max_wait="100ms")) as router:
+        rows = [row(i) for i in range(3)]
+        async with http.post(router.endpoint("fraud"), data="\n".join(rows),
+                             headers={**LOW, "Prefer": "respond-async, wait=10"}) as r:
+            assert r.status == 200
+            assert r.headers["X-Router-Lane"] == "batch"
+            assert [float(x) for x in (await r.text()).splitlines()] == pytest.approx(scores(rows), abs=1e-6)

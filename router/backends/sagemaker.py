@@ -65,7 +65,7 @@ def default_region() -> str:
 
 
 class SageMakerClients:
-    """The process's ``sagemaker-runtime`` clients: one per (region, endpoint_url), made on first use.
+    """The process's AWS clients: one per (service, region, endpoint_url), made on first use.
 
     Each client owns an aiohttp connection pool; sharing it keeps connections warm across
     backends that call the same regional endpoint.
@@ -81,7 +81,7 @@ class SageMakerClients:
         self._max_pool_connections = max_pool_connections
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
-        self._clients: dict[tuple[str, str | None], Any] = {}
+        self._clients: dict[tuple[str, str, str | None], Any] = {}
         self._stack = contextlib.AsyncExitStack()
         self._lock = asyncio.Lock()
         self._session: Any = None
@@ -95,9 +95,9 @@ class SageMakerClients:
             read_timeout=self._read_timeout_s,
         )
 
-    async def get(self, region: str | None, endpoint_url: str | None) -> Any:
-        """The client for ``region`` (default: from the environment) and ``endpoint_url``."""
-        key = (region or default_region(), endpoint_url)
+    async def get(self, region: str | None, endpoint_url: str | None, service: str = "sagemaker-runtime") -> Any:
+        """The ``service`` client for ``region`` (default: from the environment) and ``endpoint_url``."""
+        key = (service, region or default_region(), endpoint_url)
         client = self._clients.get(key)
         if client is not None:
             return client
@@ -108,7 +108,7 @@ class SageMakerClients:
                     self._session = get_session()
                 made = await self._stack.enter_async_context(
                     self._session.create_client(
-                        "sagemaker-runtime", region_name=key[0], endpoint_url=endpoint_url, config=self._config()
+                        service, region_name=key[1], endpoint_url=endpoint_url, config=self._config()
                     )
                 )
                 made.meta.events.register("before-sign.sagemaker-runtime", _add_trace_headers)
