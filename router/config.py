@@ -211,11 +211,50 @@ class SageMakerBatchBackendConfig(_BackendBase):
         return self
 
 
+class AsyncNotificationsConfig(Strict):
+    """An SQS queue subscribed to the endpoint's SNS success and error topics (one queue per replica)."""
+
+    queue_url: str = Field(pattern=r"^https?://")
+    region: str | None = None  # default: the backend's region
+    endpoint_url: str | None = None  # SQS's URL: a VPC endpoint or an emulator
+    wait: Duration = Field(20.0, ge=0.0, le=20.0)  # ReceiveMessage long-poll time (SQS allows up to 20 s)
+
+
+class SageMakerAsyncBackendConfig(_BackendBase):
+    """A SageMaker Async Inference endpoint (InvokeEndpointAsync); for a model's ``async`` lane only.
+
+    ``max_concurrency`` bounds the invocations this process follows at once; ``timeout`` is how long one
+    may take from submission to its output (also sent as RequestTTLSeconds, so SageMaker drops what the
+    router stopped waiting for).
+    """
+
+    kind: Literal["sagemaker-async"]
+    endpoint: str = Field(pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$", max_length=63)
+    region: str | None = None
+    endpoint_url: str | None = None  # SageMaker Runtime's URL: a VPC endpoint or an emulator
+    s3_endpoint_url: str | None = None  # S3's, likewise
+    input_location: str = Field(pattern=S3_URI)  # s3://bucket/prefix: each payload is uploaded under it
+    poll: Duration = Field(1.0, gt=0.0)  # first S3 check interval for the output; doubles up to max_poll
+    max_poll: Duration = Field(30.0, gt=0.0)
+    timeout: Duration = Field(3600.0, ge=60.0, le=6 * 3600.0)
+    notifications: AsyncNotificationsConfig | None = None
+
+    @model_validator(mode="after")
+    def _async_fields(self) -> SageMakerAsyncBackendConfig:
+        if self.serverless is not None:
+            raise ValueError("serverless does not apply to a sagemaker-async backend")
+        if self.max_poll < self.poll:
+            raise ValueError("max_poll must be at least poll")
+        return self
+
+
 BackendConfig = Annotated[
-    HttpBackendConfig | SageMakerBackendConfig | SageMakerBatchBackendConfig, Field(discriminator="kind")
+    HttpBackendConfig | SageMakerBackendConfig | SageMakerBatchBackendConfig | SageMakerAsyncBackendConfig,
+    Field(discriminator="kind"),
 ]
 # Backend kinds that serve only some lanes (a batch job API cannot answer a request in its own exchange).
-KIND_LANES: dict[str, frozenset[str]] = {"sagemaker-batch": frozenset({"batch"})}
+KIND_LANES: dict[str, frozenset[str]] = {"sagemaker-batch": frozenset({"batch"}),
+                                         "sagemaker-async": frozenset({"async"})}
 
 
 class RouteConfig(Strict):
@@ -283,6 +322,15 @@ class WebhookConfig(Strict):
     attempts: int = Field(3, ge=1, le=10)
 
 
+class JobNotificationsConfig(Strict):
+    """AWS state mode: every finished job's status JSON (as GET /jobs/{id}) is published to an SNS topic."""
+
+    sns_topic_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_.-]{1,256}$")
+    region: str | None = None  # default: the state's region
+    endpoint_url: str | None = None  # default: the state's endpoint_url
+    attempts: int = Field(3, ge=1, le=10)
+
+
 class RouterConfig(Strict):
     server: ServerConfig = ServerConfig()
     state: StateConfig = Field(default_factory=LocalStateConfig)
@@ -294,6 +342,7 @@ class RouterConfig(Strict):
     policies: dict[str, PolicyConfig] = Field(default_factory=dict)
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
     webhooks: WebhookConfig | None = None
+    notifications: JobNotificationsConfig | None = None
 
     def backend_names(self) -> set[str]:
         return set(self.backends)
@@ -341,6 +390,8 @@ def _semantic_issues(data: dict[str, Any]) -> list[tuple[Path, str, bool]]:
     overflow = _mapping(data.get("fallback")).get("overflow_min_urgency")
     if isinstance(overflow, str) and overflow not in levels:
         issues.append((("fallback", "overflow_min_urgency"), f"unknown urgency level {overflow!r}", False))
+    if "notifications" in data and _mapping(data.get("state")).get("kind") != "aws":
+        issues.append((("notifications",), "SNS job notifications need state kind 'aws'", True))
     paths: dict[str, str] = {}
     for model_name, model in models.items():
         model = _mapping(model)
@@ -423,7 +474,7 @@ def _pydantic_path(loc: tuple[str | int, ...], data: Any) -> Path:
     return tuple(path)
 
 
-_TAGS = {"http", "sagemaker", "sagemaker-batch", "local", "aws"}
+_TAGS = {"http", "sagemaker", "sagemaker-batch", "sagemaker-async", "local", "aws"}
 
 
 def _issues_from_validation(

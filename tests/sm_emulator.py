@@ -9,6 +9,12 @@ is what botocore needs to raise ``ThrottlingException``, ``ModelError`` and frie
         emu.add_endpoint("fraud", container_url)
         emu.inject("fraud", "throttle", times=2)
         client = session.create_client("sagemaker-runtime", endpoint_url=emu.url, ...)
+
+InvokeEndpointAsync (``POST /endpoints/{name}/async-invocations``) works on endpoints added with an
+:class:`AsyncConfig`, against S3 and SNS on a moto server (``aws_endpoint_url``): it answers 202 with
+the InferenceId and the output / failure locations, then in the background reads the input from S3,
+calls the container, writes ``<output_path>/<id>.out`` (or ``<failure_path>/<id>-error.out`` with the
+container's error) and publishes SageMaker's notification JSON to the success / error topic.
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ import json
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import aiohttp
+from aiobotocore.session import get_session
 from aiohttp import web
 
 Fault = Literal["throttle", "model_error", "not_ready", "unavailable"]
@@ -31,6 +39,11 @@ ACCOUNT = "123456789012"
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 TARGET_VARIANT = "X-Amzn-SageMaker-Target-Variant"
 INFERENCE_ID = "X-Amzn-SageMaker-Inference-Id"
+INPUT_LOCATION = "X-Amzn-SageMaker-InputLocation"
+ASYNC_CONTENT_TYPE = "X-Amzn-SageMaker-Content-Type"
+ASYNC_ACCEPT = "X-Amzn-SageMaker-Accept"
+INVOCATION_TIMEOUT = "X-Amzn-SageMaker-InvocationTimeoutSeconds"
+REQUEST_TTL = "X-Amzn-SageMaker-RequestTTLSeconds"
 
 # fault -> (HTTP status, x-amzn-ErrorType, message), as SageMaker Runtime answers them
 _FAULTS: dict[str, tuple[int, str, str]] = {
@@ -53,6 +66,18 @@ class EmulatorCall:
     custom_attributes: str | None = None
     target_variant: str | None = None
     inference_id: str | None = None
+    input_location: str | None = None  # async invocations only
+
+
+@dataclass(frozen=True)
+class AsyncConfig:
+    """An endpoint's AsyncInferenceConfig: S3OutputPath, S3FailurePath and the SNS topics (all optional but
+    the output path)."""
+
+    output_path: str
+    failure_path: str | None = None
+    success_topic: str | None = None
+    error_topic: str | None = None
 
 
 @dataclass
@@ -61,14 +86,31 @@ class _Endpoint:
     variant: str
     delay_s: float = 0.0
     faults: deque[str] = field(default_factory=deque)
+    async_config: AsyncConfig | None = None
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class SageMakerRuntimeEmulator:
     """SageMaker Runtime's InvokeEndpoint on 127.0.0.1, with fault injection and slow answers."""
 
-    def __init__(self, *, region: str = "us-east-1", account: str = ACCOUNT) -> None:
+    def __init__(self, *, region: str = "us-east-1", account: str = ACCOUNT,
+                 aws_endpoint_url: str | None = None) -> None:
         self.region = region
         self.account = account
+        self.aws_endpoint_url = aws_endpoint_url  # S3 and SNS for async invocations: a moto server
+        self.notifications: list[dict[str, Any]] = []  # every async notification, published or not
+        self._aws = contextlib.AsyncExitStack()
+        self._s3: Any = None
+        self._sns: Any = None
+        self._background: set[asyncio.Task[None]] = set()
         self.calls: list[EmulatorCall] = []
         self.url = ""
         self._endpoints: dict[str, _Endpoint] = {}
@@ -78,9 +120,13 @@ class SageMakerRuntimeEmulator:
 
     # --- control ----------------------------------------------------------------------------------
 
-    def add_endpoint(self, name: str, container_base_url: str, variant: str = "AllTraffic") -> None:
-        """Serve endpoint ``name`` from the container at ``container_base_url`` (its ``/invocations``)."""
-        self._endpoints[name] = _Endpoint(container_base_url.rstrip("/"), variant)
+    def add_endpoint(self, name: str, container_base_url: str, variant: str = "AllTraffic",
+                     async_config: AsyncConfig | None = None) -> None:
+        """Serve endpoint ``name`` from the container at ``container_base_url`` (its ``/invocations``);
+        with ``async_config`` it takes InvokeEndpointAsync (and needs ``aws_endpoint_url``)."""
+        if async_config is not None and self.aws_endpoint_url is None:
+            raise ValueError("async endpoints need aws_endpoint_url (S3 and SNS)")
+        self._endpoints[name] = _Endpoint(container_base_url.rstrip("/"), variant, async_config=async_config)
 
     def inject(self, name: str, fault: Fault, times: int = 1) -> None:
         """Answer the next ``times`` calls to ``name`` with ``fault`` instead of calling the container."""
@@ -101,12 +147,19 @@ class SageMakerRuntimeEmulator:
         """Listen on a free port of 127.0.0.1; returns the base URL to use as ``endpoint_url``."""
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_post("/endpoints/{name}/invocations", self._invoke)
+        app.router.add_post("/endpoints/{name}/async-invocations", self._invoke_async)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         port = self._runner.addresses[0][1]
         self._session = aiohttp.ClientSession(auto_decompress=False)
+        if self.aws_endpoint_url is not None:
+            session = get_session()
+            for service in ("s3", "sns"):
+                client = await self._aws.enter_async_context(session.create_client(
+                    service, region_name=self.region, endpoint_url=self.aws_endpoint_url))
+                setattr(self, f"_{service}", client)
         self.url = f"http://127.0.0.1:{port}"
         return self.url
 
@@ -115,6 +168,10 @@ class SageMakerRuntimeEmulator:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._aws.aclose()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -222,3 +279,132 @@ class SageMakerRuntimeEmulator:
         if custom is not None:
             reply_headers[CUSTOM_ATTRIBUTES] = custom
         return web.Response(status=200, body=answer, headers=reply_headers)
+
+    # --- InvokeEndpointAsync ------------------------------------------------------------------------
+
+    async def _invoke_async(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        headers = request.headers
+        body = await request.read()
+        location = headers.get(INPUT_LOCATION)
+        self.calls.append(
+            EmulatorCall(
+                endpoint=name,
+                headers=dict(headers),
+                body=body,
+                content_type=headers.get(ASYNC_CONTENT_TYPE),
+                accept=headers.get(ASYNC_ACCEPT),
+                custom_attributes=headers.get(CUSTOM_ATTRIBUTES),
+                inference_id=headers.get(INFERENCE_ID),
+                input_location=location,
+            )
+        )
+        endpoint = self._endpoints.get(name)
+        if endpoint is None:
+            return self._error(400, "ValidationError", f"Endpoint {name} of account {self.account} not found.")
+        config = endpoint.async_config
+        if config is None:
+            return self._error(400, "ValidationError", f"Endpoint {name} is not configured for async inference.")
+        if not location and not body:
+            return self._error(400, "ValidationError", "Either InputLocation or Body must be provided.")
+        if endpoint.faults and endpoint.faults[0] != "model_error":  # refused at once, like the real API
+            status, error_type, message = _FAULTS[endpoint.faults.popleft()]
+            return self._error(status, error_type, message)
+        inject_failure = bool(endpoint.faults) and endpoint.faults.popleft() == "model_error"
+        inference_id = headers.get(INFERENCE_ID) or str(uuid.uuid4())
+        output = f"{config.output_path.rstrip('/')}/{inference_id}.out"
+        failure = f"{(config.failure_path or config.output_path).rstrip('/')}/{inference_id}-error.out"
+        work = _AsyncWork(name, endpoint, config, inference_id, location, body, dict(headers), output,
+                          failure if config.failure_path else None, inject_failure)
+        task = asyncio.create_task(self._process(work))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        reply = {"X-Amzn-SageMaker-OutputLocation": output, "x-amzn-RequestId": str(uuid.uuid4())}
+        if config.failure_path:
+            reply["X-Amzn-SageMaker-FailureLocation"] = failure
+        return web.json_response({"InferenceId": inference_id}, status=202, headers=reply)
+
+    async def _process(self, work: _AsyncWork) -> None:
+        """What SageMaker does with a queued async request: input from S3, the container, output to S3, SNS."""
+        assert self._session is not None
+        received = _now()
+        if work.endpoint.delay_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), work.endpoint.delay_s)
+        status, answer, content_type = 500, b"", "text/plain"
+        if work.inject_failure:
+            answer = b"injected model failure"
+        elif work.location is not None:
+            bucket, key = _split_s3(work.location)
+            try:
+                got = await self._s3.get_object(Bucket=bucket, Key=key)
+                async with got["Body"] as stream:
+                    payload = await stream.read()
+            except Exception:  # any read failure is the invocation's failure, as on SageMaker
+                status, answer = 400, f"unable to read input from {work.location}".encode()
+                payload = None
+        else:
+            payload = work.body
+        if not work.inject_failure and payload is not None:
+            out = {"Content-Type": work.headers.get(ASYNC_CONTENT_TYPE, "application/octet-stream")}
+            for header, forwarded in ((ASYNC_ACCEPT, "Accept"), (CUSTOM_ATTRIBUTES, CUSTOM_ATTRIBUTES)):
+                if header in work.headers:
+                    out[forwarded] = work.headers[header]
+            try:
+                async with self._session.post(f"{work.endpoint.container}/invocations", data=payload,
+                                              headers=out) as resp:
+                    status, answer = resp.status, await resp.read()
+                    content_type = resp.headers.get("Content-Type", "application/octet-stream")
+            except aiohttp.ClientError:
+                status, answer = 502, b"unable to reach the model container"
+        ok = 200 <= status < 300
+        target = work.output if ok else work.failure
+        if target is not None:
+            bucket, key = _split_s3(target)
+            await self._s3.put_object(Bucket=bucket, Key=key, Body=answer, ContentType=content_type)
+        await self._notify(work, ok, status, received, content_type)
+
+    async def _notify(self, work: _AsyncWork, ok: bool, status: int, received: str, content_type: str) -> None:
+        request: dict[str, Any] = {"endpointName": work.name, "inputLocation": work.location}
+        for key, header in (("contentType", ASYNC_CONTENT_TYPE), ("accept", ASYNC_ACCEPT),
+                            ("customAttributes", CUSTOM_ATTRIBUTES)):
+            if header in work.headers:
+                request[key] = work.headers[header]
+        notice: dict[str, Any] = {
+            "awsRegion": self.region,
+            "eventTime": _now(),
+            "receivedTime": received,
+            "invocationStatus": "Completed" if ok else "Failed",
+            "requestParameters": request,
+            "responseParameters": {"contentType": content_type},
+            "inferenceId": work.inference_id,
+            "eventVersion": "1.0",
+            "eventSource": "aws:sagemaker",
+            "eventName": "InferenceResult",
+        }
+        if ok:
+            notice["responseParameters"]["outputLocation"] = work.output
+        else:
+            side = "server" if status >= 500 else "client"
+            notice["failureReason"] = (f"ClientError: Received {side} error ({status}) from model. "
+                                       "See the SageMaker Endpoint logs in your account for more information.")
+            if work.failure is not None:
+                notice["responseParameters"]["failureLocation"] = work.failure
+        self.notifications.append(notice)
+        topic = work.config.success_topic if ok else work.config.error_topic
+        if topic is not None:
+            await self._sns.publish(TopicArn=topic, Message=json.dumps(notice))
+
+
+@dataclass(frozen=True)
+class _AsyncWork:
+    name: str
+    endpoint: _Endpoint
+    config: AsyncConfig
+    inference_id: str
+    location: str | None
+    body: bytes
+    headers: dict[str, str]
+    output: str
+    failure: str | None
+    inject_failure: bool

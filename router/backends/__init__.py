@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from router.backends.http import HttpBackend
-from router.config import BackendConfig, HttpBackendConfig, SageMakerBackendConfig
+from router.config import BackendConfig, HttpBackendConfig, SageMakerAsyncBackendConfig, SageMakerBackendConfig
 from router.types import Backend
 
 if TYPE_CHECKING:  # imported lazily: botocore costs ~30 MB of RSS, only sagemaker backends need it
@@ -55,4 +55,15 @@ def build_backend(name: str, cfg: BackendConfig, connections: Connections) -> Ba
         return SageMakerBackend(name, cfg.endpoint, connections.sagemaker(),
                                 region=cfg.region, endpoint_url=cfg.endpoint_url, timeout_s=cfg.timeout,
                                 variant=cfg.variant)
+    if isinstance(cfg, SageMakerAsyncBackendConfig):
+        from router.backends.sagemaker_async import CompletionListener, SageMakerAsyncBackend
+
+        clients = connections.sagemaker()
+        sns = cfg.notifications
+        listener = CompletionListener(name, clients, sns.queue_url, region=sns.region or cfg.region,
+                                      endpoint_url=sns.endpoint_url, wait_s=sns.wait) if sns else None
+        return SageMakerAsyncBackend(name, cfg.endpoint, clients, input_location=cfg.input_location,
+                                     region=cfg.region, endpoint_url=cfg.endpoint_url,
+                                     s3_endpoint_url=cfg.s3_endpoint_url, poll_s=cfg.poll, max_poll_s=cfg.max_poll,
+                                     timeout_s=cfg.timeout, listener=listener)
     raise TypeError(f"unknown backend config {type(cfg).__name__}")

@@ -1,8 +1,9 @@
 """``sagemaker`` backend: InvokeEndpoint on a real-time or serverless endpoint, through aiobotocore.
 
-One aiobotocore client per (region, endpoint_url) is shared by every backend of the process
-(:class:`SageMakerClients`); botocore's own retries are off because the router's dispatcher
-does the retrying, as a fallback to another backend.
+One aiobotocore client per (service, region, endpoint_url) is shared by every backend of the process
+(:class:`SageMakerClients`: the runtime, and the S3 / SQS / SNS clients of ``sagemaker-async``);
+botocore's own retries are off because the router does the retrying, as a fallback to another
+backend or a job's next attempt.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import contextlib
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -96,7 +97,10 @@ class SageMakerClients:
         )
 
     async def get(self, region: str | None, endpoint_url: str | None, service: str = "sagemaker-runtime") -> Any:
-        """The ``service`` client for ``region`` (default: from the environment) and ``endpoint_url``."""
+        """The ``service`` client for ``region`` (default: from the environment) and ``endpoint_url``.
+
+        ``endpoint_url`` None leaves the endpoint to botocore (``AWS_ENDPOINT_URL_S3`` and the like apply).
+        """
         key = (service, region or default_region(), endpoint_url)
         client = self._clients.get(key)
         if client is not None:
@@ -153,6 +157,50 @@ def client_error_kind(code: str, status: int | None) -> FailureKind:
     return FailureKind.VALIDATION
 
 
+def client_error(name: str, exc: ClientError) -> BackendError:
+    """A SageMaker (or S3 / SQS) ClientError as the router's BackendError, without request details."""
+    response: dict[str, Any] = exc.response or {}
+    error = response.get("Error") or {}
+    code = str(error.get("Code") or "Unknown")
+    status = _int_or_none((response.get("ResponseMetadata") or {}).get("HTTPStatusCode"))
+    message = str(error.get("Message") or "")
+    kind = client_error_kind(code, status)
+    original_status: int | None = None
+    original_message: str | None = None
+    if code == "ModelError":
+        # botocore lifts the modelled members of the error shape to the top of the response
+        original_status = _int_or_none(response.get("OriginalStatusCode"))
+        original = response.get("OriginalMessage")
+        original_message = None if original is None else str(original)
+    return BackendError(
+        kind,
+        _short(f"{name}: {code} ({status}): {message}"),
+        status=status,
+        original_status=original_status,
+        original_message=original_message,
+    )
+
+
+@contextlib.contextmanager
+def call_errors(name: str, timeout_s: float, what: str = "InvokeEndpoint") -> Iterator[None]:
+    """Turn what an aiobotocore call of backend ``name`` raises inside the block into BackendError."""
+    try:
+        yield
+    except ClientError as exc:
+        raise client_error(name, exc) from None
+    except (TimeoutError, ReadTimeoutError):
+        # AioReadTimeoutError is both; asyncio.timeout raises TimeoutError
+        raise BackendError(FailureKind.TIMEOUT, f"{name} did not answer within {timeout_s:g}s") from None
+    except (EndpointConnectionError, ConnectionClosedError, HTTPClientError, aiohttp.ClientError) as exc:
+        # no URL or cause in the message: it could carry a VPC endpoint's userinfo or a proxy's credentials
+        raise BackendError(FailureKind.CONNECTION, f"{name} connection to AWS failed: {type(exc).__name__}") from None
+    except ParamValidationError as exc:
+        raise BackendError(FailureKind.VALIDATION, f"{name}: invalid {what} call: {exc}") from None
+    except BotoCoreError as exc:
+        # e.g. NoCredentialsError: this backend cannot be called at all, others may
+        raise BackendError(FailureKind.UNAVAILABLE, f"{name}: AWS client failed: {type(exc).__name__}") from None
+
+
 class SageMakerBackend:
     """Calls InvokeEndpoint on one SageMaker endpoint; failures become :class:`BackendError`."""
 
@@ -197,7 +245,7 @@ class SageMakerBackend:
         timeout = min(self._timeout_s, math.inf if inv.timeout_s is None else inv.timeout_s)
         if inv.job_timeout_s is not None:  # a job's budget (InvokeEndpoint itself still ends at 60 s)
             timeout = inv.job_timeout_s
-        try:
+        with call_errors(self.name, timeout):
             async with asyncio.timeout(timeout):
                 client = await self._clients.get(self._region, self._endpoint_url)
                 token = _trace_headers.set(inv.headers)
@@ -207,23 +255,6 @@ class SageMakerBackend:
                     _trace_headers.reset(token)
                 async with resp["Body"] as stream:
                     body: bytes = await stream.read()
-        except ClientError as exc:
-            raise self._client_error(exc) from None
-        except (TimeoutError, ReadTimeoutError):
-            # AioReadTimeoutError is both; asyncio.timeout raises TimeoutError
-            raise BackendError(FailureKind.TIMEOUT, f"{self.name} did not answer within {timeout:g}s") from None
-        except (EndpointConnectionError, ConnectionClosedError, HTTPClientError, aiohttp.ClientError) as exc:
-            # no URL or cause in the message: it could carry a VPC endpoint's userinfo or a proxy's credentials
-            raise BackendError(
-                FailureKind.CONNECTION, f"{self.name} connection to SageMaker Runtime failed: {type(exc).__name__}"
-            ) from None
-        except ParamValidationError as exc:
-            raise BackendError(FailureKind.VALIDATION, f"{self.name}: invalid InvokeEndpoint call: {exc}") from None
-        except BotoCoreError as exc:
-            # e.g. NoCredentialsError: this backend cannot be called at all, others may
-            raise BackendError(
-                FailureKind.UNAVAILABLE, f"{self.name}: SageMaker client failed: {type(exc).__name__}"
-            ) from None
         metadata = resp.get("ResponseMetadata") or {}
         return InvocationResult(
             body=body,
@@ -231,26 +262,4 @@ class SageMakerBackend:
             status=_int_or_none(metadata.get("HTTPStatusCode")) or 200,
             invoked_variant=resp.get("InvokedProductionVariant"),
             custom_attributes=resp.get("CustomAttributes"),
-        )
-
-    def _client_error(self, exc: ClientError) -> BackendError:
-        response: dict[str, Any] = exc.response or {}
-        error = response.get("Error") or {}
-        code = str(error.get("Code") or "Unknown")
-        status = _int_or_none((response.get("ResponseMetadata") or {}).get("HTTPStatusCode"))
-        message = str(error.get("Message") or "")
-        kind = client_error_kind(code, status)
-        original_status: int | None = None
-        original_message: str | None = None
-        if code == "ModelError":
-            # botocore lifts the modelled members of the error shape to the top of the response
-            original_status = _int_or_none(response.get("OriginalStatusCode"))
-            original = response.get("OriginalMessage")
-            original_message = None if original is None else str(original)
-        return BackendError(
-            kind,
-            _short(f"{self.name}: {code} ({status}): {message}"),
-            status=status,
-            original_status=original_status,
-            original_message=original_message,
         )
