@@ -313,3 +313,51 @@ def test_a_sagemaker_batch_backend_config_error_names_its_field() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(bad, "router.yaml")
     assert "router.yaml:7:22: backends.fraud-bt.output_location:" in str(info.value)
+
+
+# --- through the router ----------------------------------------------------------------------------
+
+
+async def test_the_routers_batch_lane_runs_a_flushed_batch_as_one_transform_job(
+        emulator: TransformEmulator, moto_url: str, tmp_path: Any, http: Any, aws_env: None) -> None:  # noqa: F811
+    from tests.conftest import serve_router
+
+    config = f"""
+state: {{kind: local, path: "{tmp_path}"}}
+backends:
+  rt: {{kind: http, url: "http://127.0.0.1:9/invocations"}}
+  fraud-bt: {{kind: sagemaker-batch, model_name: {MODEL}, input_location: "s3://{BUCKET}/batch/in",
+             output_location: "s3://{BUCKET}/batch/out", endpoint_url: "{emulator.url}",
+             s3_endpoint_url: "{moto_url}", region: us-east-1, poll: 20ms, max_poll: 100ms}}
+models:
+  fraud:
+    lanes: {{realtime: rt, batch: fraud-bt}}
+    batch: {{max_records: 30, max_wait: 60s}}
+    default: {{lane: batch}}
+"""
+    data = rows(30, seed=3)
+    requests = [data[i:i + 10] for i in range(0, 30, 10)]
+    headers = {"Content-Type": "text/csv", "Prefer": "respond-async"}
+    async with serve_router(config) as router:
+        ids = []
+        for chunk in requests:  # three requests of ten records: the third fills the buffer and flushes it
+            body = "\n".join(",".join(str(v) for v in row) for row in chunk)
+            async with http.post(router.endpoint("fraud"), data=body, headers=headers) as r:
+                assert r.status == 202
+                ids.append((await r.json())["job_id"])
+        model = FraudModel.load()
+        for job_id, chunk in zip(ids, requests, strict=True):
+            async with asyncio.timeout(15):
+                while True:
+                    async with http.get(f"{router.url}/jobs/{job_id}") as r:
+                        job = await r.json()
+                    if job["status"] != "queued" and job["status"] != "running":
+                        break
+                    await asyncio.sleep(0.05)
+            assert job["status"] == "succeeded", job
+            assert job["records"] == {"total": 10, "done": 10, "failed": 0}
+            async with http.get(f"{router.url}/jobs/{job_id}/result") as r:
+                scores = [float(x) for x in (await r.text()).splitlines()]
+            assert scores == pytest.approx(model.predict(chunk), abs=1e-6)
+    (create,) = emulator.operations("CreateTransformJob")  # one batch, one transform job
+    assert create["ModelName"] == MODEL
