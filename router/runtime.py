@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -15,14 +15,7 @@ from router.batch.base import BatchRunner
 from router.batch.lane import BatchLane
 from router.batch.local import LocalRunner
 from router.batch.store import BatchStore
-from router.config import (
-    BackendConfig,
-    BatchConfig,
-    LocalStateConfig,
-    RouterConfig,
-    SageMakerBatchBackendConfig,
-    load_config,
-)
+from router.config import BackendConfig, BatchConfig, LocalStateConfig, RouterConfig, load_config
 from router.features import FeatureExtractor
 from router.lanes.jobs import JobLane
 from router.lanes.sync import RetryBudget, SyncLane, Target
@@ -35,6 +28,9 @@ from router.storage import open_stores
 from router.storage.base import StoreStats
 from router.types import JOB_LANES, Backend, Decision, Lane, RequestFeatures, Route
 from router.yamlpos import ConfigError
+
+if TYPE_CHECKING:  # botocore is imported only when SNS notifications are configured
+    from router.notify_sns import SnsJobNotifier
 
 log = structlog.get_logger("router.runtime")
 
@@ -177,8 +173,6 @@ class Runtime:
         """Build the routing for ``cfg``, reusing backends whose config did not change."""
         backends: dict[str, tuple[BackendConfig, Backend]] = {}
         for name, bcfg in cfg.backends.items():
-            if isinstance(bcfg, SageMakerBatchBackendConfig):
-                continue  # not called per request: the batch lane runs its batches through _batch_runner
             old = self._backends.get(name)
             if old is not None and old[0] == bcfg:
                 backends[name] = old
@@ -229,6 +223,20 @@ class Runtime:
             hooks = cfg.webhooks
             self.job_lane.notifier = WebhookNotifier(self.connections.http, hooks.secret, attempts=hooks.attempts
                                                      ) if hooks else None
+            self.job_lane.topic = self._job_topic(cfg)
+
+    def _job_topic(self, cfg: RouterConfig) -> SnsJobNotifier | None:
+        """The SNS topic finished jobs are published to (AWS state mode; config checks refuse it otherwise)."""
+        from router.config import AwsStateConfig
+
+        topic, state = cfg.notifications, cfg.state
+        if topic is None or not isinstance(state, AwsStateConfig):
+            return None
+        from router.notify_sns import SnsJobNotifier
+
+        region, url = topic.region or state.region, topic.endpoint_url or state.endpoint_url
+        clients = self.connections.sagemaker()
+        return SnsJobNotifier(lambda: clients.get(region, url, "sns"), topic.sns_topic_arn, attempts=topic.attempts)
 
     def _job_stats(self) -> StoreStats | None:
         stats = self.job_lane.stats if self.job_lane else None
@@ -244,16 +252,8 @@ class Runtime:
 
     def _batch_runner(self, model: str) -> BatchRunner | None:
         settings = self._batch_settings(model)
-        if settings is None:
-            return None
-        name = self.routing.config.models[model].lanes[Lane.BATCH.value]
-        bcfg = self.routing.config.backends.get(name)
-        if isinstance(bcfg, SageMakerBatchBackendConfig):  # Batch Transform: one job per flushed batch
-            from router.batch.transform import build_batch_runner
-
-            return build_batch_runner(name, bcfg, self.connections)
         target = self._job_target(model, Lane.BATCH)
-        if target is None:
+        if settings is None or target is None:
             return None
         jobs = self.routing.config.jobs
         lane = self.batch_lane

@@ -4,6 +4,7 @@ dead-letter queue, all on moto's server; the router's real aiobotocore code runs
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from botocore.config import Config
 
 from router.demo.model_server import ModelServer
-from tests.conftest import serve_router
+from tests.conftest import RunningRouter, serve_router
 from tests.moto_server import boto3_client, create_bucket, create_queues, moto_server, moto_url  # noqa: F401
 from tests.test_async_lane import config, expected, rows, until_done
 
@@ -78,3 +79,50 @@ async def test_boto3_invoke_endpoint_async_with_an_s3_input_location(tmp_path: P
                                  headers={"X-Amzn-SageMaker-InputLocation": bad}) as r:
                 assert r.status == 400, bad
                 assert r.headers["x-amzn-ErrorType"] == "ValidationError"
+
+
+async def accept_job(http: Any, router: RunningRouter) -> str:
+    async with http.post(router.endpoint("fraud"), data=rows(200), headers={
+            "Content-Type": "text/csv", "Prefer": "respond-async"}) as r:
+        assert r.status == 202
+        return str((await r.json())["job_id"])
+
+
+async def test_a_finished_job_is_published_to_the_sns_topic(tmp_path: Path, http: Any,
+                                                            moto_url: str) -> None:  # noqa: F811
+    sns, sqs = boto3_client("sns", moto_url), boto3_client("sqs", moto_url)
+    topic = sns.create_topic(Name="router-job-events")["TopicArn"]
+    queue_url = sqs.create_queue(QueueName="job-events")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    async with ModelServer() as rt:
+        text = aws_config(rt, tmp_path, moto_url) + f'notifications: {{sns_topic_arn: "{topic}"}}\n'
+        async with serve_router(text) as router:
+            job_id = await accept_job(http, router)
+            job = await until_done(http, router, job_id)
+
+            def receive() -> list[Any]:
+                got: list[Any] = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=5).get("Messages", [])
+                return got
+
+            [message] = await asyncio.to_thread(receive)
+    envelope = json.loads(message["Body"])
+    published = json.loads(envelope["Message"])
+    assert published == {**job, "status_url": f"/jobs/{job_id}"}
+    assert published["status"] == "succeeded"
+    assert envelope["MessageAttributes"]["status"] == {"Type": "String", "Value": "succeeded"}
+    assert envelope["MessageAttributes"]["model"] == {"Type": "String", "Value": "fraud"}
+
+
+async def test_a_failed_sns_publish_is_logged_and_never_fails_the_job(tmp_path: Path, http: Any,
+                                                                      moto_url: str) -> None:  # noqa: F811
+    missing = "arn:aws:sns:us-east-1:123456789012:no-such-topic"
+    async with ModelServer() as rt:
+        text = aws_config(rt, tmp_path, moto_url) + f'notifications: {{sns_topic_arn: "{missing}", attempts: 2}}\n'
+        async with serve_router(text) as router:
+            job_id = await accept_job(http, router)
+            job = await until_done(http, router, job_id)
+            topic = router.runtime.job_lane.topic if router.runtime.job_lane else None
+            assert topic is not None
+            assert await topic.notify({"job_id": job_id, "status": "succeeded"}) is False
+    assert job["status"] == "succeeded"

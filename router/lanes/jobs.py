@@ -14,8 +14,9 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import AsyncIterable, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -34,6 +35,9 @@ from router.storage.base import (
     StoreStats,
 )
 from router.types import BackendError, Invocation, Lane
+
+if TYPE_CHECKING:  # botocore is imported only when SNS notifications are configured
+    from router.notify_sns import SnsJobNotifier
 
 log = structlog.get_logger("router.jobs")
 
@@ -91,6 +95,7 @@ class JobLane:
         self._stopping = asyncio.Event()
         self._done: dict[str, asyncio.Event] = {}  # job id -> set when this process finishes it
         self.notifier: WebhookNotifier | None = None
+        self.topic: SnsJobNotifier | None = None  # AWS state mode: every finished job is published there
         self._callbacks: set[asyncio.Task[None]] = set()
 
     # --- accepting ------------------------------------------------------------------------------
@@ -250,9 +255,9 @@ class JobLane:
 
     def _finished(self, job: Job, status: str) -> None:
         if job.spec.callback_url and self.notifier is not None:
-            task = asyncio.create_task(self._callback(job.job_id, job.spec.callback_url, self.notifier))
-            self._callbacks.add(task)  # keep a reference until it is done
-            task.add_done_callback(self._callbacks.discard)
+            self._announce(job.job_id, "webhook", partial(self.notifier.notify, job.spec.callback_url))
+        if self.topic is not None:
+            self._announce(job.job_id, "sns", self.topic.notify)
         self.metrics.job_attempts(job.spec.model, "ok" if status == "succeeded" else "failed").inc()
         self.metrics.job_duration(job.spec.model, job.spec.lane, status).observe(
             max(0.0, self.clock() - job.created_at))
@@ -268,14 +273,21 @@ class JobLane:
         await self.jobs.retry(job.job_id, lease, error, now + delay, now)
         self.metrics.job_attempts(job.spec.model, "retried").inc()
 
-    async def _callback(self, job_id: str, url: str, notifier: WebhookNotifier) -> None:
+    def _announce(self, job_id: str, channel: str, send: Callable[[dict[str, Any]], Awaitable[bool]]) -> None:
+        """Send the finished job's status JSON in the background; ``send`` logs and never raises."""
+        task = asyncio.create_task(self._send_status(job_id, channel, send))
+        self._callbacks.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._callbacks.discard)
+
+    async def _send_status(self, job_id: str, channel: str,
+                           send: Callable[[dict[str, Any]], Awaitable[bool]]) -> None:
         try:
             job = await self.jobs.get(job_id)
         except StorageError:
-            log.warning("webhook_job_unreadable", job_id=job_id)
+            log.warning(f"{channel}_job_unreadable", job_id=job_id)
             return
-        if job is not None and await notifier.notify(url, job_json(job, job_url(job_id))):
-            log.info("webhook_delivered", job_id=job_id)
+        if job is not None and await send(job_json(job, job_url(job_id))):
+            log.info(f"{channel}_delivered", job_id=job_id)
 
     async def _janitor(self) -> None:
         """Expires jobs past their TTL and refreshes the stats the metrics read."""
