@@ -15,7 +15,14 @@ from router.batch.base import BatchRunner
 from router.batch.lane import BatchLane
 from router.batch.local import LocalRunner
 from router.batch.store import BatchStore
-from router.config import BackendConfig, BatchConfig, LocalStateConfig, RouterConfig, load_config
+from router.config import (
+    BackendConfig,
+    BatchConfig,
+    LocalStateConfig,
+    RouterConfig,
+    SageMakerBatchBackendConfig,
+    load_config,
+)
 from router.features import FeatureExtractor
 from router.lanes.jobs import JobLane
 from router.lanes.sync import RetryBudget, SyncLane, Target
@@ -173,6 +180,8 @@ class Runtime:
         """Build the routing for ``cfg``, reusing backends whose config did not change."""
         backends: dict[str, tuple[BackendConfig, Backend]] = {}
         for name, bcfg in cfg.backends.items():
+            if isinstance(bcfg, SageMakerBatchBackendConfig):
+                continue  # not called per request: the batch lane runs its batches through _batch_runner
             old = self._backends.get(name)
             if old is not None and old[0] == bcfg:
                 backends[name] = old
@@ -252,8 +261,16 @@ class Runtime:
 
     def _batch_runner(self, model: str) -> BatchRunner | None:
         settings = self._batch_settings(model)
+        if settings is None:
+            return None
+        name = self.routing.config.models[model].lanes[Lane.BATCH.value]
+        bcfg = self.routing.config.backends.get(name)
+        if isinstance(bcfg, SageMakerBatchBackendConfig):  # Batch Transform: one job per flushed batch
+            from router.batch.transform import build_batch_runner
+
+            return build_batch_runner(name, bcfg, self.connections)
         target = self._job_target(model, Lane.BATCH)
-        if settings is None or target is None:
+        if target is None:
             return None
         jobs = self.routing.config.jobs
         lane = self.batch_lane
