@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: demo test lint bench check-config clean
+.PHONY: demo test lint bench check-config clean prometheus
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,14 @@ $(DEV_STAMP): pyproject.toml constraints.txt | $(BIN)/python
 demo: $(RUNTIME_STAMP)
 	$(BIN)/inference-router demo
 
-test: $(DEV_STAMP)
+# tests/test_monitoring.py runs a real Prometheus (Debian's package ships promtool too). Installed here
+# when possible (root + apt-get); elsewhere those tests skip and say why.
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+	  >/dev/null; } || echo "prometheus not installed: its tests will be skipped (apt-get install prometheus)"
+
+test: $(DEV_STAMP) prometheus
 	$(BIN)/python -m pytest -q
 
 lint: $(DEV_STAMP)
@@ -30,6 +37,7 @@ lint: $(DEV_STAMP)
 	$(BIN)/mypy
 	$(BIN)/inference-router check --config policies/default.yaml
 	$(BIN)/inference-router check --config policies/demo.yaml
+	$(BIN)/hadolint Dockerfile
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/policy_decision.py
