@@ -1,0 +1,300 @@
+"""The shipped dashboard and alert rules, proven against a real Prometheus scraping a real router.
+
+The router serves the demo config (policies/demo.yaml) in front of two real model servers; traffic
+goes through every lane (realtime, serverless fallback, shedding, async jobs, batch), Prometheus scrapes it
+every second, and then every dashboard panel's PromQL and every alert expression is evaluated
+through Prometheus's HTTP API: each must parse, and each panel must return data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from router.demo.model_server import ModelServer
+from tests.conftest import RunningRouter, free_port, serve_router, until
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "inference-router.json"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+ROW = "120.5,2,0.8,350,7,30"
+CSV = {"Content-Type": "text/csv"}
+TEAM = {"X-Api-Key": "demo-team-a-key"}  # the demo's caller that may claim critical urgency
+ADMIN = {"Authorization": "Bearer demo-admin-token"}
+
+PROMETHEUS = shutil.which("prometheus")
+PROMTOOL = shutil.which("promtool")
+MISSING = ("the prometheus binary is not installed: `make test` installs Debian's `prometheus` package "
+           "(which ships promtool) when it runs as root; or run `apt-get install prometheus`")
+
+# Grafana's variables as the test sets them: the demo's model, both backends (a multi-value selection
+# becomes a regex alternation), and a rate window that covers the whole test at a 1 s scrape interval.
+VARIABLES = {
+    "model": "fraud",
+    "backend": "fraud-rt|fraud-sls",
+    "__rate_interval": "1m",
+    "__interval": "1s",
+    "__range": "1m",
+}
+
+def substitute(expr: str) -> str:
+    """Replace Grafana's ``$name`` and ``${name}`` like Grafana does, longest names first."""
+    def one(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        if name not in VARIABLES:
+            raise AssertionError(f"unknown dashboard variable ${name} in {expr!r}")
+        return VARIABLES[name]
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", one, expr)
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    doc = json.loads(DASHBOARD.read_text())
+    panels: list[dict[str, Any]] = []
+    for panel in doc["panels"]:
+        panels.extend(panel.get("panels", []) if panel["type"] == "row" else [panel])
+    return panels
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    doc = yaml.safe_load(ALERTS.read_text())
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def keda_queries() -> list[str]:
+    docs = yaml.safe_load_all((DEPLOY / "kubernetes" / "keda-scaledobject.yaml").read_text())
+    return [t["metadata"]["query"] for doc in docs for t in doc["spec"]["triggers"]]
+
+
+# --- static checks (promtool, the files' shape) ------------------------------------------------
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason=MISSING)
+def test_promtool_accepts_the_rules_and_the_prometheus_config() -> None:
+    assert PROMTOOL is not None
+    for args in (["check", "rules", str(ALERTS)], ["check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")]):
+        done = subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=30, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_alert_has_a_summary_a_description_and_a_runbook_section() -> None:
+    readme = (ROOT / "README.md").read_text()
+    anchors = {heading.strip().lower() for heading in re.findall(r"^#### (\w+)\s*$", readme, re.MULTILINE)}
+    for rule in alert_rules():
+        name = rule["alert"]
+        annotations = rule["annotations"]
+        assert annotations["summary"], name
+        assert annotations["description"], name
+        assert annotations["runbook_url"] == f"README.md#{name.lower()}", name
+        assert rule["labels"]["severity"] in ("page", "ticket"), name
+        assert name.lower() in anchors, f"README.md has no runbook section '#### {name}'"
+
+
+def test_every_panel_has_a_description_and_uses_only_known_variables() -> None:
+    doc = json.loads(DASHBOARD.read_text())
+    assert {v["name"] for v in doc["templating"]["list"]} == {"datasource", "model", "backend"}
+    ids = [p["id"] for p in doc["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in dashboard_panels():
+        assert panel["description"], panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            substitute(target["expr"])
+
+
+# --- a real Prometheus ------------------------------------------------------------------------
+
+
+class Prometheus:
+    def __init__(self, url: str, http: aiohttp.ClientSession) -> None:
+        self.url = url
+        self.http = http
+
+    async def get(self, path: str, **params: str) -> Any:
+        async with self.http.get(self.url + path, params=params) as r:
+            doc = await r.json()
+        return doc
+
+    async def query(self, expr: str) -> dict[str, Any]:
+        async with self.http.post(self.url + "/api/v1/query", data={"query": expr}) as r:
+            result: dict[str, Any] = await r.json()
+        return result
+
+
+@pytest.fixture
+async def prometheus_for(tmp_path: Path, http: aiohttp.ClientSession) -> AsyncIterator[Any]:
+    """``await start(target)`` runs Prometheus on 127.0.0.1 scraping ``target`` every second, with the rules."""
+    if PROMETHEUS is None:
+        pytest.skip(MISSING)
+    procs: list[asyncio.subprocess.Process] = []
+    log_path = tmp_path / "prometheus.log"
+
+    async def start(target: str) -> Prometheus:
+        assert PROMETHEUS is not None
+        config = tmp_path / "prometheus.yml"
+        config.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+            "rule_files": [str(ALERTS)],
+            "scrape_configs": [{"job_name": "inference-router", "static_configs": [{"targets": [target]}]}],
+        }))
+        port = free_port()
+        with log_path.open("wb") as log:
+            procs.append(await asyncio.create_subprocess_exec(
+                PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn", stdout=log, stderr=log))
+        prom = Prometheus(f"http://127.0.0.1:{port}", http)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                async with http.get(prom.url + "/-/ready") as r:
+                    if r.status == 200:
+                        return prom
+            except aiohttp.ClientConnectionError:
+                pass
+            assert procs[-1].returncode is None, log_path.read_text()
+            await asyncio.sleep(0.1)
+        raise AssertionError("prometheus did not become ready: " + log_path.read_text())
+
+    yield start
+    for proc in procs:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def post(http: aiohttp.ClientSession, router: RunningRouter, **headers: str) -> int:
+    async with http.post(router.endpoint("fraud"), data=ROW, headers={**CSV, **headers}) as r:
+        await r.read()
+        return r.status
+
+
+def inflight(router: RunningRouter, backend: str) -> int:
+    tracker = router.runtime.tracker
+    return tracker.trackers[backend].state(tracker.clock()).inflight
+
+
+async def drive_every_lane(http: aiohttp.ClientSession, router: RunningRouter, rt: ModelServer,
+                           sls: ModelServer) -> None:
+    """Traffic that makes every panel's series exist: each step names what it is for."""
+    codes = [await post(http, router) for _ in range(10)]  # realtime
+    assert set(codes) == {200}
+    assert await post(http, router, **{"X-Urgency": "critical"}) == 200  # anonymous: clamped to high
+
+    rt.fail_next(2, 503)  # realtime fails -> fallback to the (cold) serverless backend
+    assert await post(http, router) == 200
+    assert await post(http, router, **{"X-Deadline-Ms": "1"}) in (503, 504)  # a deadline no lane can make: a 5xx
+
+    rt.latency_s = sls.latency_s = 0.8  # fill both lanes, then low urgency is shed
+    busy = [asyncio.create_task(post(http, router, **TEAM, **{"X-Urgency": "critical"})) for _ in range(12)]
+    await until(lambda: inflight(router, "fraud-rt") >= 4 and inflight(router, "fraud-sls") >= 8, 5.0)
+    assert await post(http, router, **{"X-Urgency": "low"}) == 429
+    await asyncio.gather(*busy)  # (some overflow past the backends' own limits and fail: more series)
+    rt.latency_s = sls.latency_s = 0.005
+
+    jobs = []
+    for _ in range(4):  # the batch lane: low urgency + Prefer: respond-async, flushed after max_wait
+        async with http.post(router.endpoint("fraud"), data=ROW,
+                             headers={**CSV, "X-Urgency": "low", "Prefer": "respond-async"}) as r:
+            assert (r.status, r.headers["X-Router-Lane"]) == (202, "batch")
+            jobs.append(r.headers["Location"])
+    for _ in range(3):  # the async lane: InvokeEndpointAsync
+        jobs.append(await invoke_async(http, router))
+    for location in jobs:
+        for _ in range(300):
+            async with http.get(router.url + location) as r:
+                if (await r.json())["status"] == "succeeded":
+                    break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError(f"job {location} did not succeed")
+
+    async with http.post(router.url + "/admin/reload", headers=ADMIN) as r:  # config reloads panel
+        assert r.status == 200
+
+    rt.latency_s = 3.0  # leave a backlog: the workers hold two slow jobs, the rest stay queued
+    for _ in range(5):
+        await invoke_async(http, router)
+
+
+async def invoke_async(http: aiohttp.ClientSession, router: RunningRouter) -> str:
+    async with http.post(f"{router.url}/endpoints/fraud/async-invocations", data=ROW, headers=CSV) as r:
+        assert (r.status, r.headers["X-Router-Lane"]) == (202, "async")
+        return r.headers["Location"]
+
+
+async def scraped(prom: Prometheus, expr: str, timeout_s: float = 10.0) -> None:
+    """Wait until Prometheus has a sample for ``expr`` (the last state the traffic left)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (await prom.query(expr))["data"]["result"]:
+            return
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"prometheus never saw {expr}")
+
+
+async def test_every_panel_and_alert_query_works_against_a_real_prometheus_scraping_the_demo(
+        tmp_path: Path, http: aiohttp.ClientSession, prometheus_for: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with ModelServer(latency_s=0.005, max_concurrency=4, overload_status=503) as rt, \
+            ModelServer(latency_s=0.005, max_concurrency=8, idle_after_s=30.0, cold_start_s=0.2) as sls:
+        for key, value in {"DEMO_RT_PORT": str(rt.port), "DEMO_SLS_PORT": str(sls.port),
+                           "DEMO_STATE": str(tmp_path / "var")}.items():
+            monkeypatch.setenv(key, value)  # the reload reads the file with the process's environment
+        config = tmp_path / "router.yaml"
+        config.write_text((ROOT / "policies" / "demo.yaml").read_text())
+        async with serve_router(config.read_text(), config_path=str(config)) as router:
+            prom = await prometheus_for(router.url.removeprefix("http://"))
+            await drive_every_lane(http, router, rt, sls)
+            # the job lane's stats refresh every 2 s; then one more scrape
+            await scraped(prom, 'router_jobs_queued{model="fraud"} > 0')
+            await scraped(prom, 'router_config_reloads_total{result="ok"}')
+            await asyncio.sleep(1.5)
+
+            problems: list[str] = []
+            for panel in dashboard_panels():
+                for target in panel["targets"]:
+                    expr = substitute(target["expr"])
+                    answer = await prom.query(expr)
+                    if answer["status"] != "success":
+                        problems.append(f"panel {panel['title']!r}: {answer.get('error')} in {expr}")
+                    elif not answer["data"]["result"]:
+                        problems.append(f"panel {panel['title']!r}: no data for {expr}")
+            for rule in alert_rules():
+                answer = await prom.query(rule["expr"])
+                if answer["status"] != "success":
+                    problems.append(f"alert {rule['alert']}: {answer.get('error')}")
+            for query in keda_queries():  # the autoscaler's inputs must exist too
+                answer = await prom.query(query)
+                if answer["status"] != "success" or not answer["data"]["result"]:
+                    problems.append(f"KEDA trigger {query}: {answer.get('error') or 'no data'}")
+
+            for name, label, metric, expected in (("model", "model", "router_requests_total", {"fraud"}),
+                                                  ("backend", "backend", "router_backend_saturation",
+                                                   {"fraud-rt", "fraud-sls"})):
+                values = await prom.get(f"/api/v1/label/{label}/values", **{"match[]": metric})
+                if not expected <= set(values["data"]):
+                    problems.append(f"variable ${name}: label_values({metric}, {label}) gave {values['data']}")
+
+            rules = (await prom.get("/api/v1/rules"))["data"]["groups"]
+            evaluated = {r["name"]: r for g in rules for r in g["rules"]}
+            assert set(evaluated) == {r["alert"] for r in alert_rules()}
+            problems += [f"alert {name} evaluated with {r['health']}: {r.get('lastError')}"
+                         for name, r in evaluated.items() if r["health"] != "ok"]
+            assert not problems, "\n".join(problems)
+            rt.latency_s = 0.005  # let the queued jobs finish quickly while the router drains
+
