@@ -73,6 +73,9 @@ class AwsStateConfig(Strict):
     dlq_url: str | None = None
     region: str | None = None
     endpoint_url: str | None = None  # an emulator or a VPC endpoint
+    # The batch lane's buffer: a queue of its own (batch jobs wait there until a replica batches them).
+    batch_queue_url: str | None = Field(None, pattern=r"^https?://")
+    batch_dlq_url: str | None = None
 
 
 StateConfig = Annotated[LocalStateConfig | AwsStateConfig, Field(discriminator="kind")]
@@ -405,9 +408,10 @@ def _semantic_issues(data: dict[str, Any]) -> list[tuple[Path, str, bool]]:
                 allowed = ", ".join(sorted(KIND_LANES[kind]))
                 issues.append(((*base, "lanes", lane), f"backend {backend!r} is of kind {kind!r}, which serves only "
                                f"the {allowed} lane, not {lane}", False))
-            elif lane == "batch" and _mapping(data.get("state")).get("kind") == "aws":
-                issues.append(((*base, "lanes", lane), "the batch lane's buffer needs state kind 'local' in this "
-                               "version (a SQLite file on a volume); scale-out state is for the async lane", False))
+            elif lane == "batch" and _mapping(data.get("state")).get("kind") == "aws" \
+                    and not _mapping(data.get("state")).get("batch_queue_url"):
+                issues.append(((*base, "lanes", lane), "with state kind 'aws' the batch lane needs "
+                               "state.batch_queue_url, the SQS queue its buffer lives in", False))
         default = model.get("default")
         if isinstance(default, dict) and lanes:
             named: list[tuple[Path, Any]] = [(("lane",), default.get("lane"))]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from router.backends import Connections, build_backend
-from router.batch.base import BatchRunner
+from router.batch.base import BatchBuffer, BatchRunner
 from router.batch.lane import BatchLane
 from router.batch.local import LocalRunner
 from router.batch.store import BatchStore
@@ -32,7 +32,7 @@ from router.policy.engine import ModelRoutes, PolicyEngine
 from router.policy.registry import build_policy
 from router.state import Clock, SaturationTracker, TrackerSettings
 from router.storage import open_stores
-from router.storage.base import StoreStats
+from router.storage.base import ObjectStore, StoreStats
 from router.types import JOB_LANES, Backend, Decision, Lane, RequestFeatures, Route
 from router.yamlpos import ConfigError
 
@@ -167,9 +167,8 @@ class Runtime:
             self.job_lane = JobLane(objects, jobs, cfg.jobs, self.sync, self._job_target)
             self._set_notifier(cfg)
             await self.job_lane.start()
-            if isinstance(cfg.state, LocalStateConfig) and any(
-                    Lane.BATCH in m.routes.lanes for m in self.routing.models.values()):
-                store = BatchStore(Path(cfg.state.path) / "batch.sqlite3")
+            if any(Lane.BATCH in m.routes.lanes for m in self.routing.models.values()):
+                store = await self._batch_buffer(cfg, objects)
                 self.batch_lane = BatchLane(store, objects, self._batch_settings, self._batch_runner, self.metrics,
                                             drain_timeout=cfg.jobs.drain_timeout)
                 await self.batch_lane.start()
@@ -254,6 +253,27 @@ class Runtime:
         jobs = {k: v for k, v in stats.jobs.items() if k[0] != Lane.BATCH.value}
         jobs.update({(Lane.BATCH.value, status): n for status, n in self.batch_lane.counts.items()})
         return StoreStats(jobs, stats.queued, stats.oldest_queued_age_s, stats.dead_lettered)
+
+    async def _batch_buffer(self, cfg: RouterConfig, objects: ObjectStore) -> BatchBuffer:
+        """The batch lane's buffer: a SQLite file beside the jobs (local), or the batch queue (aws)."""
+        if isinstance(cfg.state, LocalStateConfig):
+            return BatchStore(Path(cfg.state.path) / "batch.sqlite3")
+        from router.batch.aws import SqsBatchBuffer
+        from router.storage.aws import SqsJobStore
+
+        state = cfg.state
+        if state.batch_queue_url is None:  # the config check requires it with a batch lane
+            raise ValueError("state.batch_queue_url is required for the batch lane")
+        jobs = SqsJobStore(state.bucket, state.batch_queue_url, dlq_url=state.batch_dlq_url,
+                           prefix=f"{state.prefix}jobs/", region=state.region, endpoint_url=state.endpoint_url)
+        await jobs.start()
+
+        def hold() -> int:  # jobs held unflushed: enough for a full batch of every model
+            models = self.routing.config.models.values()
+            return 10 + sum(m.batch.max_records for m in models if Lane.BATCH.value in m.lanes)
+
+        return SqsBatchBuffer(jobs, objects, lease_s=cfg.jobs.lease, max_attempts=cfg.jobs.max_attempts,
+                              ttl_s=cfg.jobs.ttl, hold=hold)
 
     def _batch_settings(self, model: str) -> BatchConfig | None:
         cfg = self.routing.config.models.get(model)

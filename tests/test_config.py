@@ -128,10 +128,14 @@ def test_batch_settings_errors_are_all_reported() -> None:
                                                  "models.m.batch.oversized"]
 
 
-def test_batch_lane_needs_local_state() -> None:
-    text = "state: {kind: aws, bucket: b, queue_url: 'http://127.0.0.1:9/q'}\n" + MINIMAL.replace(
-        "{realtime: rt}", "{realtime: rt, batch: rt}")
-    assert any("models.m.lanes.batch: the batch lane's buffer needs state kind 'local'" in f for f in issues_of(text))
+def test_batch_lane_in_aws_state_needs_a_batch_queue() -> None:
+    state = "state: {kind: aws, bucket: bkt, queue_url: 'http://127.0.0.1:9/q'}\n"
+    text = state + MINIMAL.replace("{realtime: rt}", "{realtime: rt, batch: rt}")
+    assert any("models.m.lanes.batch: with state kind 'aws' the batch lane needs state.batch_queue_url" in f
+               for f in issues_of(text))
+    ok = text.replace("queue_url: 'http://127.0.0.1:9/q'", "queue_url: 'http://127.0.0.1:9/q', "
+                      "batch_queue_url: 'http://127.0.0.1:9/b'")
+    assert parse_config(ok, "cfg.yaml", {}).models["m"].lanes["batch"] == "rt"
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "demo.yaml", "latency-first.yaml", "cost-saver.yaml"])

@@ -21,9 +21,8 @@ from typing import Any
 
 import structlog
 
-from router.batch.base import BatchRunner, RecordOutcome
+from router.batch.base import Batch, BatchBuffer, BatchedJob, BatchEntry, BatchRunner, Buffered, JobEnd, RecordOutcome
 from router.batch.records import RecordError, RecordFormat, assemble, parse_records
-from router.batch.store import Batch, BatchedJob, BatchEntry, BatchStore, Buffered, JobEnd, entry_job
 from router.config import BatchConfig
 from router.lanes.jobs import result_key
 from router.metrics import BatchGauge, RouterMetrics
@@ -41,7 +40,7 @@ _RESULT_TYPES = {RecordFormat.CSV: "text/csv", RecordFormat.JSONL: "application/
 class BatchLane:
     """Accepts batch requests and runs their records in batches; ``runs`` batches at once per process."""
 
-    def __init__(self, store: BatchStore, objects: ObjectStore, settings: SettingsFor, runner_for: RunnerFor,
+    def __init__(self, store: BatchBuffer, objects: ObjectStore, settings: SettingsFor, runner_for: RunnerFor,
                  metrics: RouterMetrics, *, runs: int = 2, drain_timeout: float = 30.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
@@ -52,7 +51,6 @@ class BatchLane:
         self.drain_timeout = drain_timeout
         self.clock = clock
         self.counts: dict[str, int] = {}  # jobs by status, refreshed by the ticker, for router_jobs
-        self._buffers: dict[str, Buffered] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._slots = asyncio.Semaphore(runs)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -71,31 +69,16 @@ class BatchLane:
             raise RecordError(1, "no records")
         entry = BatchEntry(uuid.uuid4().hex, model, tenant, fmt, records, content_type, accept, callback_url,
                            priority)
-        now = self.clock()
-        await self.store.append(entry, now)
-        old = self._buffers.get(model, Buffered())
-        buffered = Buffered(old.jobs + 1, old.records + len(records), old.bytes + entry.size,
-                            old.oldest if old.oldest is not None else now)
-        self._buffers[model] = buffered
-        cfg = self.settings(model)
-        if cfg is not None and (buffered.records >= cfg.max_records or buffered.bytes >= cfg.max_bytes):
-            self._flush_soon(model, "records" if buffered.records >= cfg.max_records else "bytes")
-        return entry_job(entry, now)
+        job = await self.store.append(entry, self.clock())
+        self._check(model)
+        return job
 
     async def get(self, job_id: str) -> Job | None:
         return await self.store.get(job_id)
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a job still in the buffer; a flushed one runs to its end."""
-        job = await self.store.get(job_id)
-        if job is None or not await self.store.cancel(job_id, self.clock()):
-            return False
-        old = self._buffers.get(job.spec.model)
-        if old is not None and job.records is not None:
-            self._buffers[job.spec.model] = Buffered(old.jobs - 1, old.records - job.records["total"],
-                                                     old.bytes - job.spec.input_bytes, old.oldest if old.jobs > 1
-                                                     else None)
-        return True
+        return await self.store.cancel(job_id, self.clock())
 
     async def wait(self, job_id: str, timeout_s: float) -> Job | None:
         """The job once it ended, or its latest state after ``timeout_s`` (Prefer: wait=N)."""
@@ -112,12 +95,25 @@ class BatchLane:
 
     def gauges(self) -> Iterable[BatchGauge]:
         now = self.clock()
-        for model, buffered in sorted(self._buffers.items()):
+        for model, buffered in sorted(self.store.buffers.items()):
             cfg = self.settings(model)
             age = now - buffered.oldest if buffered.oldest is not None and buffered.records else 0.0
             yield BatchGauge(model, buffered.records, max(0.0, age), cfg.max_wait if cfg else 0.0)
 
     # --- flushing -------------------------------------------------------------------------------
+
+    def _check(self, model: str) -> None:
+        """Flush ``model``'s buffer if it reached a limit."""
+        cfg = self.settings(model)
+        buffered = self.store.buffers.get(model)
+        if cfg is None or buffered is None or not buffered.jobs:
+            return
+        if buffered.records >= cfg.max_records:
+            self._flush_soon(model, "records")
+        elif buffered.bytes >= cfg.max_bytes:
+            self._flush_soon(model, "bytes")
+        elif buffered.oldest is not None and self.clock() - buffered.oldest >= cfg.max_wait:
+            self._flush_soon(model, "age")
 
     def _flush_soon(self, model: str, trigger: str) -> None:
         lock = self._locks.setdefault(model, asyncio.Lock())
@@ -129,24 +125,16 @@ class BatchLane:
         async with self._locks.setdefault(model, asyncio.Lock()):
             while not self.stopping:
                 cfg = self.settings(model)
-                buffered = self._buffers.get(model, Buffered())
+                buffered = self.store.buffers.get(model, Buffered())
                 if cfg is None or not buffered.jobs or not self._due(buffered, cfg, trigger, self.clock()):
                     return
                 batch_id = uuid.uuid4().hex
                 try:
-                    batch, left = await self.store.flush(model, batch_id, max_records=cfg.max_records,
-                                                         max_bytes=cfg.max_bytes, trigger=trigger, now=self.clock())
+                    batch = await self.store.flush(model, batch_id, max_records=cfg.max_records,
+                                                   max_bytes=cfg.max_bytes, trigger=trigger, now=self.clock())
                 except StorageError:
                     log.warning("batch_flush_failed", model=model)
                     return  # the buffer is intact; the ticker tries again
-                current = self._buffers.get(model, Buffered())  # appends may have landed since the flush
-                taken = batch.jobs if batch else []
-                records = sum(len(j.records) for j in taken)
-                size = sum(len(r) for j in taken for r in j.records)
-                jobs_left = max(0, current.jobs - len(taken))
-                self._buffers[model] = Buffered(jobs_left, max(0, current.records - records),
-                                                max(0, current.bytes - size), left.oldest if left.oldest is not None
-                                                else (self.clock() if jobs_left else None))
                 if batch is None:
                     return
                 self.metrics.batch_flushes(model, trigger).inc()
@@ -164,18 +152,17 @@ class BatchLane:
         return trigger == "age" and buffered.oldest is not None and now - buffered.oldest >= cfg.max_wait
 
     async def _tick(self) -> None:
-        """Flush buffers whose oldest record reached max_wait; refresh the job counts for metrics."""
+        """Flush buffers that reached a limit (their oldest record's max_wait above all; in scale-out mode
+        jobs reach this replica's buffer from the queue, not from its own appends); refresh job counts."""
         last_counts = 0.0
         while not self.stopping:
             now = self.clock()
             waits = [0.25]
-            for model, buffered in list(self._buffers.items()):
+            for model in list(self.store.buffers):
                 cfg = self.settings(model)
-                if cfg is None or not buffered.jobs or buffered.oldest is None:
-                    continue
-                waits.append(cfg.max_wait / 4)
-                if now - buffered.oldest >= cfg.max_wait:
-                    self._flush_soon(model, "age")
+                if cfg is not None:
+                    waits.append(cfg.max_wait / 4)
+                    self._check(model)
             if now - last_counts >= 2.0:
                 with contextlib.suppress(StorageError):
                     self.counts = await self.store.counts()
@@ -199,7 +186,7 @@ class BatchLane:
                 outcomes = await self._outcomes(runner, run_id, records, fmt, ctype or fmt.value, accept)
                 ends += await self._store_results(jobs, outcomes)
             try:
-                ended = await self.store.complete(batch.batch_id, ends, self.clock())
+                ended = await self.store.complete(batch, ends, self.clock())
             except StorageError:
                 log.warning("batch_not_completed", batch_id=batch.batch_id)  # pending: runs again after a restart
                 return
@@ -263,12 +250,13 @@ class BatchLane:
     async def start(self) -> None:
         """Run batches cut short by a stop or a crash, flush what was left buffered, start the ticker."""
         self.stopping = False
-        self._buffers = await self.store.buffered()
+        await self.store.start()
         for batch in await self.store.pending():
             log.info("batch_resumed", model=batch.model, batch_id=batch.batch_id, runs=batch.runs)
             self._spawn(self._run(batch), f"batch-run-{batch.batch_id}")
-        for model in list(self._buffers):
-            self._flush_soon(model, "restart")
+        for model, buffered in list(self.store.buffers.items()):
+            if buffered.jobs:
+                self._flush_soon(model, "restart")
         self.counts = await self.store.counts()
         self._ticker = asyncio.create_task(self._tick(), name="batch-ticker")
 
@@ -280,6 +268,8 @@ class BatchLane:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+        with contextlib.suppress(StorageError):
+            await self.store.stop()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self.drain_timeout)
             for task in pending:

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from router.batch.base import Batch, BatchedJob, BatchEntry, Buffered, JobEnd
 from router.batch.records import RecordFormat
 from router.storage.base import Job, JobSpec, JobStatus
 from router.storage.sqlite import SqliteDatabase
@@ -69,74 +70,6 @@ _INSERT = (
 _JOB_COLUMNS = "job_id, fmt, content_type, accept, callback_url, records, payload, created_at"
 
 
-@dataclass(frozen=True, slots=True)
-class BatchEntry:
-    """One accepted request: its records (in order) and how to answer it."""
-
-    job_id: str
-    model: str
-    tenant: str
-    fmt: RecordFormat
-    records: Sequence[bytes]
-    content_type: str | None = None
-    accept: str | None = None
-    callback_url: str | None = None
-    priority: int = 0
-
-    @property
-    def size(self) -> int:
-        return sum(len(r) for r in self.records)
-
-
-@dataclass(frozen=True, slots=True)
-class BatchedJob:
-    """A job inside a flushed batch, with its records."""
-
-    job_id: str
-    fmt: RecordFormat
-    content_type: str | None
-    accept: str | None
-    callback_url: str | None
-    records: list[bytes]
-    created_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    batch_id: str
-    model: str
-    trigger: str
-    jobs: list[BatchedJob]
-    runs: int = 1  # how many times it was started, this time included
-
-    @property
-    def records(self) -> int:
-        return sum(len(j.records) for j in self.jobs)
-
-
-@dataclass(frozen=True, slots=True)
-class Buffered:
-    """What a model has buffered: jobs, records, bytes, and when the oldest of them was appended."""
-
-    jobs: int = 0
-    records: int = 0
-    bytes: int = 0
-    oldest: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class JobEnd:
-    """How one job of a batch ended."""
-
-    job_id: str
-    status: JobStatus  # succeeded or failed
-    done: int
-    failed: int
-    result_key: str | None
-    result_content_type: str | None
-    error: Mapping[str, Any] | None
-
-
 def _batched(row: sqlite3.Row) -> BatchedJob:
     payload: bytes = row["payload"] or b""
     records = payload.split(b"\n") if row["records"] else []
@@ -171,17 +104,33 @@ def _job(row: sqlite3.Row) -> Job:
 
 
 class BatchStore(SqliteDatabase):
-    """The durable buffer of the batch lane (embedded mode). Every method is durable when it returns."""
+    """The durable buffer of the batch lane (embedded mode, ``BatchBuffer``). Every method is durable when it
+    returns. ``buffers`` is kept in step with the table: every write's effect is applied once it committed,
+    in commit order."""
 
     SCHEMA = _SCHEMA
     SCHEMA_VERSION = 1
     NAME = "batch"
 
-    async def append(self, entry: BatchEntry, now: float) -> None:
+    def __init__(self, path: str | Path, **kw: Any) -> None:
+        super().__init__(path, **kw)
+        self.buffers: dict[str, Buffered] = {}
+
+    async def start(self) -> None:
+        self.buffers = await self._buffered()
+
+    async def stop(self) -> None:
+        return None  # the buffer is the table: nothing is held in memory
+
+    async def append(self, entry: BatchEntry, now: float) -> Job:
         payload = b"\n".join(entry.records)
         params = (entry.job_id, entry.model, entry.tenant, entry.fmt.value, entry.content_type, entry.accept,
                   entry.callback_url, entry.priority, len(entry.records), entry.size, payload, now, now)
         await self._write(lambda conn: conn.execute(_INSERT, params))
+        old = self.buffers.get(entry.model, Buffered())
+        self.buffers[entry.model] = Buffered(old.jobs + 1, old.records + len(entry.records), old.bytes + entry.size,
+                                             old.oldest if old.oldest is not None else now)
+        return entry_job(entry, now)
 
     async def get(self, job_id: str) -> Job | None:
         def op(conn: sqlite3.Connection) -> Job | None:
@@ -190,7 +139,7 @@ class BatchStore(SqliteDatabase):
 
         return await self._read_async(op)
 
-    async def buffered(self) -> dict[str, Buffered]:
+    async def _buffered(self) -> dict[str, Buffered]:
         """Per model, what is buffered and not yet flushed (read at start-up)."""
         def op(conn: sqlite3.Connection) -> dict[str, Buffered]:
             rows = conn.execute("SELECT model, count(*), sum(records), sum(bytes), min(created_at) FROM batch_jobs"
@@ -200,9 +149,9 @@ class BatchStore(SqliteDatabase):
         return await self._read_async(op)
 
     async def flush(self, model: str, batch_id: str, *, max_records: int, max_bytes: int, trigger: str,
-                    now: float) -> tuple[Batch | None, Buffered]:
+                    now: float) -> Batch | None:
         """Move the oldest buffered jobs of ``model`` into a new batch, whole jobs up to the limits (at least
-        one job, however large). Returns the batch (None if nothing was buffered) and what is left buffered."""
+        one job, however large); None if nothing was buffered."""
         def op(conn: sqlite3.Connection) -> tuple[Batch | None, Buffered]:
             taken: list[sqlite3.Row] = []
             records = size = 0
@@ -227,7 +176,9 @@ class BatchStore(SqliteDatabase):
                                 " WHERE model = ? AND status = 'queued'", (model,)).fetchone()
             return batch, Buffered(left[0], left[1] or 0, left[2] or 0, left[3])
 
-        return await self._write(op)
+        batch, left = await self._write(op)
+        self.buffers[model] = left
+        return batch
 
     async def pending(self) -> list[Batch]:
         """Batches flushed but not completed (their run was cut short); each counted as started once more."""
@@ -245,8 +196,10 @@ class BatchStore(SqliteDatabase):
 
         return await self._write(op)
 
-    async def complete(self, batch_id: str, ends: Sequence[JobEnd], now: float) -> int:
+    async def complete(self, batch: Batch, ends: Sequence[JobEnd], now: float) -> int:
         """Record how each job of the batch ended and close the batch; how many jobs this call ended."""
+        batch_id = batch.batch_id
+
         def op(conn: sqlite3.Connection) -> int:
             ended = 0
             for end in ends:
@@ -266,11 +219,22 @@ class BatchStore(SqliteDatabase):
         """A buffered job -> failed (Cancelled); False if it was already flushed or ended."""
         error = json.dumps({"type": "Cancelled", "message": "cancelled by the client"})
 
-        def op(conn: sqlite3.Connection) -> bool:
-            return conn.execute("UPDATE batch_jobs SET status = 'failed', error = ?, payload = NULL, updated_at = ?"
-                                " WHERE job_id = ? AND status = 'queued'", (error, now, job_id)).rowcount == 1
+        def op(conn: sqlite3.Connection) -> tuple[str, Buffered] | None:
+            row = conn.execute("SELECT model FROM batch_jobs WHERE job_id = ? AND status = 'queued'",
+                               (job_id,)).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE batch_jobs SET status = 'failed', error = ?, payload = NULL, updated_at = ?"
+                         " WHERE job_id = ?", (error, now, job_id))
+            left = conn.execute("SELECT count(*), sum(records), sum(bytes), min(created_at) FROM batch_jobs"
+                                " WHERE model = ? AND status = 'queued'", (row[0],)).fetchone()
+            return row[0], Buffered(left[0], left[1] or 0, left[2] or 0, left[3])
 
-        return await self._write(op)
+        done = await self._write(op)
+        if done is None:
+            return False
+        self.buffers[done[0]] = done[1]
+        return True
 
     async def counts(self) -> dict[str, int]:
         """Jobs by status, for ``router_jobs{lane="batch"}``."""

@@ -87,8 +87,9 @@ def _visibility(seconds: float) -> int:
     return max(0, min(_MAX_VISIBILITY_S, math.ceil(seconds)))
 
 
-def _new_record(spec: JobSpec, now: float) -> Record:
+def _new_record(spec: JobSpec, now: float, records: int | None = None) -> Record:
     return {
+        "records": {"total": records, "done": 0, "failed": 0} if records is not None else None,
         "v": _RECORD_VERSION,
         "spec": dataclasses.asdict(spec),
         "status": JobStatus.QUEUED.value,
@@ -117,6 +118,7 @@ def _to_job(rec: Record) -> Job:
         result_content_type=rec.get("result_content_type"),
         error=rec.get("error"),
         lease=rec.get("lease"),
+        records=rec.get("records"),
     )
 
 
@@ -299,9 +301,10 @@ class SqsJobStore:
 
     # -- JobStore -------------------------------------------------------------------------------------------
 
-    async def create(self, spec: JobSpec, now: float) -> Job:
-        """Write the record (only if new), then send the job id to the work queue."""
-        rec = _new_record(spec, now)
+    async def create(self, spec: JobSpec, now: float, *, records: int | None = None) -> Job:
+        """Write the record (only if new), then send the job id to the work queue. ``records``: a batch job's
+        record count, kept with its progress."""
+        rec = _new_record(spec, now, records)
         if not await self._write(spec.job_id, rec, None):
             raise StorageError(f"job {spec.job_id!r} already exists")
         _, sqs = await self._aws()
@@ -434,6 +437,38 @@ class SqsJobStore:
             return False
         await self._settle(job_id, lambda: self._delete_message(lease))
         return True
+
+    async def end(self, job_id: str, lease: str, *, status: JobStatus, result_key: str | None,
+                  content_type: str | None, error: Mapping[str, Any] | None, records: Mapping[str, int],
+                  now: float) -> bool:
+        """A batch job's end while ``lease`` is current: its status, result, per-record counts and errors
+        (a succeeded batch job may name failed records), then DeleteMessage. No DLQ: its records ran."""
+
+        def change(rec: Record) -> Record | None:
+            if not _holds(rec, lease):
+                return None
+            return dict(rec, status=status.value, result_key=result_key, result_content_type=content_type,
+                        error=_error(error) if error is not None else None, records=dict(records), lease=None,
+                        lease_until=None, updated_at=now)
+
+        if await self._modify(job_id, change) is None:
+            return False
+        await self._settle(job_id, lambda: self._delete_message(lease))
+        return True
+
+    async def extend_many(self, leases: list[str], lease_s: float) -> set[str]:
+        """Push out the visibility of many held messages, ten per call, without reading their records;
+        the leases SQS no longer accepts (the message came back and another replica took it)."""
+        _, sqs = await self._aws()
+        stale: set[str] = set()
+        for start in range(0, len(leases), _MAX_RECEIVE):
+            chunk = leases[start:start + _MAX_RECEIVE]
+            with aws_errors("cannot extend leases"):
+                resp = await sqs.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=[
+                    {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": _visibility(lease_s)}
+                    for i, h in enumerate(chunk)])
+            stale.update(chunk[int(f["Id"])] for f in resp.get("Failed") or [])
+        return stale
 
     async def retry(self, job_id: str, lease: str, error: Mapping[str, Any], not_before: float,
                     now: float) -> bool:
