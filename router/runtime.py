@@ -170,7 +170,7 @@ class Runtime:
             if any(Lane.BATCH in m.routes.lanes for m in self.routing.models.values()):
                 store = await self._batch_buffer(cfg, objects)
                 self.batch_lane = BatchLane(store, objects, self._batch_settings, self._batch_runner, self.metrics,
-                                            drain_timeout=cfg.jobs.drain_timeout)
+                                            drain_timeout=cfg.jobs.drain_timeout, events=self.job_lane.events)
                 await self.batch_lane.start()
         self.started = True
         log.info("router_started", models=sorted(self.routing.models), backends=sorted(self._backends))
@@ -229,9 +229,9 @@ class Runtime:
     def _set_notifier(self, cfg: RouterConfig) -> None:
         if self.job_lane is not None:
             hooks = cfg.webhooks
-            self.job_lane.notifier = WebhookNotifier(self.connections.http, hooks.secret, attempts=hooks.attempts
-                                                     ) if hooks else None
-            self.job_lane.topic = self._job_topic(cfg)
+            self.job_lane.events.notifier = WebhookNotifier(
+                self.connections.http, hooks.secret, attempts=hooks.attempts) if hooks else None
+            self.job_lane.events.topic = self._job_topic(cfg)
 
     def _job_topic(self, cfg: RouterConfig) -> SnsJobNotifier | None:
         """The SNS topic finished jobs are published to (AWS state mode; config checks refuse it otherwise)."""

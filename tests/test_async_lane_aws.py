@@ -122,7 +122,7 @@ async def test_a_failed_sns_publish_is_logged_and_never_fails_the_job(tmp_path: 
         async with serve_router(text) as router:
             job_id = await accept_job(http, router)
             job = await until_done(http, router, job_id)
-            topic = router.runtime.job_lane.topic if router.runtime.job_lane else None
+            topic = router.runtime.job_lane.events.topic if router.runtime.job_lane else None
             assert topic is not None
             assert await topic.notify({"job_id": job_id, "status": "succeeded"}) is False
     assert job["status"] == "succeeded"

@@ -14,7 +14,9 @@ import pytest
 
 from router.demo.model import FraudModel
 from router.demo.model_server import ModelServer
-from tests.conftest import RunningRouter, serve_router
+from router.notify import verify
+from tests.conftest import RunningRouter, serve_router, until
+from tests.test_webhooks import SECRET, Receiver, receiver  # noqa: F401
 
 LOW = {"Content-Type": "text/csv", "X-Urgency": "low", "Prefer": "respond-async"}
 MODEL = FraudModel.load()
@@ -238,3 +240,18 @@ async def test_prefer_wait_answers_the_records_outputs_when_the_batch_ends_in_ti
             assert r.status == 200
             assert r.headers["X-Router-Lane"] == "batch"
             assert [float(x) for x in (await r.text()).splitlines()] == pytest.approx(scores(rows), abs=1e-6)
+
+
+async def test_a_finished_batch_job_is_posted_signed_to_its_callback(tmp_path: Path, http: Any,
+                                                                     receiver: Receiver) -> None:  # noqa: F811
+    hooks = f'webhooks: {{allow: ["{receiver.url}/hooks/*"], secret: {SECRET}}}\n'
+    async with ModelServer() as rt, serve_router(config(rt, tmp_path, max_wait="100ms") + hooks) as router:
+        job_id = await submit(http, router, "\n".join(row(i) for i in range(4)),
+                              {**LOW, "X-Callback-Url": f"{receiver.url}/hooks/team-a"})
+        await finished(http, router, job_id)
+        await until(lambda: bool(receiver.deliveries))
+    [(headers, body)] = receiver.deliveries
+    assert verify(SECRET, headers["X-Router-Timestamp"], body, headers["X-Router-Signature"])
+    status = json.loads(body)
+    assert (status["job_id"], status["lane"], status["status"]) == (job_id, "batch", "succeeded")
+    assert status["records"] == {"total": 4, "done": 4, "failed": 0}

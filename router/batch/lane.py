@@ -24,7 +24,7 @@ import structlog
 from router.batch.base import Batch, BatchBuffer, BatchedJob, BatchEntry, BatchRunner, Buffered, JobEnd, RecordOutcome
 from router.batch.records import RecordError, RecordFormat, assemble, parse_records
 from router.config import BatchConfig
-from router.lanes.jobs import result_key
+from router.lanes.jobs import JobEvents, result_key
 from router.metrics import BatchGauge, RouterMetrics
 from router.storage.base import TERMINAL, Job, JobStatus, ObjectStore, StorageError
 
@@ -42,7 +42,7 @@ class BatchLane:
 
     def __init__(self, store: BatchBuffer, objects: ObjectStore, settings: SettingsFor, runner_for: RunnerFor,
                  metrics: RouterMetrics, *, runs: int = 2, drain_timeout: float = 30.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 events: JobEvents | None = None, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.objects = objects
         self.settings = settings
@@ -50,6 +50,7 @@ class BatchLane:
         self.metrics = metrics
         self.drain_timeout = drain_timeout
         self.clock = clock
+        self.events = events or JobEvents()
         self.counts: dict[str, int] = {}  # jobs by status, refreshed by the ticker, for router_jobs
         self._locks: dict[str, asyncio.Lock] = {}
         self._slots = asyncio.Semaphore(runs)
@@ -194,12 +195,15 @@ class BatchLane:
             self.metrics.batch_records(batch.model, "succeeded").inc(sum(e.done for e in ends))
             self.metrics.batch_records(batch.model, "failed").inc(failed)
             self.metrics.batch_run_duration(batch.model).observe(time.monotonic() - started)
+            jobs = {j.job_id: j for j in batch.jobs}
             for end in ends:
+                job = jobs[end.job_id]
                 self.metrics.job_duration(batch.model, "batch", end.status.value).observe(
-                    max(0.0, self.clock() - next(j.created_at for j in batch.jobs if j.job_id == end.job_id)))
+                    max(0.0, self.clock() - job.created_at))
                 event = self._done.get(end.job_id)
                 if event is not None:
                     event.set()
+                self.events.finished(end.job_id, job.callback_url, self.store.get)
             log.info("batch_done", model=batch.model, batch_id=batch.batch_id, jobs=ended, records=batch.records,
                      failed=failed, runs=batch.runs, seconds=round(time.monotonic() - started, 3))
 

@@ -78,6 +78,43 @@ def job_json(job: Job, status_url: str | None = None) -> dict[str, Any]:
     return out
 
 
+class JobEvents:
+    """Tells the world a job ended, in the background: its callback URL (webhooks) and the SNS topic
+    (AWS state mode), each sent the job's status JSON as ``GET /jobs/{id}`` shows it. Shared by the lanes."""
+
+    def __init__(self) -> None:
+        self.notifier: WebhookNotifier | None = None
+        self.topic: SnsJobNotifier | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def finished(self, job_id: str, callback_url: str | None, get: Callable[[str], Awaitable[Job | None]]) -> None:
+        if callback_url and self.notifier is not None:
+            self._announce(job_id, "webhook", partial(self.notifier.notify, callback_url), get)
+        if self.topic is not None:
+            self._announce(job_id, "sns", self.topic.notify, get)
+
+    def _announce(self, job_id: str, channel: str, send: Callable[[dict[str, Any]], Awaitable[bool]],
+                  get: Callable[[str], Awaitable[Job | None]]) -> None:
+        task = asyncio.create_task(self._send_status(job_id, channel, send, get))
+        self._tasks.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _send_status(job_id: str, channel: str, send: Callable[[dict[str, Any]], Awaitable[bool]],
+                           get: Callable[[str], Awaitable[Job | None]]) -> None:
+        try:
+            job = await get(job_id)
+        except StorageError:
+            log.warning(f"{channel}_job_unreadable", job_id=job_id)
+            return
+        if job is not None and await send(job_json(job, job_url(job_id))):  # send logs and never raises
+            log.info(f"{channel}_delivered", job_id=job_id)
+
+    async def drain(self, timeout_s: float) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+
+
 class JobLane:
     """Accepts jobs and runs them. ``workers`` tasks per process; 0 means accept only."""
 
@@ -94,9 +131,7 @@ class JobLane:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._done: dict[str, asyncio.Event] = {}  # job id -> set when this process finishes it
-        self.notifier: WebhookNotifier | None = None
-        self.topic: SnsJobNotifier | None = None  # AWS state mode: every finished job is published there
-        self._callbacks: set[asyncio.Task[None]] = set()
+        self.events = JobEvents()
 
     # --- accepting ------------------------------------------------------------------------------
 
@@ -165,8 +200,7 @@ class JobLane:
     async def stop(self) -> None:
         """Stop leasing; running jobs get ``drain_timeout`` to finish, the rest go back to the queue."""
         self._stopping.set()
-        if self._callbacks:  # deliveries already under way get a few seconds
-            await asyncio.wait(set(self._callbacks), timeout=5.0)
+        await self.events.drain(5.0)  # deliveries already under way get a few seconds
         if not self._tasks:
             return
         _, pending = await asyncio.wait(self._tasks, timeout=self.cfg.drain_timeout)
@@ -254,10 +288,7 @@ class JobLane:
             log.info("job_succeeded", job_id=job.job_id, attempts=job.attempts)
 
     def _finished(self, job: Job, status: str) -> None:
-        if job.spec.callback_url and self.notifier is not None:
-            self._announce(job.job_id, "webhook", partial(self.notifier.notify, job.spec.callback_url))
-        if self.topic is not None:
-            self._announce(job.job_id, "sns", self.topic.notify)
+        self.events.finished(job.job_id, job.spec.callback_url, self.jobs.get)
         self.metrics.job_attempts(job.spec.model, "ok" if status == "succeeded" else "failed").inc()
         self.metrics.job_duration(job.spec.model, job.spec.lane, status).observe(
             max(0.0, self.clock() - job.created_at))
@@ -272,22 +303,6 @@ class JobLane:
         delay = min(self.cfg.max_backoff, self.cfg.backoff * 2 ** (job.attempts - 1)) * random.uniform(0.5, 1.5)
         await self.jobs.retry(job.job_id, lease, error, now + delay, now)
         self.metrics.job_attempts(job.spec.model, "retried").inc()
-
-    def _announce(self, job_id: str, channel: str, send: Callable[[dict[str, Any]], Awaitable[bool]]) -> None:
-        """Send the finished job's status JSON in the background; ``send`` logs and never raises."""
-        task = asyncio.create_task(self._send_status(job_id, channel, send))
-        self._callbacks.add(task)  # keep a reference until it is done
-        task.add_done_callback(self._callbacks.discard)
-
-    async def _send_status(self, job_id: str, channel: str,
-                           send: Callable[[dict[str, Any]], Awaitable[bool]]) -> None:
-        try:
-            job = await self.jobs.get(job_id)
-        except StorageError:
-            log.warning(f"{channel}_job_unreadable", job_id=job_id)
-            return
-        if job is not None and await send(job_json(job, job_url(job_id))):
-            log.info(f"{channel}_delivered", job_id=job_id)
 
     async def _janitor(self) -> None:
         """Expires jobs past their TTL and refreshes the stats the metrics read."""
