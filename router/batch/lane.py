@@ -195,9 +195,9 @@ class BatchLane:
             self.metrics.batch_records(batch.model, "succeeded").inc(sum(e.done for e in ends))
             self.metrics.batch_records(batch.model, "failed").inc(failed)
             self.metrics.batch_run_duration(batch.model).observe(time.monotonic() - started)
-            jobs = {j.job_id: j for j in batch.jobs}
+            by_id = {j.job_id: j for j in batch.jobs}
             for end in ends:
-                job = jobs[end.job_id]
+                job = by_id[end.job_id]
                 self.metrics.job_duration(batch.model, "batch", end.status.value).observe(
                     max(0.0, self.clock() - job.created_at))
                 event = self._done.get(end.job_id)
