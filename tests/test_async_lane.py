@@ -4,6 +4,7 @@ results through the jobs API, boto3's invoke_endpoint_async, retries and the poi
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -236,12 +237,32 @@ async def test_storage_failure_is_503_never_a_202(tmp_path: Path, http: Any) -> 
                 child.rmdir() if child.is_dir() else child.unlink()
             objects.rmdir()
         objects.write_text("not a directory")  # every write under it now fails
-        async with http.post(router.endpoint("fraud"), data=rows(200), headers={"Prefer": "respond-async"}) as r:
+        big = rows(15_000)  # ~300 KB: over what the job store keeps inline, so it goes to the object store
+        async with http.post(router.endpoint("fraud"), data=big, headers={"Prefer": "respond-async"}) as r:
             assert r.status == 503
             assert r.headers["x-amzn-ErrorType"] == "ServiceUnavailable"
             assert "Retry-After" in r.headers
-        stats = await router.runtime.job_lane.jobs.stats(0.0)  # type: ignore[union-attr]
-        assert sum(stats.jobs.values()) == 0
+        assert router.runtime.job_lane is not None
+        jobs = router.runtime.job_lane.jobs
+        assert sum((await jobs.stats(0.0)).jobs.values()) == 0
+        await jobs.close()  # and a job store that fails: a small payload is not accepted either
+        async with http.post(router.endpoint("fraud"), data=rows(200), headers={"Prefer": "respond-async"}) as r:
+            assert r.status == 503
+
+
+async def test_small_payloads_are_stored_with_their_job_and_dropped_when_it_ends(tmp_path: Path,
+                                                                                 http: Any) -> None:
+    async with ModelServer() as rt, serve_router(config(rt, tmp_path)) as router:
+        async with http.post(router.endpoint("fraud"), data=rows(200), headers={
+                "Content-Type": "text/csv", "Prefer": "respond-async"}) as r:
+            assert r.status == 202
+            job_id = (await r.json())["job_id"]
+        assert (await until_done(http, router, job_id))["status"] == "succeeded"
+        async with http.get(f"{router.url}/jobs/{job_id}/result") as r:
+            assert [float(x) for x in (await r.text()).split()] == pytest.approx(expected(200), abs=1e-6)
+    assert not (tmp_path / "objects" / "inputs" / job_id).exists()  # no file: one commit stored it
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM inputs").fetchone() == (0,)  # gone once the job ended
 
 
 async def test_input_location_needs_the_aws_state(tmp_path: Path, http: Any) -> None:

@@ -189,8 +189,8 @@ class DataPlane:
             first = route.hops[0]
             backend = first.backend
             if first.lane in JOB_LANES:  # straight to a job: the body streams to storage
-                body_source: bytes | AsyncIterator[bytes]
-                body_source = prefix if declared is None and complete else rest_of_body(receive, prefix)
+                body_source = prefix if declared is None and complete else await self._job_body(receive, prefix,
+                                                                                                  declared)
                 raise _Accepted(await self._accept(headers, entry, features, first, body_source), first)
             body = prefix if declared is None else await read_body(receive, entry.max_sync_bytes)
             inv = self._invocation(scope, headers, body, extra, trace)
@@ -334,6 +334,14 @@ class DataPlane:
         await send({"type": "http.response.body", "body": body})
         return 202
 
+    async def _job_body(self, receive: Any, prefix: bytes, declared: int | None) -> bytes | AsyncIterator[bytes]:
+        """A job's body: read whole when its declared length is small enough to be stored with the job,
+        else streamed to storage as it arrives."""
+        lane = self.runtime.job_lane
+        if not prefix and declared is not None and lane is not None and declared <= lane.jobs.inline_max:
+            return await read_body(receive, declared)
+        return rest_of_body(receive, prefix)
+
     async def _serve_async_invocation(self, scope: Any, receive: Any, send: Any, headers: dict[str, str],
                                       entry: ModelEntry, request_id: str) -> int:
         """InvokeEndpointAsync: inline body (staged in storage) or X-Amzn-SageMaker-InputLocation (aws mode)."""
@@ -345,7 +353,8 @@ class DataPlane:
         features = routing.features.extract(entry.name, headers, declared or 0)
         existing = await self._input_location(headers.get("x-amzn-sagemaker-inputlocation"), entry)
         hop = Hop(Lane.ASYNC, hop_backend)
-        job = await self._accept(headers, entry, features, hop, rest_of_body(receive, b""),
+        body = b"" if existing is not None else await self._job_body(receive, b"", declared)
+        job = await self._accept(headers, entry, features, hop, body,
                                  content_type=headers.get("x-amzn-sagemaker-content-type"),
                                  accept=headers.get("x-amzn-sagemaker-accept"), existing=existing)
         origin = _origin(scope, headers)

@@ -301,9 +301,17 @@ class SqsJobStore:
 
     # -- JobStore -------------------------------------------------------------------------------------------
 
-    async def create(self, spec: JobSpec, now: float, *, records: int | None = None) -> Job:
+    inline_max = 0  # payloads always go to S3: a record is rewritten on every change
+
+    async def input(self, job_id: str) -> bytes | None:
+        return None
+
+    async def create(self, spec: JobSpec, now: float, *, payload: bytes | None = None,
+                     records: int | None = None) -> Job:
         """Write the record (only if new), then send the job id to the work queue. ``records``: a batch job's
-        record count, kept with its progress."""
+        record count, kept with its progress. Payloads are never inline here (``inline_max`` is 0)."""
+        if payload is not None:
+            raise ValueError("the S3 + SQS job store keeps no inline payloads")
         rec = _new_record(spec, now, records)
         if not await self._write(spec.job_id, rec, None):
             raise StorageError(f"job {spec.job_id!r} already exists")

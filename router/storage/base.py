@@ -133,11 +133,25 @@ class ObjectStore(Protocol):
     async def close(self) -> None: ...
 
 
-class JobStore(Protocol):
-    """Job records and the work queue. Every method is durable when it returns."""
+INLINE_KEY = "inline"  # a JobSpec.input_key: the payload is stored with the job (JobStore.input)
 
-    async def create(self, spec: JobSpec, now: float) -> Job:
-        """Record and enqueue a new job (status queued)."""
+
+class JobStore(Protocol):
+    """Job records and the work queue. Every method is durable when it returns.
+
+    ``inline_max``: payloads up to this many bytes may be stored with the job itself (0: never), which saves
+    the separate durable object write; ``input`` reads such a payload back.
+    """
+
+    @property
+    def inline_max(self) -> int: ...
+
+    async def create(self, spec: JobSpec, now: float, *, payload: bytes | None = None) -> Job:
+        """Record and enqueue a new job (status queued), with ``payload`` when it is inline."""
+        ...
+
+    async def input(self, job_id: str) -> bytes | None:
+        """The payload stored with the job, if it was."""
         ...
 
     async def get(self, job_id: str) -> Job | None: ...

@@ -67,6 +67,8 @@ CREATE INDEX IF NOT EXISTS jobs_live_expiry ON jobs (expires_at) WHERE status IN
 -- Stats: counts by (lane, status) from a covering index; per-model backlog from queued jobs only.
 CREATE INDEX IF NOT EXISTS jobs_lane_status ON jobs (lane, status);
 CREATE INDEX IF NOT EXISTS jobs_queued_model ON jobs (model, created_at) WHERE status = 'queued';
+-- Small payloads kept with their job (input_key 'inline'): one grouped commit stores job and payload.
+CREATE TABLE IF NOT EXISTS inputs (job_id TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
 """
 
 _SPEC_COLUMNS = (
@@ -284,15 +286,28 @@ class SqliteJobStore(SqliteDatabase):
 
     # -- JobStore -------------------------------------------------------------------------------------------
 
-    async def create(self, spec: JobSpec, now: float) -> Job:
-        """Record a new queued job; StorageError if the job id exists already."""
+    inline_max = 256 * 1024  # payloads up to this size are stored in the database, with their job
+
+    async def create(self, spec: JobSpec, now: float, *, payload: bytes | None = None) -> Job:
+        """Record a new queued job (with its payload, when ``payload`` is given and the spec's input_key is
+        ``INLINE_KEY``); StorageError if the job id exists already."""
         values = (*(getattr(spec, name) for name in _SPEC_COLUMNS), now, now, now + spec.ttl_s)
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(_INSERT, values)
+            if payload is not None:
+                conn.execute("INSERT INTO inputs (job_id, data) VALUES (?, ?)", (spec.job_id, payload))
 
         await self._write(op)
         return Job(spec=spec, status=JobStatus.QUEUED, created_at=now, updated_at=now)
+
+    async def input(self, job_id: str) -> bytes | None:
+        """The payload stored with the job, if it was."""
+        def op(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT data FROM inputs WHERE job_id = ?", (job_id,)).fetchone()
+            return bytes(row[0]) if row is not None else None
+
+        return await self._read_async(op)
 
     async def get(self, job_id: str) -> Job | None:
         def op(conn: sqlite3.Connection) -> Job | None:
@@ -336,12 +351,16 @@ class SqliteJobStore(SqliteDatabase):
             return []
         return await self._write(op)
 
-    async def _update_held(self, sql_set: str, params: dict[str, Any]) -> bool:
-        """Apply ``SET sql_set`` to a job only while ``params['lease']`` is its current lease."""
+    async def _update_held(self, sql_set: str, params: dict[str, Any], *, ends: bool = False) -> bool:
+        """Apply ``SET sql_set`` to a job only while ``params['lease']`` is its current lease. ``ends``: the job
+        ends, and its inline payload is needed no more."""
         sql = f"UPDATE jobs SET {sql_set} WHERE {_HOLDS_LEASE}"
 
         def op(conn: sqlite3.Connection) -> bool:
-            return conn.execute(sql, params).rowcount == 1
+            held = conn.execute(sql, params).rowcount == 1
+            if held and ends:
+                conn.execute("DELETE FROM inputs WHERE job_id = :job_id", params)
+            return held
 
         return await self._write(op)
 
@@ -356,7 +375,7 @@ class SqliteJobStore(SqliteDatabase):
         return await self._update_held(
             "status = 'succeeded', result_key = :key, result_content_type = :ct, error = NULL, lease = NULL,"
             " lease_until = NULL, updated_at = :now",
-            {"job_id": job_id, "lease": lease, "key": result_key, "ct": content_type, "now": now})
+            {"job_id": job_id, "lease": lease, "key": result_key, "ct": content_type, "now": now}, ends=True)
 
     async def retry(self, job_id: str, lease: str, error: Mapping[str, Any], not_before: float,
                     now: float) -> bool:
@@ -370,12 +389,15 @@ class SqliteJobStore(SqliteDatabase):
         params = {"job_id": job_id, "lease": lease, "error": _dump_error(error), "now": now}
         if lease is not None:
             return await self._update_held(
-                "status = 'failed', error = :error, lease = NULL, lease_until = NULL, updated_at = :now", params)
+                "status = 'failed', error = :error, lease = NULL, lease_until = NULL, updated_at = :now", params,
+                ends=True)
 
         def op(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(
                 "UPDATE jobs SET status = 'failed', error = :error, updated_at = :now"
                 " WHERE job_id = :job_id AND status = 'queued'", params)
+            if cur.rowcount == 1:
+                conn.execute("DELETE FROM inputs WHERE job_id = :job_id", params)
             return cur.rowcount == 1
 
         return await self._write(op)
