@@ -5,8 +5,8 @@ Everything in the router depends on this module; it depends on nothing of the ro
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 from typing import NamedTuple, Protocol, runtime_checkable
@@ -180,6 +180,16 @@ class Invocation:
     timeout_s: float | None = None  # at most this long, on top of the backend's own timeout
     job_timeout_s: float | None = None  # a job's budget: replaces the backend's (sync) timeout
     headers: Mapping[str, str] = field(default_factory=dict)  # extra headers to pass (e.g. traceparent)
+    # A large job payload read from storage as it is sent (``body`` is then empty): called once per attempt.
+    stream: Callable[[], AsyncIterator[bytes]] | None = None
+    size: int | None = None  # the streamed payload's length
+
+
+async def whole_body(inv: Invocation) -> Invocation:
+    """``inv`` with a streamed payload read into ``body``, for transports that need the bytes up front."""
+    if inv.stream is None:
+        return inv
+    return replace(inv, body=b"".join([chunk async for chunk in inv.stream()]), stream=None)
 
 
 @dataclass(frozen=True, slots=True)

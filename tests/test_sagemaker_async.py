@@ -189,3 +189,16 @@ def test_notifications_parse_from_an_sns_envelope_and_from_raw_delivery() -> Non
         assert parsed.failure_location == "s3://b/f/abc-error.out"
     assert parse_notice("not json") is None
     assert parse_notice(json.dumps({"Type": "Notification", "Message": "{}"})) is None
+
+
+async def test_a_large_payload_is_streamed_from_storage_to_the_input_location(
+        tmp_path: Path, http: Any, moto_url: str, model: ModelServer,  # noqa: F811
+        emulator: SageMakerRuntimeEmulator) -> None:
+    add_endpoint(emulator, model)
+    body = rows(450_000)  # ~9.5 MB: over the 8 MiB above which a worker streams instead of reading it whole
+    async with serve_router(config(tmp_path, emulator)) as router:
+        job = await until_done(http, router, await submit(http, router, body))
+    # the whole payload reached the model container through S3; the demo model refuses a body that large
+    assert model.last_headers["Content-Length"] == str(len(body))
+    assert (job["status"], job["attempts"]) == ("failed", 1)  # a model error: not retried
+    assert job["error"]["type"] == "model_error"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -74,8 +74,13 @@ class HttpBackend:
             timeout = aiohttp.ClientTimeout(total=inv.job_timeout_s)
         elif inv.timeout_s is not None and inv.timeout_s < self._timeout_s:
             timeout = aiohttp.ClientTimeout(total=max(inv.timeout_s, 0.001))
+        data: bytes | AsyncIterator[bytes] = inv.body
+        if inv.stream is not None:  # a large job payload, sent as it is read from storage
+            data = inv.stream()
+            if inv.size is not None:
+                headers["Content-Length"] = str(inv.size)
         try:
-            async with self._session().post(url, data=inv.body, headers=headers, timeout=timeout) as resp:
+            async with self._session().post(url, data=data, headers=headers, timeout=timeout) as resp:
                 body = await resp.read()
                 status = resp.status
                 content_type = resp.headers.get("Content-Type")

@@ -29,7 +29,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from router.types import BackendError, FailureKind, Invocation, InvocationResult
+from router.types import BackendError, FailureKind, Invocation, InvocationResult, whole_body
 
 DEFAULT_REGION = "us-east-1"
 # SageMaker ends every InvokeEndpoint at 60 s; the socket timeout is only a safety net above the
@@ -242,6 +242,7 @@ class SageMakerBackend:
         return params
 
     async def invoke(self, inv: Invocation) -> InvocationResult:
+        inv = await whole_body(inv)  # InvokeEndpoint takes at most 6 MB: the bytes up front
         timeout = min(self._timeout_s, math.inf if inv.timeout_s is None else inv.timeout_s)
         if inv.job_timeout_s is not None:  # a job's budget (InvokeEndpoint itself still ends at 60 s)
             timeout = inv.job_timeout_s

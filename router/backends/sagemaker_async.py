@@ -27,6 +27,8 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from router.backends.sagemaker import SageMakerClients, call_errors
+from router.storage.base import StorageError
+from router.storage.s3 import S3ObjectStore
 from router.types import BackendError, FailureKind, Invocation, InvocationResult
 
 log = structlog.get_logger("router.sagemaker_async")
@@ -34,6 +36,7 @@ log = structlog.get_logger("router.sagemaker_async")
 MAX_FAILURE_TEXT = 4096  # bytes of a failure object kept as the job's error
 MAX_INVOCATION_TIMEOUT_S = 3600  # InvokeEndpointAsync's InvocationTimeoutSeconds range is 1..3600
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
+_MAX_INPUT = 1 << 30  # SageMaker Async Inference takes inputs up to 1 GB
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -207,6 +210,17 @@ class SageMakerAsyncBackend:
         if self.listener is not None:
             await self.listener.close()
 
+    async def _upload(self, s3: Any, key: str, inv: Invocation) -> None:
+        """The payload to the input location: one PutObject, or a multipart upload as a large job's
+        payload is read from the router's storage (never held whole)."""
+        if inv.stream is None:
+            await s3.put_object(Bucket=self._bucket, Key=key, Body=inv.body)
+            return
+        try:
+            await S3ObjectStore(self._bucket, client=s3).put_stream(key, inv.stream(), limit=_MAX_INPUT)
+        except StorageError as exc:
+            raise BackendError(FailureKind.UNAVAILABLE, f"{self.name}: cannot upload the input: {exc}") from None
+
     async def _s3(self) -> Any:
         return await self._clients.get(self._region, self._s3_endpoint_url, "s3")
 
@@ -231,7 +245,7 @@ class SageMakerAsyncBackend:
             with call_errors(self.name, self._timeout_s, "InvokeEndpointAsync"):
                 async with asyncio.timeout(self._timeout_s):
                     s3 = await self._s3()
-                    await s3.put_object(Bucket=self._bucket, Key=key, Body=inv.body)
+                    await self._upload(s3, key, inv)
                     runtime = await self._clients.get(self._region, self._endpoint_url)
                     resp = await runtime.invoke_endpoint_async(**self._params(inv, location))
                     inference_id = str(resp.get("InferenceId") or "")

@@ -15,7 +15,7 @@ import hashlib
 import random
 import time
 import uuid
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,9 @@ log = structlog.get_logger("router.jobs")
 
 Clock = Callable[[], float]
 TargetLookup = Callable[[str, Lane], Target | None]  # (model, lane) -> the backend serving it, if any
+
+
+STREAM_MIN_BYTES = 8 << 20  # payloads above this are streamed from storage to the backend, never held whole
 
 
 def input_key(job_id: str) -> str:
@@ -267,8 +270,8 @@ class JobLane:
                                                      "message": f"model {spec.model!r} has no {spec.lane} lane"},
                                  self.clock())
             return
-        body = await self._input(spec)
-        if body is None:
+        payload = await self._input(spec)
+        if payload is None:
             await self.jobs.fail(job.job_id, lease, {"type": "InputMissing", "message": "the job's input is gone"},
                                  self.clock())
             return
@@ -278,9 +281,10 @@ class JobLane:
                 await self.jobs.release(job.job_id, lease, self.clock())
                 return
             await asyncio.sleep(0.05)  # sync traffic first: jobs take the room it leaves
-        inv = Invocation(body=body, content_type=spec.content_type, accept=spec.accept,
-                         custom_attributes=spec.custom_attributes, inference_id=spec.inference_id,
-                         job_timeout_s=spec.timeout_s)
+        inv = Invocation(body=payload if isinstance(payload, bytes) else b"", content_type=spec.content_type,
+                         accept=spec.accept, custom_attributes=spec.custom_attributes, inference_id=spec.inference_id,
+                         job_timeout_s=spec.timeout_s, stream=None if isinstance(payload, bytes) else payload,
+                         size=spec.input_bytes)
         try:
             result = await self.sync.call(target, inv, self.sync.clock())
         except BackendError as exc:
@@ -300,11 +304,15 @@ class JobLane:
             self._finished(job, "succeeded")
             log.info("job_succeeded", job_id=job.job_id, attempts=job.attempts)
 
-    async def _input(self, spec: JobSpec) -> bytes | None:
+    async def _input(self, spec: JobSpec) -> bytes | Callable[[], AsyncIterator[bytes]] | None:
+        """The job's payload: its bytes, or for a large one a way to stream it from storage; None if gone."""
         if spec.input_key == INLINE_KEY:
             return await self.jobs.input(spec.job_id)
+        key = spec.input_key
+        if spec.input_bytes > STREAM_MIN_BYTES:
+            return (lambda: self.objects.stream(key)) if await self.objects.size(key) is not None else None
         try:
-            return await self.objects.get(spec.input_key)
+            return await self.objects.get(key)
         except ObjectMissing:
             return None
 

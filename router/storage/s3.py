@@ -100,6 +100,7 @@ class S3ObjectStore:
         endpoint_url: str | None = None,
         part_size: int = DEFAULT_PART_SIZE,
         config: Config | None = None,
+        client: Any = None,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum part)")
@@ -109,7 +110,7 @@ class S3ObjectStore:
         self._region = region
         self._endpoint_url = endpoint_url
         self._config = config or client_config()
-        self._client: Any = None
+        self._client: Any = client  # a client of the caller's (it stays the caller's to close), or made here
         self._stack = contextlib.AsyncExitStack()
         self._lock = asyncio.Lock()
 
