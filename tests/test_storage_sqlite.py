@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from router.storage.base import Job, JobSpec, JobStatus, StorageError
-from router.storage.sqlite import SqliteJobStore
+from router.storage.sqlite import _SCHEMA, SqliteJobStore
 
 T0 = 1_700_000_000.0
 LEASE_S = 30.0
@@ -322,3 +322,27 @@ async def test_a_store_that_cannot_open_its_database_raises_storage_error(tmp_pa
     (tmp_path / "not-a-db").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StorageError):
         SqliteJobStore(tmp_path / "not-a-db")
+
+
+async def test_a_database_of_the_previous_schema_is_migrated_and_keeps_its_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    with sqlite3.connect(path) as db:  # version 1: the jobs table without traceparent
+        schema = _SCHEMA.replace("    traceparent TEXT,\n", "")
+        db.executescript(schema.split("-- Small payloads")[0])
+        db.execute("PRAGMA user_version=1")
+        db.execute("INSERT INTO jobs (job_id, lane, model, tenant, input_key, input_bytes, input_sha256, priority,"
+                   " max_attempts, ttl_s, timeout_s, status, created_at, updated_at, expires_at) VALUES"
+                   " ('old', 'async', 'm', 't', 'inputs/old', 1, 'x', 1, 3, 60, 60, 'queued', 1, 1, 61)")
+    store = SqliteJobStore(path)
+    try:
+        old = await store.get("old")
+        assert old is not None
+        assert (old.status, old.spec.traceparent) == (JobStatus.QUEUED, None)
+        new = JobSpec(job_id="new", lane="async", model="m", tenant="t", input_key="inputs/new", input_bytes=1,
+                      input_sha256="x", traceparent=f"00-{'a' * 32}-{'b' * 16}-01")
+        await store.create(new, 2.0)
+        assert (await store.get("new")).spec.traceparent == new.traceparent  # type: ignore[union-attr]
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)

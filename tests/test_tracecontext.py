@@ -3,6 +3,7 @@ their parent, and logs the trace id on the request's lines."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -131,3 +132,29 @@ models:
     other = parse_traceparent(second.headers["traceparent"])
     assert other is not None
     assert other[0] != TRACE  # no header in: a new trace, not the previous call's
+
+
+async def test_an_async_jobs_backend_call_continues_the_accepting_requests_trace(
+        tmp_path: Any, http: aiohttp.ClientSession, capfd: pytest.CaptureFixture[str]) -> None:
+    async with ModelServer() as rt:
+        config = http_config(rt.url).replace("{realtime: rt}}", "{realtime: rt, async: rt}, async_without_prefer: true,"
+                                                                " default: {lane: async}}")
+        config = f'state: {{kind: local, path: "{tmp_path}"}}\njobs: {{workers: 1, poll_interval: 20ms}}\n' + config
+        async with serve_router(config) as router:
+            async with http.post(router.endpoint("fraud"), data=ROW, headers={
+                    "Content-Type": "text/csv", "traceparent": INCOMING}) as r:
+                assert r.status == 202
+                job_id = (await r.json())["job_id"]
+            for _ in range(250):
+                async with http.get(f"{router.url}/jobs/{job_id}") as r:
+                    if (await r.json())["status"] == "succeeded":
+                        break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the job did not finish")
+        sent = rt.last_headers["traceparent"]
+    version, trace_id, parent, _ = sent.split("-")
+    assert (version, trace_id) == ("00", TRACE)
+    assert parent != "00f067aa0ba902b7"  # a span of the router's, not the client's
+    events = {line["event"] for line in log_lines(capfd.readouterr().err) if line.get("trace_id") == TRACE}
+    assert {"request", "job_succeeded"} <= events  # the worker's lines carry the trace too

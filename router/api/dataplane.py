@@ -163,7 +163,8 @@ class DataPlane:
                 raise RequestError(503, "ServiceUnavailable", "the router is shutting down", retry_after_s=1.0)
             if sagemaker_async:
                 lane, backend, reason = "async", entry.routes.lanes.get(Lane.ASYNC, "none"), "async_invocation"
-                status = await self._serve_async_invocation(scope, receive, send, headers, entry, request_id)
+                status = await self._serve_async_invocation(scope, receive, send, headers, entry, request_id,
+                                                            trace)
                 return
             declared = self._declared_length(headers, entry.max_bytes)
             prefix, complete = b"", True
@@ -191,7 +192,7 @@ class DataPlane:
             if first.lane in JOB_LANES:  # straight to a job: the body streams to storage
                 body_source = prefix if declared is None and complete else await self._job_body(receive, prefix,
                                                                                                   declared)
-                raise _Accepted(await self._accept(headers, entry, features, first, body_source), first)
+                raise _Accepted(await self._accept(headers, entry, features, first, body_source, trace), first)
             body = prefix if declared is None else await read_body(receive, entry.max_sync_bytes)
             inv = self._invocation(scope, headers, body, extra, trace)
             deadline_at = (runtime.clock() + features.deadline_ms / 1000.0) if features.deadline_ms else None
@@ -205,7 +206,8 @@ class DataPlane:
                     raise
                 last = exc.hop.backend if exc.hop else sync_hops[-1].backend
                 metrics.fallbacks(name, last, job_hop.backend, exc.reason).inc()
-                raise _Accepted(await self._accept(headers, entry, features, job_hop, body), job_hop) from None
+                raise _Accepted(await self._accept(headers, entry, features, job_hop, body, trace),
+                                job_hop) from None
             lane, backend = outcome.hop.lane.value, outcome.hop.backend
             status = outcome.result.status
             await self._answer(send, outcome.result, request_id, lane, backend, reason)
@@ -255,7 +257,7 @@ class DataPlane:
         return self._job_lane()
 
     async def _accept(self, headers: dict[str, str], entry: ModelEntry, features: RequestFeatures, hop: Hop,
-                      body: bytes | AsyncIterator[bytes], *, content_type: str | None = None,
+                      body: bytes | AsyncIterator[bytes], trace: TraceContext, *, content_type: str | None = None,
                       accept: str | None = None, existing: StoredObject | None = None) -> Job:
         """Store the job durably; 413 past the lane's limit, 503 when storage fails (never a 202 then)."""
         limit = entry.routes.limits.get(hop.lane, 0)
@@ -269,7 +271,7 @@ class DataPlane:
                 accept=accept or headers.get("accept"),
                 custom_attributes=headers.get("x-amzn-sagemaker-custom-attributes"),
                 inference_id=headers.get("x-amzn-sagemaker-inference-id"), existing=existing,
-                callback_url=callback)
+                callback_url=callback, traceparent=trace.traceparent)
         except ObjectTooLarge:
             raise RequestError(413, "ValidationError", f"request body exceeds the {hop.lane} lane's limit of "
                                f"{limit} bytes") from None
@@ -343,7 +345,7 @@ class DataPlane:
         return rest_of_body(receive, prefix)
 
     async def _serve_async_invocation(self, scope: Any, receive: Any, send: Any, headers: dict[str, str],
-                                      entry: ModelEntry, request_id: str) -> int:
+                                      entry: ModelEntry, request_id: str, trace: TraceContext) -> int:
         """InvokeEndpointAsync: inline body (staged in storage) or X-Amzn-SageMaker-InputLocation (aws mode)."""
         hop_backend = entry.routes.lanes.get(Lane.ASYNC)
         if hop_backend is None:
@@ -354,7 +356,7 @@ class DataPlane:
         existing = await self._input_location(headers.get("x-amzn-sagemaker-inputlocation"), entry)
         hop = Hop(Lane.ASYNC, hop_backend)
         body = b"" if existing is not None else await self._job_body(receive, b"", declared)
-        job = await self._accept(headers, entry, features, hop, body,
+        job = await self._accept(headers, entry, features, hop, body, trace,
                                  content_type=headers.get("x-amzn-sagemaker-content-type"),
                                  accept=headers.get("x-amzn-sagemaker-accept"), existing=existing)
         origin = _origin(scope, headers)

@@ -23,6 +23,7 @@ import structlog
 
 from router.config import JobsConfig
 from router.lanes.sync import SyncLane, Target
+from router.logging import request_trace_id
 from router.notify import WebhookNotifier
 from router.storage.base import (
     INLINE_KEY,
@@ -37,6 +38,7 @@ from router.storage.base import (
     StoredObject,
     StoreStats,
 )
+from router.tracecontext import parse_traceparent, start_span
 from router.types import BackendError, Invocation, Lane
 
 if TYPE_CHECKING:  # botocore is imported only when SNS notifications are configured
@@ -145,7 +147,8 @@ class JobLane:
                      body: bytes | AsyncIterable[bytes], limit: int, content_type: str | None,
                      accept: str | None = None, custom_attributes: str | None = None,
                      inference_id: str | None = None, job_id: str | None = None,
-                     existing: StoredObject | None = None, callback_url: str | None = None) -> Job:
+                     existing: StoredObject | None = None, callback_url: str | None = None,
+                     traceparent: str | None = None) -> Job:
         """Store the payload, then the job. Raises StorageError (answer 503) or ObjectTooLarge (413).
 
         ``existing``: the payload is already in the object store (an InputLocation); ``body`` is ignored.
@@ -168,7 +171,7 @@ class JobLane:
             input_bytes=stored.size, input_sha256=stored.sha256, content_type=content_type, accept=accept,
             custom_attributes=custom_attributes, inference_id=inference_id, priority=priority,
             max_attempts=self.cfg.max_attempts, ttl_s=self.cfg.ttl, timeout_s=self.cfg.invocation_timeout,
-            callback_url=callback_url,
+            callback_url=callback_url, traceparent=traceparent,
         )
         job = await self.jobs.create(spec, self.clock(), payload=inline)
         # debug: the 202 is in the access log, and a line per job is a large share of this path's CPU
@@ -236,6 +239,8 @@ class JobLane:
 
     async def _run(self, job: Job) -> None:
         lease = job.lease or ""
+        parsed = parse_traceparent(job.spec.traceparent)
+        request_trace_id.set(parsed[0] if parsed else None)  # this worker task's log lines carry the job's trace
         keeper = asyncio.create_task(self._keep_lease(job.job_id, lease))
         try:
             await self._attempt(job, lease)
@@ -281,10 +286,12 @@ class JobLane:
                 await self.jobs.release(job.job_id, lease, self.clock())
                 return
             await asyncio.sleep(0.05)  # sync traffic first: jobs take the room it leaves
+        # the call continues the accepting request's trace, as a span of its own
+        trace = start_span(spec.traceparent) if spec.traceparent else None
         inv = Invocation(body=payload if isinstance(payload, bytes) else b"", content_type=spec.content_type,
                          accept=spec.accept, custom_attributes=spec.custom_attributes, inference_id=spec.inference_id,
                          job_timeout_s=spec.timeout_s, stream=None if isinstance(payload, bytes) else payload,
-                         size=spec.input_bytes)
+                         size=spec.input_bytes, headers=trace.headers() if trace else {})
         try:
             result = await self.sync.call(target, inv, self.sync.clock())
         except BackendError as exc:

@@ -69,6 +69,7 @@ class JobSpec:
     ttl_s: float = 6 * 3600.0  # SageMaker's RequestTTLSeconds default: unfinished after this = expired
     timeout_s: float = 15 * 60.0  # per invocation (SageMaker's InvocationTimeoutSeconds default)
     callback_url: str | None = None
+    traceparent: str | None = None  # the accepting request's span: the worker's call continues its trace
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,8 @@ from router.storage.base import Job, JobSpec, JobStatus, StorageError, StoreStat
 _T = TypeVar("_T")
 _Op = Callable[[sqlite3.Connection], Any]
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
+_MIGRATIONS = {1: ("ALTER TABLE jobs ADD COLUMN traceparent TEXT",)}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -47,6 +48,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     ttl_s REAL NOT NULL,
     timeout_s REAL NOT NULL,
     callback_url TEXT,
+    traceparent TEXT,
     status TEXT NOT NULL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
@@ -74,6 +76,7 @@ CREATE TABLE IF NOT EXISTS inputs (job_id TEXT PRIMARY KEY, data BLOB NOT NULL) 
 _SPEC_COLUMNS = (
     "job_id", "lane", "model", "tenant", "input_key", "input_bytes", "input_sha256", "content_type", "accept",
     "custom_attributes", "inference_id", "priority", "max_attempts", "ttl_s", "timeout_s", "callback_url",
+    "traceparent",
 )
 _INSERT = (
     f"INSERT INTO jobs ({', '.join(_SPEC_COLUMNS)}, status, created_at, updated_at, expires_at, attempts, not_before)"
@@ -131,6 +134,7 @@ class SqliteDatabase:
 
     SCHEMA = ""
     SCHEMA_VERSION = 1
+    MIGRATIONS: Mapping[int, tuple[str, ...]] = {}  # version -> the statements that bring it to version + 1
     NAME = "store"
 
     def __init__(self, path: str | Path, *, max_batch: int = _MAX_BATCH) -> None:
@@ -162,8 +166,11 @@ class SqliteDatabase:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=5000")  # another process (a CLI, a backup) may hold a lock briefly
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, self.SCHEMA_VERSION):
+            if version > self.SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"schema version {version}, this router knows {self.SCHEMA_VERSION}")
+            for old in range(version or self.SCHEMA_VERSION, self.SCHEMA_VERSION):  # a database of an older router
+                for statement in self.MIGRATIONS[old]:
+                    conn.execute(statement)
             conn.executescript(self.SCHEMA)
             conn.execute(f"PRAGMA user_version={self.SCHEMA_VERSION}")
         except BaseException:
@@ -282,6 +289,7 @@ class SqliteJobStore(SqliteDatabase):
 
     SCHEMA = _SCHEMA
     SCHEMA_VERSION = _SCHEMA_VERSION
+    MIGRATIONS = _MIGRATIONS
     NAME = "job"
 
     # -- JobStore -------------------------------------------------------------------------------------------
