@@ -17,6 +17,7 @@ import contextlib
 import json
 import secrets
 import sqlite3
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -150,6 +151,12 @@ class SqliteDatabase:
         except (sqlite3.Error, OSError) as exc:
             self._executor.shutdown(wait=True)
             raise StorageError(f"cannot open {self.NAME} store {self.path}: {exc}") from exc
+        self._stop_checkpoints = threading.Event()
+        self._checkpoints: threading.Thread | None = None
+        if self.path != ":memory:":
+            self._checkpoints = threading.Thread(target=self._checkpoint_loop, name=f"sqlite-{self.NAME}-checkpoint",
+                                                 daemon=True)
+            self._checkpoints.start()
 
     # -- the store's thread ---------------------------------------------------------------------------------
 
@@ -165,6 +172,9 @@ class SqliteDatabase:
                 raise sqlite3.OperationalError(f"journal_mode is {mode!r}, WAL unavailable")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=5000")  # another process (a CLI, a backup) may hold a lock briefly
+            # Checkpoints (copying the WAL into the database, with an fsync) run on a thread of their own, so
+            # a commit that crosses the WAL's size limit does not stall every write waiting behind it.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > self.SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"schema version {version}, this router knows {self.SCHEMA_VERSION}")
@@ -206,6 +216,17 @@ class SqliteDatabase:
                 conn.execute("ROLLBACK")
             raise
         return results
+
+    def _checkpoint_loop(self) -> None:
+        """Every half second, copy what the WAL holds into the database without blocking writers (PASSIVE)."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout=5000")
+            while not self._stop_checkpoints.wait(0.5):
+                with contextlib.suppress(sqlite3.Error):  # busy or failing: the next round tries again
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
 
     def _read(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
         return op(self._connection())
@@ -274,7 +295,10 @@ class SqliteDatabase:
         if self._flusher is not None and not self._flusher.done():
             with contextlib.suppress(Exception):
                 await self._flusher
+        self._stop_checkpoints.set()
         loop = asyncio.get_running_loop()
+        if self._checkpoints is not None:
+            await loop.run_in_executor(None, self._checkpoints.join)
         await loop.run_in_executor(self._executor, self._close_conn)
         self._executor.shutdown(wait=True)
 
