@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from router.demo.model import FraudModel
 from router.demo.model_server import ModelServer
@@ -63,6 +64,7 @@ async def test_sigkill_midway_loses_and_duplicates_nothing(tmp_path: Path) -> No
     await crash_and_recover(tmp_path, state, lambda: local_results(tmp_path))
 
 
+@pytest.mark.timeout(300)  # 500 jobs, each several calls to moto's server: about 80 s, more on a busy machine
 async def test_sigkill_midway_on_s3_and_sqs(tmp_path: Path, moto_url: str) -> None:  # noqa: F811
     bucket = create_bucket(moto_url)
     queues = create_queues(moto_url, max_receive_count=20)
@@ -74,12 +76,11 @@ async def test_sigkill_midway_on_s3_and_sqs(tmp_path: Path, moto_url: str) -> No
             Bucket=bucket, Prefix="results/")
         return [o["Key"].removeprefix("results/") for page in pages for o in page.get("Contents", [])]
 
-    await crash_and_recover(tmp_path, state, s3_results, count=200)  # every job costs several moto calls
+    await crash_and_recover(tmp_path, state, s3_results)
 
 
-async def crash_and_recover(tmp_path: Path, state: str, results_written: Callable[[], list[str]], *,
-                            count: int = JOBS) -> None:
-    """``count`` jobs, SIGKILL once a third are done, restart; check every job and every result."""
+async def crash_and_recover(tmp_path: Path, state: str, results_written: Callable[[], list[str]]) -> None:
+    """500 jobs, SIGKILL once a third are done, restart; check every job and every result."""
     port = free_port()
     async with ModelServer(latency_s=0.02) as model, aiohttp.ClientSession() as http:
         config = tmp_path / "router.yaml"
@@ -106,15 +107,15 @@ models:
                     assert r.status == 202
                     inputs[(await r.json())["job_id"]] = i
 
-            await asyncio.gather(*(submit(i) for i in range(count)))
+            await asyncio.gather(*(submit(i) for i in range(JOBS)))
             for _ in range(400):  # kill it midway through the work
                 await asyncio.sleep(0.01)
-                if model.served_ok >= count // 3:
+                if model.served_ok >= JOBS // 3:
                     break
             os.kill(proc.pid, signal.SIGKILL)
             await proc.wait()
             calls_before_restart = model.requests
-            assert calls_before_restart < count  # it really died midway
+            assert calls_before_restart < JOBS  # it really died midway
 
             proc = await start_router(config, port, http)
             ids = list(inputs)
@@ -146,4 +147,4 @@ models:
     written = results_written()
     assert sorted(n for n in written if not n.startswith(".")) == sorted(ids)
     assert len([n for n in written if n.startswith(".") and n.endswith(".tmp")]) <= WORKERS
-    assert count <= model.requests <= count + WORKERS
+    assert JOBS <= model.requests <= JOBS + WORKERS
