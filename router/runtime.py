@@ -16,6 +16,7 @@ from router.batch.lane import BatchLane
 from router.batch.local import LocalRunner
 from router.batch.store import BatchStore
 from router.config import (
+    KIND_LANES,
     BackendConfig,
     BatchConfig,
     LocalStateConfig,
@@ -129,7 +130,8 @@ def build_routing(
     def on_skip(model: str, policy: str, why: str) -> None:
         metrics.policy_skips(model, policy, why).inc()
 
-    engine = PolicyEngine({n: e.routes for n, e in models.items()}, frozenset(cfg.backends), on_skip)
+    serves = {name: KIND_LANES.get(b.kind) for name, b in cfg.backends.items()}
+    engine = PolicyEngine({n: e.routes for n, e in models.items()}, serves, on_skip)
     features = FeatureExtractor(cfg.urgency, cfg.callers, cfg.server.api_key_header,
                                 on_clamp=lambda model: metrics.urgency_clamped(model).inc())
     overflow = levels.get(cfg.fallback.overflow_min_urgency, max(levels.values()))

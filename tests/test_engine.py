@@ -29,7 +29,8 @@ def engine(*chain: Any, skipped: list[tuple[str, str, str]] | None = None) -> Po
         default=Decision(Lane.REALTIME, "default", fallback=(Lane.SERVERLESS,), policy="default"),
     )
     hook = (lambda m, p, w: skipped.append((m, p, w))) if skipped is not None else None
-    return PolicyEngine({"m": routes}, frozenset({"rt", "sls", "other"}), hook)
+    return PolicyEngine({"m": routes}, {"rt": None, "sls": None, "other": None, "sm-async": frozenset({"async"})},
+                        hook)
 
 
 def test_first_non_none_decision_wins() -> None:
@@ -61,6 +62,14 @@ def test_unknown_backend_and_missing_lane_are_skipped_and_counted() -> None:
     ).decide(req(), snap())
     assert route.decision.reason == "default"
     assert skipped == [("m", "ghost", "unknown_backend"), ("m", "batchy", "unknown_lane")]
+
+
+def test_a_backend_named_for_a_lane_it_cannot_serve_is_skipped_and_counted() -> None:
+    skipped: list[tuple[str, str, str]] = []
+    route = engine(Fixed("sync-to-async-only", Decision(Lane.REALTIME, "x", backend="sm-async")),
+                   skipped=skipped).decide(req(), snap())
+    assert route.decision.reason == "default"
+    assert skipped == [("m", "sync-to-async-only", "backend_not_for_lane")]
 
 
 def test_a_named_backend_overrides_the_lane_table() -> None:

@@ -28,13 +28,15 @@ class ModelRoutes:
 
 class PolicyEngine:
     """First non-None decision of the chain wins. A policy that raises, names a lane the model lacks,
-    names an unknown backend or routes a payload no lane of its route can take is skipped and counted.
+    names an unknown backend (or one that cannot serve the lane) or routes a payload no lane of its route can take
+    is skipped and counted.
     When every policy abstains the model's default route applies, so a request always has a route.
     Job lanes (async, batch) are dropped from routes of clients that did not allow a 202.
     """
 
-    def __init__(self, models: Mapping[str, ModelRoutes], backends: frozenset[str],
+    def __init__(self, models: Mapping[str, ModelRoutes], backends: Mapping[str, frozenset[str] | None],
                  on_skip: SkipHook | None = None) -> None:
+        """``backends``: every backend by name, with the lanes it may serve (None: any lane)."""
         self._models = models
         self._backends = backends
         self._on_skip = on_skip
@@ -83,6 +85,9 @@ class PolicyEngine:
             return "unknown_lane"
         if backend not in self._backends:
             return "unknown_backend"
+        serves = self._backends[backend]
+        if serves is not None and d.lane.value not in serves:
+            return "backend_not_for_lane"  # e.g. a sagemaker-async backend named on a sync route
         hops = [Hop(d.lane, backend)] if self._usable(model, d.lane, req) else []
         seen: set[tuple[Lane, str]] = {(d.lane, backend)}
         for lane in d.fallback:
