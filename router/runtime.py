@@ -172,7 +172,8 @@ class Runtime:
             if any(Lane.BATCH in m.routes.lanes for m in self.routing.models.values()):
                 store = await self._batch_buffer(cfg, objects)
                 self.batch_lane = BatchLane(store, objects, self._batch_settings, self._batch_runner, self.metrics,
-                                            drain_timeout=cfg.jobs.drain_timeout, events=self.job_lane.events)
+                                            drain_timeout=cfg.jobs.drain_timeout, events=self.job_lane.events,
+                                            retention=cfg.jobs.retention)
                 await self.batch_lane.start()
         self.started = True
         log.info("router_started", models=sorted(self.routing.models), backends=sorted(self._backends))

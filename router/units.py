@@ -14,7 +14,7 @@ _SIZE_UNITS = {
     "mib": 1024**2,
     "gib": 1024**3,
 }
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 _NUMBER_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -34,7 +34,7 @@ def parse_size(value: object) -> int:
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from ``250ms``, ``60s``, ``10m``, ``1h``; a bare number is seconds."""
+    """Seconds from ``250ms``, ``60s``, ``10m``, ``1h``, ``7d``; a bare number is seconds."""
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like '250ms' or '10m'")
     if isinstance(value, int | float):
@@ -47,7 +47,7 @@ def parse_duration(value: object) -> float:
             return float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
         if m and m.group(2) == "":
             return float(m.group(1))
-    raise ValueError(f"invalid duration {value!r}: use units ms, s, m, h (e.g. '250ms', '60s')")
+    raise ValueError(f"invalid duration {value!r}: use units ms, s, m, h, d (e.g. '250ms', '60s')")
 
 
 def format_size(n: int) -> str:

@@ -255,3 +255,20 @@ async def test_a_finished_batch_job_is_posted_signed_to_its_callback(tmp_path: P
     status = json.loads(body)
     assert (status["job_id"], status["lane"], status["status"]) == (job_id, "batch", "succeeded")
     assert status["records"] == {"total": 4, "done": 4, "failed": 0}
+
+
+async def test_finished_batch_jobs_are_deleted_after_the_retention(tmp_path: Path, http: Any) -> None:
+    async with ModelServer() as rt:
+        text = config(rt, tmp_path, max_wait="100ms").replace("jobs: {workers: 1,",
+                                                              "jobs: {retention: 500ms, workers: 1,")
+        async with serve_router(text) as router:
+            job_id = await submit(http, router, row(1))
+            assert (await finished(http, router, job_id))["status"] == "succeeded"
+            assert (tmp_path / "objects" / "results" / job_id).exists()
+            async with asyncio.timeout(10):  # purged on the lane's 2 s bookkeeping tick
+                while True:
+                    async with http.get(f"{router.url}/jobs/{job_id}") as r:
+                        if r.status == 404:
+                            break
+                    await asyncio.sleep(0.1)
+    assert not (tmp_path / "objects" / "results" / job_id).exists()

@@ -20,7 +20,8 @@ def test_invalid_sizes_are_refused_with_the_units_named(bad: object) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("250ms", 0.25), ("60s", 60.0), ("10m", 600.0), ("1h", 3600.0), ("2", 2.0), (1.5, 1.5), ("5min", 300.0)],
+    [("250ms", 0.25), ("60s", 60.0), ("10m", 600.0), ("1h", 3600.0), ("2", 2.0), (1.5, 1.5), ("5min", 300.0),
+     ("7d", 604800.0)],
 )
 def test_durations_take_units_and_bare_numbers_are_seconds(text: object, expected: float) -> None:
     assert parse_duration(text) == pytest.approx(expected)

@@ -74,6 +74,9 @@ class SqsBatchBuffer:
         """Only a job no replica holds yet (queued); its message is dropped when next received."""
         return await self.jobs.fail(job_id, None, _CANCELLED, now)
 
+    async def purge(self, before: float, limit: int) -> list[str | None]:
+        return []  # records and results are in S3: a bucket lifecycle rule expires them
+
     async def counts(self) -> dict[str, int]:
         stats = await self.jobs.stats(self.clock())
         return {status: n for (_, status), n in stats.jobs.items()}

@@ -116,6 +116,11 @@ class BatchBuffer(Protocol):
 
     async def counts(self) -> dict[str, int]: ...
 
+    async def purge(self, before: float, limit: int) -> list[str | None]:
+        """Delete jobs that ended before ``before``; per deleted job its result key, or None (nothing is
+        deleted where the store cannot list by age: S3 lifecycle rules do it there)."""
+        ...
+
     async def stop(self) -> None:
         """Stop taking work; what this process holds unflushed goes back for others."""
         ...

@@ -42,7 +42,8 @@ class BatchLane:
 
     def __init__(self, store: BatchBuffer, objects: ObjectStore, settings: SettingsFor, runner_for: RunnerFor,
                  metrics: RouterMetrics, *, runs: int = 2, drain_timeout: float = 30.0,
-                 events: JobEvents | None = None, clock: Callable[[], float] = time.time) -> None:
+                 events: JobEvents | None = None, retention: float = 0.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.objects = objects
         self.settings = settings
@@ -51,6 +52,7 @@ class BatchLane:
         self.drain_timeout = drain_timeout
         self.clock = clock
         self.events = events or JobEvents()
+        self.retention = retention  # finished jobs are deleted this long after they ended (0: kept)
         self.counts: dict[str, int] = {}  # jobs by status, refreshed by the ticker, for router_jobs
         self._locks: dict[str, asyncio.Lock] = {}
         self._slots = asyncio.Semaphore(runs)
@@ -167,8 +169,19 @@ class BatchLane:
             if now - last_counts >= 2.0:
                 with contextlib.suppress(StorageError):
                     self.counts = await self.store.counts()
+                    if self.retention > 0:
+                        await self._purge(now - self.retention)
                 last_counts = now
             await asyncio.sleep(max(0.01, min(waits)))
+
+    async def _purge(self, before: float) -> None:
+        purged = await self.store.purge(before, 500)
+        for key in purged:
+            if key is not None:
+                with contextlib.suppress(StorageError):
+                    await self.objects.delete(key)
+        if purged:
+            log.info("batch_jobs_purged", count=len(purged))
 
     # --- running --------------------------------------------------------------------------------
 

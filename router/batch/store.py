@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS batch_jobs (
 CREATE INDEX IF NOT EXISTS batch_jobs_buffered ON batch_jobs (model, seq) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS batch_jobs_in_batch ON batch_jobs (batch_id, seq) WHERE status = 'running';
 CREATE INDEX IF NOT EXISTS batch_jobs_status ON batch_jobs (status);
+CREATE INDEX IF NOT EXISTS batch_jobs_finished ON batch_jobs (updated_at) WHERE status IN ('succeeded', 'failed');
 CREATE TABLE IF NOT EXISTS batches (
     batch_id TEXT PRIMARY KEY,
     model TEXT NOT NULL,
@@ -235,6 +236,18 @@ class BatchStore(SqliteDatabase):
             return False
         self.buffers[done[0]] = done[1]
         return True
+
+    async def purge(self, before: float, limit: int) -> list[str | None]:
+        """Delete up to ``limit`` jobs that ended before ``before`` (and batches done by then); for each
+        deleted job its result key (None: it had no result), for the caller to delete."""
+        def op(conn: sqlite3.Connection) -> list[str | None]:
+            rows = conn.execute("SELECT job_id, result_key FROM batch_jobs WHERE status IN ('succeeded', 'failed')"
+                                " AND updated_at < ? LIMIT ?", (before, limit)).fetchall()
+            conn.executemany("DELETE FROM batch_jobs WHERE job_id = ?", [(row[0],) for row in rows])
+            conn.execute("DELETE FROM batches WHERE state = 'done' AND created_at < ?", (before,))
+            return [row[1] for row in rows]
+
+        return await self._write(op)
 
     async def counts(self) -> dict[str, int]:
         """Jobs by status, for ``router_jobs{lane="batch"}``."""

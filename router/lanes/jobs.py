@@ -340,6 +340,17 @@ class JobLane:
         await self.jobs.retry(job.job_id, lease, error, now + delay, now)
         self.metrics.job_attempts(job.spec.model, "retried").inc()
 
+    async def _purge(self, before: float) -> None:
+        """Delete jobs that ended before ``before``, with the payloads and results the router stored for them."""
+        purged = await self.jobs.purge(before, 500)
+        keys = [job.result_key for job in purged if job.result_key]
+        keys += [job.spec.input_key for job in purged if job.spec.input_key == input_key(job.job_id)]
+        for key in keys:  # a payload the client named (an InputLocation) is the client's: only ours go
+            with contextlib.suppress(StorageError):
+                await self.objects.delete(key)
+        if purged:
+            log.info("jobs_purged", count=len(purged))
+
     async def _janitor(self) -> None:
         """Expires jobs past their TTL and refreshes the stats the metrics read."""
         while not self._stopping.is_set():
@@ -348,6 +359,8 @@ class JobLane:
                 expired = await self.jobs.expire(now)
                 if expired:
                     log.info("jobs_expired", count=expired)
+                if self.cfg.retention > 0:
+                    await self._purge(now - self.cfg.retention)
                 self.stats = await self.jobs.stats(now)
             except StorageError:
                 log.warning("job_janitor_storage_error")

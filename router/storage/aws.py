@@ -528,6 +528,10 @@ class SqsJobStore:
         await self._settle(job_id, lambda: self._change_visibility(lease, 0))
         return True
 
+    async def purge(self, before: float, limit: int) -> list[Job]:
+        """Nothing: S3 cannot list records by age cheaply; a bucket lifecycle rule expires them instead."""
+        return []
+
     async def expire(self, now: float) -> int:
         """0: SQS cannot list queued jobs by age, so expiry happens when a job's message is next received."""
         return 0

@@ -70,6 +70,8 @@ CREATE INDEX IF NOT EXISTS jobs_live_expiry ON jobs (expires_at) WHERE status IN
 -- Stats: counts by (lane, status) from a covering index; per-model backlog from queued jobs only.
 CREATE INDEX IF NOT EXISTS jobs_lane_status ON jobs (lane, status);
 CREATE INDEX IF NOT EXISTS jobs_queued_model ON jobs (model, created_at) WHERE status = 'queued';
+-- Retention: finished jobs by when they ended.
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (updated_at) WHERE status IN ('succeeded', 'failed', 'expired');
 -- Small payloads kept with their job (input_key 'inline'): one grouped commit stores job and payload.
 CREATE TABLE IF NOT EXISTS inputs (job_id TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
 """
@@ -444,6 +446,19 @@ class SqliteJobStore(SqliteDatabase):
     async def expire(self, now: float) -> int:
         def op(conn: sqlite3.Connection) -> int:
             return conn.execute(_EXPIRE, {"error": _EXPIRED_ERROR, "now": now}).rowcount
+
+        return await self._write(op)
+
+    async def purge(self, before: float, limit: int) -> list[Job]:
+        """Delete up to ``limit`` jobs that ended before ``before``; the deleted jobs (their objects are the
+        caller's to delete)."""
+        def op(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute("SELECT * FROM jobs WHERE status IN ('succeeded', 'failed', 'expired')"
+                                " AND updated_at < ? LIMIT ?", (before, limit)).fetchall()
+            ids = [(row["job_id"],) for row in rows]
+            conn.executemany("DELETE FROM jobs WHERE job_id = ?", ids)
+            conn.executemany("DELETE FROM inputs WHERE job_id = ?", ids)
+            return [_row_to_job(row) for row in rows]
 
         return await self._write(op)
 
