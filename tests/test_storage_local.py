@@ -139,3 +139,14 @@ async def test_disk_errors_become_storage_errors(store: LocalObjectStore) -> Non
         await store.put("inputs/job-7", b"x")
     with pytest.raises(StorageError):
         await store.put_stream("inputs/job-7", _chunks([b"x"]), limit=10)
+
+
+async def test_sweep_removes_temporary_files_a_crash_left_and_nothing_else(store: LocalObjectStore) -> None:
+    await store.put("results/a", b"kept")
+    left = [store.root / "results" / ".b.0123.tmp", store.root / "inputs" / ".c.4567.tmp"]
+    for path in left:  # what a SIGKILL between open and rename leaves behind
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    assert store.sweep() == 2
+    assert not any(path.exists() for path in left)
+    assert await store.get("results/a") == b"kept"

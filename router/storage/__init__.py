@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import structlog
+
 from router.config import AwsStateConfig, LocalStateConfig
 from router.storage.base import JobStore, ObjectStore
+
+log = structlog.get_logger("router.storage")
 
 
 async def open_stores(cfg: LocalStateConfig | AwsStateConfig) -> tuple[ObjectStore, JobStore]:
@@ -16,7 +20,11 @@ async def open_stores(cfg: LocalStateConfig | AwsStateConfig) -> tuple[ObjectSto
 
         root = Path(cfg.path)
         root.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240  # once, at start-up
-        return LocalObjectStore(root / "objects"), SqliteJobStore(root / "jobs.sqlite3")
+        folder = LocalObjectStore(root / "objects")
+        swept = folder.sweep()
+        if swept:
+            log.info("temporary_files_swept", count=swept)
+        return folder, SqliteJobStore(root / "jobs.sqlite3")
     from router.storage.aws import SqsJobStore
     from router.storage.s3 import S3ObjectStore
 

@@ -57,6 +57,16 @@ class LocalObjectStore:
         self.root = Path(root)
         self._write_batch = write_batch
 
+    def sweep(self) -> int:
+        """Delete temporary files left by writes a crash cut short; how many. Run at start-up, before any write
+        of this process (a router owns its state folder: a write of another process sharing it would fail)."""
+        swept = 0
+        for tmp in self.root.rglob(f".*{_TMP_SUFFIX}"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                swept += 1
+        return swept
+
     # -- keys -----------------------------------------------------------------------------------------------
 
     def _path(self, key: str) -> Path:
