@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -10,6 +11,7 @@ import aiohttp
 import pytest
 
 from router.demo.model_server import CUSTOM_ATTRIBUTES, ModelServer
+from tests.conftest import free_port
 
 ROW = b"120,20,0.2,10,4,400\n"
 CSV = {"Content-Type": "text/csv"}
@@ -213,3 +215,24 @@ async def test_control_endpoint_rejects_unknown_keys_and_bad_values(
     async with http.post(server.url + "/control", json=body) as resp:
         assert resp.status == 400
     assert server.latency_s == 0.0
+
+
+async def test_the_command_line_sets_the_overload_status(http: aiohttp.ClientSession) -> None:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "router.demo.model_server", "--port", str(port), "--max-concurrency", "0",
+        "--overload-status", "503", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        status = None
+        for _ in range(100):
+            try:
+                async with http.post(f"http://127.0.0.1:{port}/invocations", data="1,2,3,4,5,6",
+                                     headers={"Content-Type": "text/csv"}) as r:
+                    status = r.status
+                    break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+        assert status == 503
+    finally:
+        proc.terminate()
+        await proc.wait()

@@ -217,7 +217,8 @@ class ModelServer:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    knobs = {"latency_s": args.latency, "max_concurrency": args.max_concurrency}
+    knobs = {"latency_s": args.latency, "max_concurrency": args.max_concurrency,
+             "overload_status": args.overload_status}
     serverless = {"idle_after_s": args.idle_after, "cold_start_s": args.cold_start}
     server = ModelServer(host=args.host, port=args.port, **knobs, **serverless)
     stop = asyncio.Event()
@@ -233,7 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9101)
     parser.add_argument("--latency", type=float, default=0.0, help="added seconds per request")
-    parser.add_argument("--max-concurrency", type=int, default=None, help="answer 429 above this")
+    parser.add_argument("--max-concurrency", type=int, default=None, help="answer --overload-status above this")
+    parser.add_argument("--overload-status", type=int, default=429, choices=(429, 503),
+                        help="the status answered above --max-concurrency")
     parser.add_argument("--idle-after", type=float, default=None, help="serverless: idle seconds before cold")
     parser.add_argument("--cold-start", type=float, default=0.0, help="serverless: cold start seconds")
     args = parser.parse_args(argv)
