@@ -24,9 +24,9 @@ import structlog
 from router.batch.base import Batch, BatchBuffer, BatchedJob, BatchEntry, BatchRunner, Buffered, JobEnd, RecordOutcome
 from router.batch.records import RecordError, RecordFormat, assemble, parse_records
 from router.config import BatchConfig
-from router.lanes.jobs import JobEvents, result_key
+from router.lanes.jobs import JobEvents, result_key, wait_for_end
 from router.metrics import BatchGauge, RouterMetrics
-from router.storage.base import TERMINAL, Job, JobStatus, ObjectStore, StorageError
+from router.storage.base import Job, JobStatus, ObjectStore, StorageError
 
 log = structlog.get_logger("router.batch")
 
@@ -85,16 +85,7 @@ class BatchLane:
 
     async def wait(self, job_id: str, timeout_s: float) -> Job | None:
         """The job once it ended, or its latest state after ``timeout_s`` (Prefer: wait=N)."""
-        event = self._done.setdefault(job_id, asyncio.Event())
-        try:
-            job = await self.store.get(job_id)
-            if job is not None and job.status not in TERMINAL:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), timeout=timeout_s)
-                job = await self.store.get(job_id)
-            return job
-        finally:
-            self._done.pop(job_id, None)
+        return await wait_for_end(self.store.get, self._done, job_id, timeout_s)
 
     def gauges(self) -> Iterable[BatchGauge]:
         now = self.clock()
@@ -105,31 +96,33 @@ class BatchLane:
 
     # --- flushing -------------------------------------------------------------------------------
 
-    def _check(self, model: str) -> None:
-        """Flush ``model``'s buffer if it reached a limit."""
+    def _trigger(self, model: str) -> str | None:
+        """Which limit ``model``'s buffer reached: "records", "bytes" or "age"; None while under all three."""
         cfg = self.settings(model)
         buffered = self.store.buffers.get(model)
         if cfg is None or buffered is None or not buffered.jobs:
-            return
+            return None
         if buffered.records >= cfg.max_records:
-            self._flush_soon(model, "records")
-        elif buffered.bytes >= cfg.max_bytes:
-            self._flush_soon(model, "bytes")
-        elif buffered.oldest is not None and self.clock() - buffered.oldest >= cfg.max_wait:
-            self._flush_soon(model, "age")
+            return "records"
+        if buffered.bytes >= cfg.max_bytes:
+            return "bytes"
+        if buffered.oldest is not None and self.clock() - buffered.oldest >= cfg.max_wait:
+            return "age"
+        return None
 
-    def _flush_soon(self, model: str, trigger: str) -> None:
-        lock = self._locks.setdefault(model, asyncio.Lock())
-        if lock.locked() and trigger in ("records", "bytes"):
-            return  # the flush under way loops while the buffer is still over its limits
-        self._spawn(self._flush(model, trigger), f"batch-flush-{model}")
+    def _check(self, model: str) -> None:
+        """Flush ``model``'s buffer if it reached a limit."""
+        if self._trigger(model) is not None and not self._locks.setdefault(model, asyncio.Lock()).locked():
+            self._spawn(self._flush(model), f"batch-flush-{model}")  # (a flush under way loops until under)
 
-    async def _flush(self, model: str, trigger: str) -> None:
+    async def _flush(self, model: str, *, restart: bool = False) -> None:
+        """Flush batches while a limit is reached (after a restart: until the buffer is empty)."""
         async with self._locks.setdefault(model, asyncio.Lock()):
             while not self.stopping:
                 cfg = self.settings(model)
-                buffered = self.store.buffers.get(model, Buffered())
-                if cfg is None or not buffered.jobs or not self._due(buffered, cfg, trigger, self.clock()):
+                trigger = "restart" if restart and self.store.buffers.get(model, Buffered()).jobs \
+                    else self._trigger(model)
+                if cfg is None or trigger is None:
                     return
                 batch_id = uuid.uuid4().hex
                 try:
@@ -145,14 +138,6 @@ class BatchLane:
                 log.info("batch_flushed", model=model, batch_id=batch_id, trigger=trigger, jobs=len(batch.jobs),
                          records=batch.records)
                 self._spawn(self._run(batch), f"batch-run-{batch_id}")
-
-    @staticmethod
-    def _due(buffered: Buffered, cfg: BatchConfig, trigger: str, now: float) -> bool:
-        if trigger == "restart":
-            return True
-        if buffered.records >= cfg.max_records or buffered.bytes >= cfg.max_bytes:
-            return True
-        return trigger == "age" and buffered.oldest is not None and now - buffered.oldest >= cfg.max_wait
 
     async def _tick(self) -> None:
         """Flush buffers that reached a limit (their oldest record's max_wait above all; in scale-out mode
@@ -192,11 +177,12 @@ class BatchLane:
             started = time.monotonic()
             runner = self.runner_for(batch.model)
             ends: list[JobEnd] = []
-            for (fmt, ctype, accept), group in groupby(batch.jobs, key=lambda j: (j.fmt, j.content_type, j.accept)):
-                jobs = list(group)
+            # one run per content type (a model takes one format per call); run ids stay the same on a re-run
+            groups = [(key, list(jobs)) for key, jobs in groupby(batch.jobs, lambda j: (j.fmt, j.content_type,
+                                                                                       j.accept))]
+            for i, ((fmt, ctype, accept), jobs) in enumerate(groups):
                 records = [r for j in jobs for r in j.records]
-                run_id = batch.batch_id if len(ends) == 0 and len(jobs) == len(batch.jobs) \
-                    else f"{batch.batch_id}-{len(ends)}"
+                run_id = batch.batch_id if len(groups) == 1 else f"{batch.batch_id}-{i}"
                 outcomes = await self._outcomes(runner, run_id, records, fmt, ctype or fmt.value, accept)
                 ends += await self._store_results(jobs, outcomes)
             try:
@@ -273,7 +259,7 @@ class BatchLane:
             self._spawn(self._run(batch), f"batch-run-{batch.batch_id}")
         for model, buffered in list(self.store.buffers.items()):
             if buffered.jobs:
-                self._flush_soon(model, "restart")
+                self._spawn(self._flush(model, restart=True), f"batch-flush-{model}")
         self.counts = await self.store.counts()
         self._ticker = asyncio.create_task(self._tick(), name="batch-ticker")
 

@@ -86,6 +86,26 @@ def job_json(job: Job, status_url: str | None = None) -> dict[str, Any]:
     return out
 
 
+async def wait_for_end(get: Callable[[str], Awaitable[Job | None]], done: dict[str, asyncio.Event], job_id: str,
+                       timeout_s: float) -> Job | None:
+    """The job once it is terminal, or its latest state after ``timeout_s``. ``done[job_id]`` is set by the lane
+    when this process ends the job, which wakes the wait at once; polling with backoff covers other replicas."""
+    deadline = time.monotonic() + timeout_s
+    event = done.setdefault(job_id, asyncio.Event())
+    delay = 0.02
+    try:
+        while True:
+            job = await get(job_id)
+            left = deadline - time.monotonic()
+            if job is None or job.status in TERMINAL or left <= 0:
+                return job
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout=min(delay, left))
+            delay = min(delay * 2, 0.5)
+    finally:
+        done.pop(job_id, None)
+
+
 class JobEvents:
     """Tells the world a job ended, in the background: its callback URL (webhooks) and the SNS topic
     (AWS state mode), each sent the job's status JSON as ``GET /jobs/{id}`` shows it. Shared by the lanes."""
@@ -188,21 +208,7 @@ class JobLane:
 
     async def wait(self, job_id: str, timeout_s: float) -> Job | None:
         """The job once it is terminal, or its latest state after ``timeout_s`` (Prefer: wait=N)."""
-        deadline = time.monotonic() + timeout_s
-        event = self._done.setdefault(job_id, asyncio.Event())
-        delay = 0.02
-        try:
-            while True:
-                job = await self.jobs.get(job_id)
-                left = deadline - time.monotonic()
-                if job is None or job.status in TERMINAL or left <= 0:
-                    return job
-                # woken at once when this process finishes it; polling covers other replicas
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), timeout=min(delay, left))
-                delay = min(delay * 2, 0.5)
-        finally:
-            self._done.pop(job_id, None)
+        return await wait_for_end(self.jobs.get, self._done, job_id, timeout_s)
 
     # --- running --------------------------------------------------------------------------------
 
