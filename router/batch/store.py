@@ -104,6 +104,13 @@ def _job(row: sqlite3.Row) -> Job:
                records={"total": row["records"], "done": row["done"], "failed": row["failed"]})
 
 
+def _buffered_of(conn: sqlite3.Connection, model: str) -> Buffered:
+    """What ``model`` has buffered now, inside the caller's transaction."""
+    row = conn.execute("SELECT count(*), sum(records), sum(bytes), min(created_at) FROM batch_jobs"
+                       " WHERE model = ? AND status = 'queued'", (model,)).fetchone()
+    return Buffered(row[0], row[1] or 0, row[2] or 0, row[3])
+
+
 class BatchStore(SqliteDatabase):
     """The durable buffer of the batch lane (embedded mode, ``BatchBuffer``). Every method is durable when it
     returns. ``buffers`` is kept in step with the table: every write's effect is applied once it committed,
@@ -173,9 +180,7 @@ class BatchStore(SqliteDatabase):
                 conn.executemany("UPDATE batch_jobs SET status = 'running', batch_id = ?, updated_at = ?"
                                  " WHERE seq = ?", [(batch_id, now, row["seq"]) for row in taken])
                 batch = Batch(batch_id, model, trigger, [_batched(row) for row in taken])
-            left = conn.execute("SELECT count(*), sum(records), sum(bytes), min(created_at) FROM batch_jobs"
-                                " WHERE model = ? AND status = 'queued'", (model,)).fetchone()
-            return batch, Buffered(left[0], left[1] or 0, left[2] or 0, left[3])
+            return batch, _buffered_of(conn, model)
 
         batch, left = await self._write(op)
         self.buffers[model] = left
@@ -227,9 +232,7 @@ class BatchStore(SqliteDatabase):
                 return None
             conn.execute("UPDATE batch_jobs SET status = 'failed', error = ?, payload = NULL, updated_at = ?"
                          " WHERE job_id = ?", (error, now, job_id))
-            left = conn.execute("SELECT count(*), sum(records), sum(bytes), min(created_at) FROM batch_jobs"
-                                " WHERE model = ? AND status = 'queued'", (row[0],)).fetchone()
-            return row[0], Buffered(left[0], left[1] or 0, left[2] or 0, left[3])
+            return row[0], _buffered_of(conn, row[0])
 
         done = await self._write(op)
         if done is None:
