@@ -81,6 +81,27 @@ async def upload(url: str, mib: int, pid: int) -> dict[str, float]:
             "rss_growth_mb": peak - before}
 
 
+def accept_rounds(wrk: str, script: Path, url: str, rounds: int, duration: float, pid: int,
+                  label: str) -> list[dict[str, Any]]:
+    """``rounds`` wrk runs of ``duration`` s at 16 connections, each printed as it ends."""
+    results = []
+    for i in range(rounds):
+        res = run_wrk(wrk, script, url, 2, 16, duration, pid)
+        results.append(res)
+        print(f"{label} round {i + 1}: {res['rps']:,.0f}/s  p50 {res['p50_us'] / 1000:.2f} ms  "
+              f"p99 {res['p99_us'] / 1000:.2f} ms  errors {res['errors']}")
+    return results
+
+
+def medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rate and latency medians over the rounds, errors and answers summed."""
+    return {"per_s_median": statistics.median(r["rps"] for r in rounds),
+            "p50_ms_median": statistics.median(r["p50_us"] for r in rounds) / 1000,
+            "p99_ms_median": statistics.median(r["p99_us"] for r in rounds) / 1000,
+            "errors": sum(r["errors"] for r in rounds),
+            "requests_answered_by_wrk": sum(int(r["requests"]) for r in rounds)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -96,26 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         script = tmp / "post.lua"
         script.write_text(WRK_LUA.format(body=csv_body(1024)))
         url = f"http://127.0.0.1:{port}/endpoints/bench/invocations"
-        rounds: list[dict[str, Any]] = []
         with started([router_cli(), "serve", "--config", str(config)], port, tmp / "router.log") as proc:
-            for i in range(args.rounds):
-                res = run_wrk(tools["wrk"], script, url, 2, 16, args.duration, proc.pid)
-                rounds.append(res)
-                print(f"round {i + 1}: {res['rps']:,.0f} jobs/s  p50 {res['p50_us'] / 1000:.2f} ms  "
-                      f"p99 {res['p99_us'] / 1000:.2f} ms  errors {res['errors']}")
-            accepted = sum(int(r["requests"]) for r in rounds)
+            rounds = accept_rounds(tools["wrk"], script, url, args.rounds, args.duration, proc.pid, "jobs")
             big = asyncio.run(upload(url, args.upload_mib, proc.pid)) if args.upload_mib else None
         with sqlite3.connect(tmp / "var" / "jobs.sqlite3") as db:
             stored = db.execute("select count(*) from jobs").fetchone()[0]
-    summary = {
-        "jobs_per_s_median": statistics.median(r["rps"] for r in rounds),
-        "p50_ms_median": statistics.median(r["p50_us"] for r in rounds) / 1000,
-        "p99_ms_median": statistics.median(r["p99_us"] for r in rounds) / 1000,
-        "errors": sum(r["errors"] for r in rounds),
-        "requests_answered_by_wrk": accepted,
-        "jobs_stored": stored - (1 if big else 0),
-        "upload": big,
-    }
+    summary = {**medians(rounds), "jobs_stored": stored - (1 if big else 0), "upload": big}
     print(json.dumps(summary, indent=2))
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)

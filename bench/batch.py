@@ -26,8 +26,9 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from async_accept import accept_rounds, medians
 from overhead import WRK_LUA as OVERHEAD_LUA
-from overhead import router_cli, run_wrk, started
+from overhead import router_cli, started
 from upstream import free_port, require_tools
 
 WRK_LUA = OVERHEAD_LUA.replace(
@@ -61,20 +62,11 @@ def appends(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     script = tmp / "post.lua"
     script.write_text(WRK_LUA.format(body=ROW))
     url = f"http://127.0.0.1:{port}/endpoints/bench/invocations"
-    rounds = []
     with started([router_cli(), "serve", "--config", str(config)], port, tmp / "append.log") as proc:
-        for i in range(args.rounds):
-            res = run_wrk(tools["wrk"], script, url, 2, 16, args.duration, proc.pid)
-            rounds.append(res)
-            print(f"appends round {i + 1}: {res['rps']:,.0f} req/s  p50 {res['p50_us'] / 1000:.2f} ms  "
-                  f"p99 {res['p99_us'] / 1000:.2f} ms  errors {res['errors']}")
+        rounds = accept_rounds(tools["wrk"], script, url, args.rounds, args.duration, proc.pid, "appends")
     with sqlite3.connect(tmp / "append" / "batch.sqlite3") as db:
         stored = db.execute("SELECT count(*) FROM batch_jobs WHERE status = 'queued'").fetchone()[0]
-    return {"requests_per_s_median": statistics.median(r["rps"] for r in rounds),
-            "p50_ms_median": statistics.median(r["p50_us"] for r in rounds) / 1000,
-            "p99_ms_median": statistics.median(r["p99_us"] for r in rounds) / 1000,
-            "errors": sum(r["errors"] for r in rounds), "answered": sum(int(r["requests"]) for r in rounds),
-            "stored": stored}
+    return {**medians(rounds), "stored": stored}
 
 
 async def end_to_end(base: str, requests: int, records: int = 100) -> dict[str, Any]:
