@@ -11,12 +11,11 @@ again, so a poison record ends failed alone while its neighbours succeed. Transi
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable, Sequence
 
 from router.batch.base import RecordOutcome
 from router.batch.records import OutputCountMismatch, RecordFormat, join_records, split_outputs
-from router.lanes.sync import SyncLane, Target
+from router.lanes.sync import SyncLane, Target, backoff_delay
 from router.types import BackendError, Invocation
 
 
@@ -83,12 +82,9 @@ class LocalRunner:
                     accept: str | None) -> list[bytes]:
         inv = Invocation(body=join_records(records, fmt), content_type=content_type, accept=accept,
                          job_timeout_s=self.timeout_s)
-        tracker = self.target.tracker
         for attempt in range(1, self.attempts + 1):
-            while tracker.inflight >= tracker.capacity or not tracker.admits(self.sync.clock()):
-                if self.stopping():
-                    raise asyncio.CancelledError  # draining: the batch stays pending and runs after a restart
-                await asyncio.sleep(0.02)  # sync traffic first: batches take the room it leaves
+            if not await self.sync.room(self.target, self.stopping):
+                raise asyncio.CancelledError  # draining: the batch stays pending and runs after a restart
             self.calls += 1
             try:
                 result = await self.sync.call(self.target, inv, self.sync.clock())
@@ -98,8 +94,7 @@ class LocalRunner:
                     raise _Failed(message, transient=False) from None
                 if attempt == self.attempts:
                     raise _Failed(f"{message} (after {attempt} attempts)", transient=True) from None
-                delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                await asyncio.sleep(backoff_delay(attempt, self.backoff_s, self.max_backoff_s))
                 continue
             try:
                 return split_outputs(result.body, result.content_type, len(records))

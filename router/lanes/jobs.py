@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import random
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from router.config import JobsConfig
-from router.lanes.sync import SyncLane, Target
+from router.lanes.sync import SyncLane, Target, backoff_delay
 from router.logging import request_trace_id
 from router.notify import WebhookNotifier
 from router.storage.base import (
@@ -286,12 +285,9 @@ class JobLane:
             await self.jobs.fail(job.job_id, lease, {"type": "InputMissing", "message": "the job's input is gone"},
                                  self.clock())
             return
-        tracker = target.tracker
-        while tracker.inflight >= tracker.capacity or not tracker.admits(self.sync.clock()):
-            if self._stopping.is_set():
-                await self.jobs.release(job.job_id, lease, self.clock())
-                return
-            await asyncio.sleep(0.05)  # sync traffic first: jobs take the room it leaves
+        if not await self.sync.room(target, self._stopping.is_set, poll_s=0.05):
+            await self.jobs.release(job.job_id, lease, self.clock())  # draining: the job goes back
+            return
         # the call continues the accepting request's trace, as a span of its own
         trace = start_span(spec.traceparent) if spec.traceparent else None
         inv = Invocation(body=payload if isinstance(payload, bytes) else b"", content_type=spec.content_type,
@@ -342,7 +338,7 @@ class JobLane:
             self._finished(job, "failed")
             log.info("job_failed", job_id=job.job_id, error=error.get("type"), attempts=job.attempts)
             return
-        delay = min(self.cfg.max_backoff, self.cfg.backoff * 2 ** (job.attempts - 1)) * random.uniform(0.5, 1.5)
+        delay = backoff_delay(job.attempts, self.cfg.backoff, self.cfg.max_backoff)
         await self.jobs.retry(job.job_id, lease, error, now + delay, now)
         self.metrics.job_attempts(job.spec.model, "retried").inc()
 

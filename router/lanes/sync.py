@@ -9,8 +9,9 @@ or above the overflow urgency still go to the first of them; the others get 503 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import structlog
@@ -71,6 +72,11 @@ class SyncFailure(Exception):
         self.retry_after_s = retry_after_s
 
 
+def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
+    """The wait before retry ``attempt`` + 1: exponential from ``base_s``, capped at ``max_s``, ±50% jitter."""
+    return min(max_s, base_s * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+
+
 class SyncLane:
     def __init__(self, budget: RetryBudget, metrics: RouterMetrics, overflow_priority: int,
                  clock: Clock = time.monotonic) -> None:
@@ -125,6 +131,16 @@ class SyncLane:
             raise SyncFailure("deadline", last_hop,
                               BackendError(FailureKind.TIMEOUT, "the deadline passed before a backend answered"))
         raise SyncFailure("saturated" if full else "breaker_open", hops[-1] if hops else None)
+
+    async def room(self, target: Target, stopping: Callable[[], bool], poll_s: float = 0.02) -> bool:
+        """Wait until ``target`` has a free slot its breaker admits: background work (jobs, batches) takes the
+        room sync traffic leaves. False, at once, when ``stopping()`` says to give up instead."""
+        tracker = target.tracker
+        while tracker.inflight >= tracker.capacity or not tracker.admits(self.clock()):
+            if stopping():
+                return False
+            await asyncio.sleep(poll_s)
+        return True
 
     async def call(self, target: Target, inv: Invocation, now: float,
                    deadline_at: float | None = None) -> InvocationResult:
