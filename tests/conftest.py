@@ -8,6 +8,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import pytest
@@ -62,6 +63,17 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
     async with asyncio.timeout(timeout_s):
         while not predicate():  # noqa: ASYNC110 -- the state is plain attributes, there is no event to wait on
             await asyncio.sleep(0.005)
+
+
+async def job_end(http: aiohttp.ClientSession, base: str, job_id: str, timeout_s: float) -> dict[str, Any]:
+    """Poll ``GET /jobs/{id}`` until the job is terminal; the test fails after ``timeout_s``."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            async with http.get(f"{base}/jobs/{job_id}") as r:
+                job: dict[str, Any] = await r.json()
+            if job["status"] in ("succeeded", "failed", "expired"):
+                return job
+            await asyncio.sleep(0.02)
 
 
 def free_port() -> int:

@@ -3,7 +3,6 @@ replicas in their buffers, flushed and run by the router's own runner against a 
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 
 from router.demo.model import FraudModel
 from router.demo.model_server import ModelServer
-from tests.conftest import free_port, serve_router, until
+from tests.conftest import free_port, job_end, serve_router, until
 from tests.moto_server import boto3_client, create_bucket, create_queues, moto_server, moto_url  # noqa: F401
 from tests.test_async_crash import start_router
 
@@ -63,14 +62,7 @@ async def submit(http: aiohttp.ClientSession, base: str, body: str) -> str:
 
 
 async def ended(http: aiohttp.ClientSession, base: str, job_id: str, timeout_s: float = 20.0) -> dict[str, Any]:
-    async with asyncio.timeout(timeout_s):
-        for _ in range(10_000):
-            async with http.get(f"{base}/jobs/{job_id}") as r:
-                job: dict[str, Any] = await r.json()
-            if job["status"] in ("succeeded", "failed", "expired"):
-                return job
-            await asyncio.sleep(0.05)
-    raise AssertionError("unreachable")
+    return await job_end(http, base, job_id, timeout_s)
 
 
 async def results(http: aiohttp.ClientSession, base: str, job_id: str) -> list[float]:

@@ -15,7 +15,7 @@ import pytest
 from router.demo.model import FraudModel
 from router.demo.model_server import ModelServer
 from router.notify import verify
-from tests.conftest import RunningRouter, serve_router, until
+from tests.conftest import RunningRouter, job_end, serve_router, until
 from tests.test_webhooks import SECRET, Receiver, receiver  # noqa: F401
 
 LOW = {"Content-Type": "text/csv", "X-Urgency": "low", "Prefer": "respond-async"}
@@ -64,13 +64,7 @@ async def submit(http: aiohttp.ClientSession, router: RunningRouter, body: str |
 
 async def finished(http: aiohttp.ClientSession, router: RunningRouter, job_id: str, timeout_s: float = 10.0
                    ) -> dict[str, Any]:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            async with http.get(f"{router.url}/jobs/{job_id}") as r:
-                job: dict[str, Any] = await r.json()
-            if job["status"] in ("succeeded", "failed", "expired"):
-                return job
-            await asyncio.sleep(0.02)
+    return await job_end(http, router.url, job_id, timeout_s)
 
 
 async def result(http: aiohttp.ClientSession, router: RunningRouter, job_id: str) -> tuple[int, str, str]:
