@@ -104,7 +104,8 @@ async def test_a_cancelled_write_leaves_no_temporary_file(store: LocalObjectStor
 
 
 @pytest.mark.parametrize("key", ["/etc/passwd", "../outside", "inputs/../../outside", "inputs/./x", "",
-                                 "inputs//x", "inputs\\..\\x", "inputs/"])
+                                 "inputs//x", "inputs\\..\\x", "inputs/",
+                                 ".writing/x"])
 async def test_keys_that_could_leave_the_root_are_refused(store: LocalObjectStore, key: str) -> None:
     with pytest.raises(ValueError, match="invalid object key"):
         await store.put(key, b"x")
@@ -143,7 +144,7 @@ async def test_disk_errors_become_storage_errors(store: LocalObjectStore) -> Non
 
 async def test_sweep_removes_temporary_files_a_crash_left_and_nothing_else(store: LocalObjectStore) -> None:
     await store.put("results/a", b"kept")
-    left = [store.root / "results" / ".b.0123.tmp", store.root / "inputs" / ".c.4567.tmp"]
+    left = [store.root / ".writing" / "0123.tmp", store.root / ".writing" / "4567.tmp"]
     for path in left:  # what a SIGKILL between open and rename leaves behind
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half")

@@ -1,9 +1,9 @@
 """The embedded object store: payloads and results as files under one folder.
 
-Every write goes to a temporary file in the object's own directory, is fsynced, renamed over the key with
-``os.replace`` and the directory is fsynced, so once a put returns the object is durable, and a reader (or a
-restart after a crash) sees either the whole old object, the whole new one, or none. All file work runs in
-threads, so the event loop never waits on the disk.
+Every write goes to a temporary file in the folder's ``.writing`` directory, is fsynced, renamed over the
+key with ``os.replace`` (one filesystem: the rename is atomic) and the key's directory is fsynced, so once a put
+returns the object is durable, and a reader (or a restart after a crash) sees either the whole old object,
+the whole new one, or none. All file work runs in threads, so the event loop never waits on the disk.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import BinaryIO, ParamSpec, TypeVar
 from router.storage.base import ObjectMissing, ObjectTooLarge, StorageError, StoredObject
 
 _TMP_SUFFIX = ".tmp"
+_TMP_DIR = ".writing"  # under the root: where writes in progress live, so a sweep never walks the objects
 # Chunks are gathered up to this many bytes before one thread hop writes them: few hops, bounded memory.
 _WRITE_BATCH = 1 << 20
 
@@ -61,10 +62,11 @@ class LocalObjectStore:
         """Delete temporary files left by writes a crash cut short; how many. Run at start-up, before any write
         of this process (a router owns its state folder: a write of another process sharing it would fail)."""
         swept = 0
-        for tmp in self.root.rglob(f".*{_TMP_SUFFIX}"):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-                swept += 1
+        with contextlib.suppress(FileNotFoundError):
+            for tmp in (self.root / _TMP_DIR).iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                    swept += 1
         return swept
 
     # -- keys -----------------------------------------------------------------------------------------------
@@ -77,7 +79,7 @@ class LocalObjectStore:
         parts = key.split("/")
         if pure.is_absolute() or any(part in ("", ".", "..") for part in parts):
             raise ValueError(f"invalid object key {key!r}: must be a relative path without '.' or '..'")
-        if parts[-1].startswith(".") and parts[-1].endswith(_TMP_SUFFIX):
+        if parts[0] == _TMP_DIR:
             raise ValueError(f"invalid object key {key!r}: reserved for temporary files")
         return self.root.joinpath(*parts)
 
@@ -104,7 +106,8 @@ class LocalObjectStore:
 
     def _open_tmp(self, path: Path) -> tuple[BinaryIO, Path]:
         self._ensure_dir(path.parent)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
+        self._ensure_dir(self.root / _TMP_DIR)
+        tmp = self.root / _TMP_DIR / f"{uuid.uuid4().hex}{_TMP_SUFFIX}"
         # Closed by _commit or _discard.
         return open(tmp, "xb"), tmp
 
