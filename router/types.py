@@ -199,6 +199,7 @@ class InvocationResult:
     status: int = 200
     invoked_variant: str | None = None
     custom_attributes: str | None = None
+    content_encoding: str | None = None  # the body's encoding (gzip...), forwarded to a client that accepted it
 
 
 class BackendError(Exception):

@@ -101,6 +101,15 @@ def _router_headers(request_id: str, lane: str, backend: str, reason: str) -> He
     ]
 
 
+def _upstream_headers(headers: dict[str, str], trace: TraceContext) -> dict[str, str]:
+    """Trace context, and the client's Accept-Encoding: the backend may encode only what the client decodes."""
+    out = trace.headers()
+    accept_encoding = headers.get("accept-encoding")
+    if accept_encoding is not None:
+        out["Accept-Encoding"] = accept_encoding
+    return out
+
+
 def _origin(scope: Any, headers: dict[str, str]) -> str:
     host = headers.get("host") or "{}:{}".format(*scope.get("server") or ("127.0.0.1", 80))
     return f"{scope.get('scheme', 'http')}://{host}"
@@ -438,7 +447,7 @@ class DataPlane:
             target_variant=headers.get("x-amzn-sagemaker-target-variant"),
             inference_id=headers.get("x-amzn-sagemaker-inference-id"),
             path=path,
-            headers=trace.headers(),
+            headers=_upstream_headers(headers, trace),
         )
 
     @staticmethod
@@ -450,6 +459,8 @@ class DataPlane:
             out.append((b"x-amzn-invoked-production-variant", result.invoked_variant.encode("latin-1")))
         if result.custom_attributes:
             out.append((b"x-amzn-sagemaker-custom-attributes", result.custom_attributes.encode("latin-1")))
+        if result.content_encoding:
+            out.append((b"content-encoding", result.content_encoding.encode("latin-1")))
         await send({"type": "http.response.start", "status": result.status, "headers": out})
         await send({"type": "http.response.body", "body": result.body})
 

@@ -23,10 +23,12 @@ class Connections:
 
     def http(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
-            # limit=0: the tracker bounds concurrency per backend, the pool must not queue behind it
+            # limit=0: the tracker bounds concurrency per backend, the pool must not queue behind it.
+            # auto_decompress=False with no Accept-Encoding of our own: bodies pass through as encoded, and the
+            # backend asks for an encoding only when the client did (see HttpBackend.invoke).
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
             self._http = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                               skip_auto_headers=("User-Agent",))
+                                               skip_auto_headers=("User-Agent", "Accept-Encoding"))
         return self._http
 
     def sagemaker(self) -> SageMakerClients:

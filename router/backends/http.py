@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from urllib.parse import urlsplit
 
@@ -10,6 +11,25 @@ import aiohttp
 from router.types import BackendError, FailureKind, Invocation, InvocationResult
 
 MAX_ERROR_TEXT = 1024
+_DECODABLE = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def decode_body(body: bytes, encoding: str | None) -> bytes | None:
+    """``body`` without its gzip/deflate content coding (None: an encoding we cannot undo, or corrupt bytes)."""
+    if not encoding or encoding.strip().lower() == "identity":
+        return body
+    wbits = _DECODABLE.get(encoding.strip().lower())
+    if wbits is None:
+        return None
+    try:
+        return zlib.decompress(body, wbits)
+    except zlib.error:
+        if wbits == zlib.MAX_WBITS:  # "deflate" is sometimes sent raw, without the zlib wrapper
+            try:
+                return zlib.decompress(body, -zlib.MAX_WBITS)
+            except zlib.error:
+                return None
+        return None
 
 
 def failure_kind(status: int) -> FailureKind:
@@ -68,6 +88,13 @@ class HttpBackend:
         if inv.inference_id:
             headers["X-Amzn-SageMaker-Inference-Id"] = inv.inference_id
         headers.update(inv.headers)
+        # Never advertise an encoding on our own: the client's Accept-Encoding (in inv.headers) or none at all,
+        # so an answer comes back encoded only where the client can decode it.
+        if not any(k.lower() == "accept-encoding" for k in inv.headers):
+            headers["Accept-Encoding"] = "identity"
+            client_decodes = False
+        else:
+            client_decodes = True
         url = self._url if inv.path is None else self._origin + inv.path
         timeout = self._timeout
         if inv.job_timeout_s is not None:
@@ -85,14 +112,25 @@ class HttpBackend:
                 status = resp.status
                 content_type = resp.headers.get("Content-Type")
                 custom = resp.headers.get("X-Amzn-SageMaker-Custom-Attributes")
+                encoding = resp.headers.get("Content-Encoding")
         except TimeoutError:
             raise BackendError(FailureKind.TIMEOUT,
                                f"{self.name} did not answer within {timeout.total:g}s") from None
         except aiohttp.ClientError as exc:
             raise BackendError(FailureKind.CONNECTION, f"{self.name} connection failed: {type(exc).__name__}") from None
+        if encoding is not None and encoding.strip().lower() == "identity":
+            encoding = None
         if 200 <= status < 300:
-            return InvocationResult(body, content_type, status, self._variant, custom)
-        text = body[:MAX_ERROR_TEXT].decode("utf-8", "replace")
+            if encoding is not None and not client_decodes:
+                # A server that encodes although nobody asked: decode here, the caller has no header to carry it
+                decoded = decode_body(body, encoding)
+                if decoded is None:
+                    raise BackendError(FailureKind.SERVER_ERROR, f"{self.name} answered with content encoding "
+                                       f"{encoding!r}, which was not asked for and cannot be decoded", status=502)
+                body, encoding = decoded, None
+            return InvocationResult(body, content_type, status, self._variant, custom, encoding)
+        plain = decode_body(body, encoding)  # error text is read by people: never show them compressed bytes
+        text = (plain if plain is not None else body)[:MAX_ERROR_TEXT].decode("utf-8", "replace")
         side = "server" if status >= 500 else "client"
         raise BackendError(
             failure_kind(status),
