@@ -48,6 +48,7 @@ class BackendTracker:
         "last_active",
         "latency_s",
         "name",
+        "on_free",
         "settings",
     )
 
@@ -67,6 +68,8 @@ class BackendTracker:
         self.cold_start_s = settings.cold_start_s
         self.last_active = -math.inf  # a serverless backend starts cold
         self._cold_call = False
+        # Called whenever a slot may have become free (a call ended, the limit grew): wakes whoever waits for room.
+        self.on_free: Callable[[], None] | None = None
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -167,6 +170,8 @@ class BackendTracker:
         self.inflight = max(0, self.inflight - 1)
         self._probe_inflight = False
         self.last_active = now
+        if self.on_free is not None:
+            self.on_free()
 
 
 class SaturationTracker:

@@ -200,6 +200,7 @@ class InvocationResult:
     invoked_variant: str | None = None
     custom_attributes: str | None = None
     content_encoding: str | None = None  # the body's encoding (gzip...), forwarded to a client that accepted it
+    load_metrics: str | None = None  # the backend's ORCA load report (endpoint-load-metrics header), if it sent one
 
 
 class BackendError(Exception):

@@ -113,6 +113,7 @@ class HttpBackend:
                 content_type = resp.headers.get("Content-Type")
                 custom = resp.headers.get("X-Amzn-SageMaker-Custom-Attributes")
                 encoding = resp.headers.get("Content-Encoding")
+                load = resp.headers.get("endpoint-load-metrics")
         except TimeoutError:
             raise BackendError(FailureKind.TIMEOUT,
                                f"{self.name} did not answer within {timeout.total:g}s") from None
@@ -128,7 +129,7 @@ class HttpBackend:
                     raise BackendError(FailureKind.SERVER_ERROR, f"{self.name} answered with content encoding "
                                        f"{encoding!r}, which was not asked for and cannot be decoded", status=502)
                 body, encoding = decoded, None
-            return InvocationResult(body, content_type, status, self._variant, custom, encoding)
+            return InvocationResult(body, content_type, status, self._variant, custom, encoding, load)
         plain = decode_body(body, encoding)  # error text is read by people: never show them compressed bytes
         text = (plain if plain is not None else body)[:MAX_ERROR_TEXT].decode("utf-8", "replace")
         side = "server" if status >= 500 else "client"
