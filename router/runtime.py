@@ -143,9 +143,12 @@ class Runtime:
     """The live router: current routing, backend trackers, shared connections, metrics and the sync lane."""
 
     def __init__(self, cfg: RouterConfig, *, config_path: str | Path | None = None,
-                 metrics: RouterMetrics | None = None, clock: Clock = time.monotonic) -> None:
+                 metrics: RouterMetrics | None = None, clock: Clock = time.monotonic,
+                 wall_clock: Clock = time.time) -> None:
+        """``clock`` times calls, deadlines and waits; ``wall_clock`` stamps jobs (created, ended, TTL, retention)."""
         self.config_path = Path(config_path) if config_path else None
         self.clock = clock
+        self.wall_clock = wall_clock
         self.metrics = metrics or RouterMetrics()
         self.tracker = SaturationTracker(clock)
         self.metrics.watch_backends(lambda: self.tracker)
@@ -166,14 +169,14 @@ class Runtime:
         cfg = self.routing.config
         if any(lane in JOB_LANES for m in self.routing.models.values() for lane in m.routes.lanes):
             objects, jobs = await open_stores(cfg.state)
-            self.job_lane = JobLane(objects, jobs, cfg.jobs, self.sync, self._job_target)
+            self.job_lane = JobLane(objects, jobs, cfg.jobs, self.sync, self._job_target, clock=self.wall_clock)
             self._set_notifier(cfg)
             await self.job_lane.start()
             if any(Lane.BATCH in m.routes.lanes for m in self.routing.models.values()):
                 store = await self._batch_buffer(cfg, objects)
                 self.batch_lane = BatchLane(store, objects, self._batch_settings, self._batch_runner, self.metrics,
                                             drain_timeout=cfg.jobs.drain_timeout, events=self.job_lane.events,
-                                            retention=cfg.jobs.retention)
+                                            retention=cfg.jobs.retention, clock=self.wall_clock)
                 await self.batch_lane.start()
         self.started = True
         log.info("router_started", models=sorted(self.routing.models), backends=sorted(self._backends))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -33,12 +34,27 @@ class RunningRouter:
         return f"{self.url}/endpoints/{model}/invocations"
 
 
+class ShiftedClock:
+    """A real clock the test can move forward: ``time.monotonic`` or ``time.time`` plus ``offset`` seconds."""
+
+    def __init__(self, base: Callable[[], float]) -> None:
+        self.base = base
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return self.base() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
 @asynccontextmanager
 async def serve_router(yaml_text: str, env: Mapping[str, str] | None = None,
-                       config_path: str | None = None) -> AsyncIterator[RunningRouter]:
+                       config_path: str | None = None, *, clock: Callable[[], float] = time.monotonic,
+                       wall_clock: Callable[[], float] = time.time) -> AsyncIterator[RunningRouter]:
     """Start the real app (lifespan included) on a free port; stop it and wait on exit."""
     cfg = parse_config(yaml_text, "test.yaml", {**os.environ, **(env or {})})
-    runtime = Runtime(cfg, config_path=config_path)
+    runtime = Runtime(cfg, config_path=config_path, clock=clock, wall_clock=wall_clock)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -63,6 +79,13 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
     async with asyncio.timeout(timeout_s):
         while not predicate():  # noqa: ASYNC110 -- the state is plain attributes, there is no event to wait on
             await asyncio.sleep(0.005)
+
+
+async def until_async(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, poll_s: float = 0.02) -> None:
+    """Wait until ``await check()`` holds (state read over HTTP or from storage); the test fails after ``timeout_s``."""
+    async with asyncio.timeout(timeout_s):
+        while not await check():  # noqa: ASYNC110 -- the state is in another server or on disk: nothing to wait on
+            await asyncio.sleep(poll_s)
 
 
 async def job_end(http: aiohttp.ClientSession, base: str, job_id: str, timeout_s: float) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -53,7 +55,8 @@ def test_star_only_at_end() -> None:
 def test_sign_and_verify() -> None:
     body = b'{"a":1}'
     sig = sign(SECRET, "1700000000", body)
-    assert sig.startswith("sha256=")
+    # the documented scheme, spelled out: HMAC-SHA256 of "<timestamp>.<body>"
+    assert sig == "sha256=" + hmac.new(SECRET.encode(), b'1700000000.{"a":1}', hashlib.sha256).hexdigest()
     assert verify(SECRET, "1700000000", body, sig)
     assert not verify("other", "1700000000", body, sig)
     assert not verify(SECRET, "1700000001", body, sig)

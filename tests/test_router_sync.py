@@ -230,12 +230,6 @@ async def test_low_urgency_is_shed_under_saturation_while_critical_is_served(ser
         assert metric(router, "router_shed_total", model="fraud", reason="shed_saturated") == 1
 
 
-async def test_anonymous_critical_is_clamped_and_counted(servers: Any, http: Any) -> None:
-    async with serve_router(config(*servers)) as router:
-        await post(http, router.endpoint("fraud"), **{"X-Urgency": "critical"})
-        assert metric(router, "router_urgency_clamped_total", model="fraud") == 1
-
-
 async def test_unknown_api_key_is_refused(servers: Any, http: Any) -> None:
     async with serve_router(config(*servers)) as router:
         code, _headers, _ = await post(http, router.endpoint("fraud"), **{"X-Api-Key": "not-a-real-key"})

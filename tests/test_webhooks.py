@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -81,7 +84,12 @@ async def test_a_finished_job_is_posted_signed_to_its_callback(tmp_path: Path, h
                 "X-Callback-Url": "http://169.254.169.254/latest/meta-data"}) as r:
             assert r.status == 400  # not on the allow-list: refused before anything is stored
     (headers, body) = receiver.deliveries[0]
-    assert verify(SECRET, headers["X-Router-Timestamp"], body, headers["X-Router-Signature"])
+    # the documented scheme, computed here as a receiver would, not with the router's own code
+    timestamp = headers["X-Router-Timestamp"]
+    signed = hmac.new(SECRET.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    assert headers["X-Router-Signature"] == f"sha256={signed}"
+    assert abs(time.time() - int(timestamp)) < 300  # unix seconds of the delivery
+    assert verify(SECRET, timestamp, body, headers["X-Router-Signature"])  # and the helper receivers may use agrees
     assert b'"status":"succeeded"' in body
     assert f'"job_id":"{job_id}"'.encode() in body
 

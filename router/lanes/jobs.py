@@ -86,16 +86,16 @@ def job_json(job: Job, status_url: str | None = None) -> dict[str, Any]:
 
 
 async def wait_for_end(get: Callable[[str], Awaitable[Job | None]], done: dict[str, asyncio.Event], job_id: str,
-                       timeout_s: float) -> Job | None:
+                       timeout_s: float, clock: Clock = time.monotonic) -> Job | None:
     """The job once it is terminal, or its latest state after ``timeout_s``. ``done[job_id]`` is set by the lane
     when this process ends the job, which wakes the wait at once; polling with backoff covers other replicas."""
-    deadline = time.monotonic() + timeout_s
+    deadline = clock() + timeout_s
     event = done.setdefault(job_id, asyncio.Event())
     delay = 0.02
     try:
         while True:
             job = await get(job_id)
-            left = deadline - time.monotonic()
+            left = deadline - clock()
             if job is None or job.status in TERMINAL or left <= 0:
                 return job
             with contextlib.suppress(TimeoutError):
@@ -207,7 +207,7 @@ class JobLane:
 
     async def wait(self, job_id: str, timeout_s: float) -> Job | None:
         """The job once it is terminal, or its latest state after ``timeout_s`` (Prefer: wait=N)."""
-        return await wait_for_end(self.jobs.get, self._done, job_id, timeout_s)
+        return await wait_for_end(self.jobs.get, self._done, job_id, timeout_s, self.sync.clock)
 
     # --- running --------------------------------------------------------------------------------
 
