@@ -15,7 +15,7 @@ import pytest
 
 from router.cli import main
 from router.demo.model_server import ModelServer
-from tests.conftest import free_port, serve_router
+from tests.conftest import free_port, serve_router, until
 
 TOKEN = "admin-secret-token"
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,11 +131,7 @@ async def test_sighup_reloads_the_config_file(tmp_path: Path) -> None:
         async with serve_router(path.read_text(), config_path=str(path)) as router:
             path.write_text(config_text(rt.url, reason="after_hup"))
             os.kill(os.getpid(), signal.SIGHUP)
-            for _ in range(100):
-                await asyncio.sleep(0.02)
-                if _reason(router.runtime) == "after_hup":
-                    break
-            assert _reason(router.runtime) == "after_hup"
+            await until(lambda: _reason(router.runtime) == "after_hup")
 
 
 def _reason(runtime: Any) -> str:
@@ -234,7 +230,7 @@ async def test_serve_drains_requests_in_flight_on_sigterm(tmp_path: Path, http: 
                     continue
             slow = asyncio.create_task(http.post(f"http://127.0.0.1:{port}/endpoints/fraud/invocations",
                                                  data="120.5,2,0.8,350,7,30", headers={"Content-Type": "text/csv"}))
-            await asyncio.sleep(0.3)  # the request is now waiting on the 1 s model
+            await until(lambda: rt.inflight == 1)  # the request is now waiting on the 1 s model
             proc.send_signal(signal.SIGTERM)
             async with await slow as resp:
                 assert resp.status == 200

@@ -260,10 +260,10 @@ async def test_every_panel_and_alert_query_works_against_a_real_prometheus_scrap
         async with serve_router(config.read_text(), config_path=str(config)) as router:
             prom = await prometheus_for(router.url.removeprefix("http://"))
             await drive_every_lane(http, router, rt, sls)
-            # the job lane's stats refresh every 2 s; then one more scrape
-            await scraped(prom, 'router_jobs_queued{model="fraud"} > 0')
+            await scraped(prom, 'router_jobs_queued{model="fraud"} > 0')  # refreshed on the job lane's janitor pass
             await scraped(prom, 'router_config_reloads_total{result="ok"}')
-            await asyncio.sleep(1.5)
+            settled = time.time()  # one more scrape, taken after everything above, so every series has its last value
+            await scraped(prom, f"timestamp(up) > {settled:.3f}")
 
             problems: list[str] = []
             for panel in dashboard_panels():

@@ -76,7 +76,8 @@ async def test_sagemaker_throttling_and_unavailability_fall_back(emulated: SageM
             "router_fallbacks_total", {"model": "fraud", "from_backend": "rt", "to_backend": "sls", "reason": reason}
         ) == 1
         if fault == "throttle":
-            assert router.runtime.tracker.trackers["rt"].capacity == 4  # halved from the default 8
+            configured = router.runtime.routing.config.backends["rt"].max_concurrency
+            assert router.runtime.tracker.trackers["rt"].capacity == configured // 2  # throttling halves it
 
 
 async def test_model_not_ready_on_serverless_falls_back_and_marks_it_cold(emulated: SageMakerRuntimeEmulator,

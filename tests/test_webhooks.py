@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import socket
@@ -17,7 +16,7 @@ from aiohttp import web
 
 from router.demo.model_server import ModelServer
 from router.notify import CallbackPolicy, WebhookNotifier, verify
-from tests.conftest import serve_router
+from tests.conftest import serve_router, until
 from tests.test_async_lane import config, rows, until_done
 
 SECRET = "webhook-secret-0123456789"
@@ -75,10 +74,7 @@ async def test_a_finished_job_is_posted_signed_to_its_callback(tmp_path: Path, h
                 "X-Callback-Url": f"{receiver.url}/hooks/team-a"}) as r:
             job_id = (await r.json())["job_id"]
         await until_done(http, router, job_id)
-        for _ in range(100):
-            if receiver.deliveries:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: bool(receiver.deliveries))
         async with http.post(router.endpoint("fraud"), data=rows(200), headers={
                 "Content-Type": "text/csv", "Prefer": "respond-async",
                 "X-Callback-Url": "http://169.254.169.254/latest/meta-data"}) as r:
