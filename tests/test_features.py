@@ -1,7 +1,7 @@
 import pytest
 
 from router.config import CallerConfig, UrgencyConfig
-from router.features import FeatureExtractor, RequestError, parse_prefer
+from router.features import MAX_DEADLINE_MS, FeatureExtractor, RequestError, parse_prefer
 
 
 def extractor(clamped: list[str] | None = None) -> FeatureExtractor:
@@ -64,3 +64,46 @@ def test_prefer_follows_rfc_7240_and_ignores_what_it_does_not_know(value: str | 
                                                                    wait: float | None) -> None:
     p = parse_prefer(value)
     assert (p.respond_async, p.wait_s) == (respond_async, wait)
+
+
+def test_a_refused_api_key_is_an_access_denied_error_naming_the_header() -> None:
+    with pytest.raises(RequestError) as info:
+        extractor().extract("m", {"x-api-key": "guess"}, 10)
+    err = info.value
+    assert (err.status, err.error_type, err.retry_after_s) == (403, "AccessDeniedException", None)
+    assert "x-api-key" in err.message
+    assert str(err) == err.message
+
+
+@pytest.mark.parametrize(("header", "value"), [("x-urgency", "asap"), ("x-deadline-ms", "0")])
+def test_a_malformed_header_is_a_validation_error(header: str, value: str) -> None:
+    with pytest.raises(RequestError) as info:
+        extractor().extract("m", {header: value}, 10)
+    assert info.value.error_type == "ValidationError"
+
+
+def test_an_unknown_urgency_lists_the_levels() -> None:
+    with pytest.raises(RequestError) as info:
+        extractor().extract("m", {"x-urgency": "asap"}, 10)
+    assert "use one of critical, high, normal, low" in info.value.message
+
+
+@pytest.mark.parametrize("deadline", [1, MAX_DEADLINE_MS])
+def test_deadlines_from_one_millisecond_to_a_day_are_accepted(deadline: int) -> None:
+    assert extractor().extract("m", {"x-deadline-ms": str(deadline)}, 10).deadline_ms == deadline
+
+
+def test_the_request_is_described_as_it_came() -> None:
+    f = extractor().extract("fraud", {"content-type": "text/csv"}, 1234)
+    assert (f.model, f.payload_bytes, f.content_type) == ("fraud", 1234, "text/csv")
+
+
+def test_a_key_without_max_urgency_may_claim_any_level() -> None:
+    callers = [CallerConfig(api_key="ops-secret-key", tenant="ops")]
+    f = FeatureExtractor(UrgencyConfig(), callers, "X-Api-Key").extract(
+        "m", {"x-api-key": "ops-secret-key", "x-urgency": "critical"}, 10)
+    assert (f.caller, f.urgency, f.priority) == ("ops", "critical", 3)
+
+
+def test_prefer_parameters_after_a_semicolon_are_ignored() -> None:
+    assert parse_prefer("wait=5;a=1;b=2, respond-async").wait_s == 5.0

@@ -50,3 +50,23 @@ def test_margin_makes_the_estimate_pessimistic() -> None:
     s = snap(rt={"latency_s": 0.09}, sls={"latency_s": 0.2})
     assert deadline().decide(req(deadline_ms=100), s).lane is Lane.REALTIME
     assert deadline({"margin": 1.5}).decide(req(deadline_ms=100), s).lane is Lane.SHED
+
+
+def test_a_lane_expected_exactly_at_the_deadline_makes_it() -> None:
+    s = snap(rt={"latency_s": 0.1}, sls={"latency_s": 0.3})
+    decision = deadline().decide(req(deadline_ms=100), s)
+    assert decision is not None
+    assert (decision.lane, decision.policy) == (Lane.REALTIME, "d")
+
+
+def test_the_only_lane_present_missing_the_deadline_sheds() -> None:
+    decision = deadline({"retry_after": "4s"}).decide(req(deadline_ms=10), snap(sls={"latency_s": 0.3},
+                                                                               lanes=(Lane.SERVERLESS,)))
+    assert decision is not None
+    assert (decision.lane, decision.policy, decision.retry_after_s) == (Lane.SHED, "d", 4.0)
+
+
+def test_the_default_retry_after_is_one_second() -> None:
+    decision = deadline().decide(req(deadline_ms=10), snap(rt={"latency_s": 0.2}, sls={"latency_s": 0.3}))
+    assert decision is not None
+    assert decision.retry_after_s == 1.0

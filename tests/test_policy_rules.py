@@ -4,7 +4,7 @@ import pytest
 
 from router.policy.errors import PolicyBuildError
 from router.policy.registry import build_policy
-from router.types import Decision, Lane
+from router.types import BreakerState, Decision, Lane
 from tests.factories import LEVELS, req, snap
 
 RULES: list[dict[str, Any]] = [
@@ -86,3 +86,98 @@ def test_bad_rules_name_the_place(rule: dict[str, Any], where: tuple[Any, ...], 
         build_policy("r", "rules", [rule], LEVELS)
     assert info.value.issues[0][0] == where
     assert message in info.value.issues[0][1]
+
+
+NOT_CHOICES = "expected a string or a list of strings"
+
+
+def rules(*params: dict[str, Any]) -> Any:
+    return build_policy("r", "rules", list(params), LEVELS)
+
+
+def build_error(rule: dict[str, Any]) -> PolicyBuildError:
+    with pytest.raises(PolicyBuildError) as info:
+        rules(rule)
+    return info.value
+
+
+def test_a_number_alone_matches_that_value_and_never_a_missing_one() -> None:
+    policy = rules({"when": {"deadline_ms": 250}, "route": "serverless"})
+    assert policy.decide(req(deadline_ms=250), snap()) is not None
+    assert policy.decide(req(deadline_ms=251), snap()) is None
+    assert policy.decide(req(), snap()) is None  # no deadline at all
+
+
+def test_content_types_match_whatever_their_case_but_other_choices_are_exact() -> None:
+    by_type = rules({"when": {"content_type": "Application/JSON"}, "route": "serverless"})
+    assert by_type.decide(req(content_type="application/json"), snap()) is not None
+    by_caller = rules({"when": {"caller": "Team-A"}, "route": "serverless"})
+    assert by_caller.decide(req(caller="Team-A"), snap()) is not None
+    assert by_caller.decide(req(caller="team-a"), snap()) is None
+
+
+def test_urgency_takes_a_level_a_list_of_levels_or_a_comparison() -> None:
+    listed = rules({"when": {"urgency": ["low", "high"]}, "route": "serverless"})
+    assert [listed.decide(req(urgency=u), snap()) is not None for u in ("low", "normal", "high")] == [
+        True, False, True]
+
+
+def test_breaker_takes_one_state_or_a_list() -> None:
+    policy = rules({"when": {"breaker.realtime": ["open", "half_open"]}, "route": "serverless"})
+    assert policy.decide(req(), snap(rt={"breaker": BreakerState.HALF_OPEN})) is not None
+    assert policy.decide(req(), snap()) is None
+
+
+def test_a_rule_may_name_its_backend_and_only_shed_rules_carry_retry_after() -> None:
+    policy = rules({"when": {"urgency": "low"}, "route": "realtime", "backend": "big-rt"},
+                   {"route": "realtime"})
+    pinned = policy.decide(req(urgency="low"), snap())
+    plain = policy.decide(req(), snap())
+    assert pinned is not None
+    assert plain is not None
+    assert (pinned.backend, plain.backend, plain.retry_after_s) == ("big-rt", None, None)
+    assert policy.name == "r"
+
+
+@pytest.mark.parametrize(
+    ("rule", "where", "message"),
+    [
+        ({"when": {"payload_bytes": True}, "route": "realtime"}, (0, "when", "payload_bytes"), "expected a number"),
+        ({"when": {"payload_bytes": {}}, "route": "realtime"}, (0, "when", "payload_bytes"),
+         "expected at least one of gt, gte, lt, lte, eq, ne"),
+        ({"when": {"caller": []}, "route": "realtime"}, (0, "when", "caller"), NOT_CHOICES),
+        ({"when": {"caller": 5}, "route": "realtime"}, (0, "when", "caller"), NOT_CHOICES),
+        ({"when": {"urgency": 5}, "route": "realtime"}, (0, "when", "urgency"), NOT_CHOICES),
+        ({"when": {"urgency": ["critical", "urgentish"]}, "route": "realtime"}, (0, "when", "urgency"),
+         "unknown urgency level 'urgentish'"),
+        ({"when": {"urgency": {"gte": "urgentish"}}, "route": "realtime"}, (0, "when", "urgency", "gte"),
+         "unknown urgency level"),
+        ({"when": {"urgency": {"about": "high"}}, "route": "realtime"}, (0, "when", "urgency", "about"),
+         "unknown comparison 'about'"),
+        ({"when": {"saturation.realtime": {"about": 1}}, "route": "realtime"},
+         (0, "when", "saturation.realtime", "about"), "unknown comparison"),
+        ({"when": {"breaker.realtime": ["open", "ajar"]}, "route": "realtime"}, (0, "when", "breaker.realtime"),
+         "unknown breaker state 'ajar'"),
+        ({"when": {"breaker.realtime": 5}, "route": "realtime"}, (0, "when", "breaker.realtime"),
+         NOT_CHOICES),
+        ({"when": {"cold.serverless": "yes"}, "route": "realtime"}, (0, "when", "cold.serverless"),
+         "expected true or false"),
+        ({"when": {"colour.realtime": "red"}, "route": "realtime"}, (0, "when", "colour.realtime"),
+         "(known: accepts_async, available.<lane>, breaker.<lane>, caller,"),
+        ({"route": "shed", "backend": "rt"}, (0, "route"), "a shed rule takes no fallback or backend"),
+    ],
+)
+def test_each_bad_matcher_is_named_with_its_place(rule: dict[str, Any], where: tuple[Any, ...], message: str) -> None:
+    err = build_error(rule)
+    assert (err.path, err.issues[0][0]) == (where, where)
+    assert message in err.message
+
+
+def test_every_problem_of_a_policy_is_reported_at_once() -> None:
+    with pytest.raises(PolicyBuildError) as info:
+        rules({"when": {"urgency": "urgentish"}, "route": "realtime"},
+              {"when": {"cold.serverless": "yes"}, "route": "realtime"})
+    err = info.value
+    assert [path for path, _ in err.issues] == [(0, "when", "urgency"), (1, "when", "cold.serverless")]
+    assert (err.path, err.message) == err.issues[0]
+    assert str(err) == "; ".join(message for _, message in err.issues)

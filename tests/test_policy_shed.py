@@ -44,3 +44,17 @@ def test_abstains_when_the_model_has_none_of_its_lanes() -> None:
 def test_unknown_level_is_a_build_error() -> None:
     with pytest.raises(PolicyBuildError, match="unknown urgency level 'lowest'"):
         build_policy("s", "shed", {"below_urgency": "lowest"}, LEVELS)
+
+
+def test_a_shed_decision_names_its_policy_and_reason() -> None:
+    policy = build_policy("s", "shed", {"reason": "too_busy"}, LEVELS)
+    decision = policy.decide(req(urgency="low"), snap(rt={"saturation": 1.0}, sls={"saturation": 1.0}))
+    assert decision is not None
+    assert (policy.name, decision.policy, decision.reason) == ("s", "s", "too_busy")
+    assert build_policy("s", "shed", {}, LEVELS).decide(
+        req(urgency="low"), snap(rt={"saturation": 1.0}, sls={"saturation": 1.0})).reason == "shed_saturated"
+
+
+def test_lanes_the_model_lacks_are_skipped_and_the_others_still_count() -> None:
+    policy = build_policy("s", "shed", {}, LEVELS)  # lanes: realtime and serverless
+    assert policy.decide(req(urgency="low"), snap(sls={"saturation": 1.0}, lanes=(Lane.SERVERLESS,))) is not None
