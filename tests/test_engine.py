@@ -118,8 +118,8 @@ class BySaturation:
 def jobs_engine(*chain: Any, async_without_prefer: bool = False,
                 skipped: list[tuple[str, str, str]] | None = None) -> PolicyEngine:
     routes = ModelRoutes(
-        lanes={Lane.REALTIME: "rt", Lane.ASYNC: "rt", Lane.SERVERLESS: "sls"},
-        limits={Lane.REALTIME: 1000, Lane.ASYNC: 50_000},  # serverless: no limit configured
+        lanes={Lane.REALTIME: "rt", Lane.ASYNC: "rt", Lane.SERVERLESS: "sls", Lane.BATCH: "rt"},
+        limits={Lane.REALTIME: 1000, Lane.ASYNC: 50_000},  # serverless and batch: no limit configured
         chain=chain,
         default=Decision(Lane.REALTIME, "default", fallback=(Lane.ASYNC,), policy="default"),
         async_without_prefer=async_without_prefer,
@@ -152,7 +152,11 @@ def test_why_a_job_route_is_skipped_says_whether_the_client_or_the_size_was_the_
     jobs_engine(Fixed("to-async", Decision(Lane.ASYNC, "x")), skipped=skipped).decide(req(payload_bytes=10), snap())
     jobs_engine(Fixed("to-async", Decision(Lane.ASYNC, "x")), skipped=skipped).decide(
         req(payload_bytes=60_000, accepts_async=True), snap())
-    assert skipped == [("m", "to-async", "async_not_accepted"), ("m", "to-async", "too_large")]
+    jobs_engine(Fixed("to-async", Decision(Lane.ASYNC, "x")), skipped=skipped).decide(req(payload_bytes=50_000), snap())
+    jobs_engine(Fixed("to-batch", Decision(Lane.BATCH, "x")), skipped=skipped).decide(req(payload_bytes=1), snap())
+    assert skipped == [("m", "to-async", "async_not_accepted"), ("m", "to-async", "too_large"),
+                       ("m", "to-async", "async_not_accepted"),  # exactly at the limit: only the 202 was missing
+                       ("m", "to-batch", "too_large")]  # a job lane without a limit takes nothing
 
 
 def test_a_lane_without_a_limit_takes_no_payload() -> None:

@@ -58,7 +58,8 @@ def test_deadline_and_prefer_are_read() -> None:
 @pytest.mark.parametrize(
     ("value", "respond_async", "wait"),
     [(None, False, None), ("respond-async", True, None), ("wait=5", False, 5.0), ("RESPOND-ASYNC;x=1", True, None),
-     ('wait="7", respond-async', True, 7.0), ("wait=soon", False, None), ("handling=lenient", False, None)],
+     ('wait="7", respond-async', True, 7.0), ("wait=soon", False, None), ("wait=5X", False, None),
+     ("handling=lenient", False, None)],
 )
 def test_prefer_follows_rfc_7240_and_ignores_what_it_does_not_know(value: str | None, respond_async: bool,
                                                                    wait: float | None) -> None:
