@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from router.types import BREAKER_FAILURES, BackendState, BreakerState, FailureKind, Lane, Snapshot
 
@@ -18,6 +19,14 @@ Clock = Callable[[], float]
 LATENCY_ALPHA = 0.2
 ERROR_ALPHA = 0.1
 COLD_ALPHA = 0.5
+
+
+class QueueView(Protocol):
+    """What a snapshot reads of a backend's admission queue (router.flow.queue.AdmissionQueue)."""
+
+    def __len__(self) -> int: ...
+
+    def levels(self) -> tuple[tuple[int, int], ...]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +58,7 @@ class BackendTracker:
         "latency_s",
         "name",
         "on_free",
+        "queue",
         "settings",
     )
 
@@ -70,6 +80,7 @@ class BackendTracker:
         self._cold_call = False
         # Called whenever a slot may have become free (a call ended, the limit grew): wakes whoever waits for room.
         self.on_free: Callable[[], None] | None = None
+        self.queue: QueueView | None = None  # the backend's admission queue, read into snapshots
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -101,8 +112,11 @@ class BackendTracker:
         else:
             saturation = min(1.0, self.inflight / capacity)
         s = self.settings
+        queue = self.queue
+        depth = len(queue) if queue is not None else 0
         return BackendState(self.name, self.inflight, capacity, s.max_concurrency, saturation, self.latency_s,
-                            self.error_rate, breaker, s.serverless, self.cold(now), self.cold_start_s)
+                            self.error_rate, breaker, s.serverless, self.cold(now), self.cold_start_s,
+                            depth, queue.levels() if queue is not None and depth else ())
 
     # --- recording ------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from router.batch.lane import BatchLane
 from router.batch.records import RecordError, record_format
 from router.config import AwsStateConfig
 from router.features import RequestError
+from router.flow.admission import Ticket
 from router.lanes.jobs import JobLane, job_url
 from router.lanes.sync import SyncFailure
 from router.logging import request_trace_id
@@ -43,6 +44,16 @@ _encode = msgspec.json.Encoder().encode
 
 class ClientDisconnected(Exception):
     pass
+
+
+# Why a sync route took no request, when a job lane could have it instead (defer instead of reject).
+_CAPACITY = frozenset({"saturated", "full", "evicted", "timeout", "wait_exceeds_deadline"})
+
+
+async def _disconnected(receive: Any) -> None:
+    """Returns when the client disconnects; called only once the body is read (while a request waits)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def read_prefix(receive: Any, limit: int) -> tuple[bytes, bool]:
@@ -188,6 +199,8 @@ class DataPlane:
             decision = route.decision
             lane, reason = decision.lane.value, decision.reason
             metrics.decisions(name, lane, reason).inc()
+            if decision.deferred_from is not None:
+                metrics.deferred(name, lane, decision.deferred_from).inc()
             if decision.lane is Lane.SHED:
                 metrics.shed(name, reason).inc()
                 raise RequestError(decision.status, "ThrottlingException" if decision.status == 429
@@ -207,14 +220,25 @@ class DataPlane:
             deadline_at = (runtime.clock() + features.deadline_ms / 1000.0) if features.deadline_ms else None
             sync_hops = tuple(h for h in route.hops if h.lane not in JOB_LANES)
             job_hop = next((h for h in route.hops if h.lane in JOB_LANES), None)
+            ticket = Ticket(features.priority, features.caller, routing.weight(features.caller),
+                            lambda: _disconnected(receive))
             try:
                 outcome = await runtime.sync.serve(name, route if job_hop is None else Route(decision, sync_hops),
-                                                   inv, features.priority, routing.targets, deadline_at)
+                                                   inv, features.priority, routing.targets, deadline_at, ticket)
             except SyncFailure as exc:
+                if exc.reason == "client_gone":
+                    raise ClientDisconnected from None
+                deferrable = exc.reason in _CAPACITY
+                if job_hop is None and deferrable:
+                    job_hop = routing.engine.deferral(features)
+                    if job_hop is not None:
+                        reason = "deferred_saturated"
                 if job_hop is None or (exc.error is not None and not exc.error.retryable):
                     raise
                 last = exc.hop.backend if exc.hop else sync_hops[-1].backend
                 metrics.fallbacks(name, last, job_hop.backend, exc.reason).inc()
+                if deferrable:
+                    metrics.deferred(name, job_hop.lane.value, exc.reason).inc()
                 raise _Accepted(await self._accept(headers, entry, features, job_hop, body, trace),
                                 job_hop) from None
             lane, backend = outcome.hop.lane.value, outcome.hop.backend
