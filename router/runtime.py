@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -364,7 +365,9 @@ class Runtime:
             budget_s = admission.budget_s(now, deadline_at)
             out.append({"lane": hop.lane.value, "backend": hop.backend, "room_now": admission.has_room(),
                         "queue_depth": len(admission.queue), "ahead": ahead,
-                        "predicted_wait_s": round(wait_s, 6), "max_wait_s": round(budget_s, 6),
+                        # None: more urgent traffic takes every slot, the wait has no bound
+                        "predicted_wait_s": round(wait_s, 6) if math.isfinite(wait_s) else None,
+                        "max_wait_s": round(budget_s, 6),
                         "would_wait": not admission.has_room() and budget_s > 0.0 and wait_s <= budget_s})
         return out
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-from router.flow.queue import AdmissionQueue, Waiter, predicted_wait_s
+import pytest
+
+from router.flow.queue import AdmissionQueue, ArrivalRates, Waiter, predicted_wait_s
 
 CRITICAL, HIGH, NORMAL, LOW = 3, 2, 1, 0
 
@@ -129,3 +131,16 @@ def test_predicted_wait_is_one_slot_turn_per_waiter_ahead() -> None:
     assert predicted_wait_s(0, 4, 0.1) == 0.025
     assert predicted_wait_s(7, 4, 0.1) == 0.2
     assert predicted_wait_s(3, 0, 0.1) == 0.4  # a capacity of 0 counts as 1
+
+
+def test_more_urgent_arrivals_take_their_slots_first_so_the_wait_grows_until_it_has_no_bound() -> None:
+    rates = ArrivalRates(window_s=2.0)
+    for i in range(400):  # 20 high arrivals per second for 20 s: the estimate settles at 20/s
+        rates.observe(HIGH, i * 0.05)
+    assert rates.above(NORMAL, 20.0) == pytest.approx(20.0, rel=0.03)
+    assert rates.above(HIGH, 20.0) == 0.0  # its own level does not overtake it
+    assert rates.above(NORMAL, 22.0) == pytest.approx(20.0 / math.e, rel=0.03)  # quiet for one window
+    # 4 slots of 0.1 s serve 40/s; with 20/s of high arrivals a normal request gets the other 20/s
+    assert predicted_wait_s(3, 4, 0.1, rate_above=20.0) == pytest.approx(4 / 20.0)
+    assert predicted_wait_s(3, 4, 0.1, rate_above=39.0) == math.inf
+    assert predicted_wait_s(3, 4, 0.0) == 0.0  # nothing known yet about the backend's latency

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from router.flow.queue import AdmissionQueue, Waiter, predicted_wait_s
+from router.flow.queue import AdmissionQueue, ArrivalRates, Waiter, predicted_wait_s
 from router.state import BackendTracker, Clock
 from router.types import BreakerState
 
@@ -27,6 +27,7 @@ BREAKER_OPEN = "breaker_open"  # the backend's breaker opened while requests wai
 REASONS = ("full", "evicted", "wait_exceeds_deadline", "timeout", "client_gone")
 # A waiting background task re-checks whether it should give up (draining) this often; slots never need it.
 BACKGROUND_CHECK_S = 0.5
+RETRY_AFTER_MAX_S = 30.0  # Retry-After of a request more urgent traffic leaves no slot to (an infinite wait)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,7 @@ class Rejected(Exception):
     def __init__(self, reason: str, retry_after_s: float = 1.0) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.retry_after_s = retry_after_s
+        self.retry_after_s = min(retry_after_s, RETRY_AFTER_MAX_S)
 
 
 class QueueMetrics(Protocol):
@@ -75,6 +76,7 @@ class Admission:
         self.settings = settings
         self.metrics = metrics
         self.queue = AdmissionQueue(settings.max_depth)
+        self.rates = ArrivalRates()
         self.reserved = 0  # slots handed to a waiter that has not started its call yet
         self._background: deque[asyncio.Future[str]] = deque()
         self.tracker = tracker
@@ -105,7 +107,7 @@ class Admission:
         if self.has_room():
             return 0, 0.0
         ahead = self.queue.ahead(priority, tenant, weight, math.inf if deadline_at is None else deadline_at)
-        return ahead, predicted_wait_s(ahead, t.capacity, t.latency_s)
+        return ahead, predicted_wait_s(ahead, t.capacity, t.latency_s, self.rates.above(priority, self.clock()))
 
     def budget_s(self, now: float, deadline_at: float | None) -> float:
         """How long a request may wait here: ``max_wait``, or less when its deadline comes first."""
@@ -122,6 +124,7 @@ class Admission:
         if not pushed.queued:
             self._rejected("full")
             raise Rejected("full", self.predict(ticket.priority, ticket.tenant, ticket.weight, deadline_at)[1])
+        self.rates.observe(ticket.priority, now)
         if isinstance(pushed.evicted, _SyncWaiter):
             self._leave(pushed.evicted, "evicted")
         gone = asyncio.ensure_future(ticket.gone()) if ticket.gone is not None else None

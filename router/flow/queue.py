@@ -185,7 +185,37 @@ class AdmissionQueue:
             self._priorities.remove(priority)
 
 
-def predicted_wait_s(ahead: int, capacity: int, latency_s: float) -> float:
-    """The wait of a request with ``ahead`` waiters before it, on a full backend of ``capacity`` slots
-    whose calls take ``latency_s``: one slot frees every ``latency_s / capacity`` on average."""
-    return (ahead + 1) * latency_s / max(1, capacity)
+class ArrivalRates:
+    """Queue arrivals per second at each urgency level, exponentially decayed over ``window_s``.
+
+    Strict priority means a waiter is overtaken by every more urgent arrival: the slots left for it are
+    the backend's service rate minus the more urgent arrival rate. Times are passed in.
+    """
+
+    __slots__ = ("_levels", "window_s")
+
+    def __init__(self, window_s: float = 2.0) -> None:
+        self.window_s = window_s
+        self._levels: dict[int, tuple[float, float]] = {}  # priority -> (rate at last event, time of it)
+
+    def observe(self, priority: int, now: float) -> None:
+        rate, at = self._levels.get(priority, (0.0, now))
+        self._levels[priority] = (rate * math.exp(-max(0.0, now - at) / self.window_s) + 1.0 / self.window_s, now)
+
+    def above(self, priority: int, now: float) -> float:
+        """Arrivals per second of every level more urgent than ``priority``."""
+        return sum(rate * math.exp(-max(0.0, now - at) / self.window_s)
+                   for p, (rate, at) in self._levels.items() if p > priority)
+
+
+def predicted_wait_s(ahead: int, capacity: int, latency_s: float, rate_above: float = 0.0) -> float:
+    """The wait of a request with ``ahead`` waiters before it, on a full backend of ``capacity`` slots whose
+    calls take ``latency_s``: slots free at ``capacity / latency_s`` per second, of which more urgent
+    arrivals (``rate_above`` per second) take theirs first. Infinite when they leave it (nearly) nothing."""
+    if latency_s <= 0.0:
+        return 0.0
+    service = max(1, capacity) / latency_s
+    spare = service - rate_above
+    if spare <= 0.05 * service:
+        return math.inf
+    return (ahead + 1) / spare
