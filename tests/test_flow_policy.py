@@ -96,3 +96,19 @@ def test_queue_keys_and_caller_weights_have_defaults_and_are_validated_at_their_
         "cfg.yaml:5:40: backends.rt.queue.max_wait: invalid duration '2x': use units ms, s, m, h, d (e.g. '250ms', "
         "'60s')",
     ]
+
+
+def test_a_backend_with_no_call_finished_predicts_a_shared_cold_start_not_a_fraction_of_it() -> None:
+    from router.flow.admission import Admission, QueueSettings
+    from router.flow.queue import Waiter
+    from router.state import BackendTracker, TrackerSettings
+
+    cold = BackendTracker("sls", TrackerSettings(max_concurrency=8, serverless=True, cold_start_s=2.0),
+                          clock=lambda: 0.0)
+    admission = Admission("sls", cold, QueueSettings())
+    for _ in range(8):
+        cold.start(0.0)  # eight calls in their cold start together
+    assert admission.predict(1) == (0, 2.0)  # the first slot frees when the cold start ends, not in 2 s / 8
+    for _ in range(8):
+        admission.queue.push(Waiter(1, "anonymous"))
+    assert admission.predict(1) == (8, 4.0)

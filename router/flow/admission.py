@@ -107,12 +107,16 @@ class Admission:
         if self.has_room():
             return 0, 0.0
         ahead = self.queue.ahead(priority, tenant, weight, math.inf if deadline_at is None else deadline_at)
+        if t.latency_s <= 0.0:  # no call finished yet: a serverless backend's calls share one cold start
+            return ahead, (ahead // max(1, t.capacity) + 1) * t.cold_start_s
         return ahead, predicted_wait_s(ahead, t.capacity, t.latency_s, self.rates.above(priority, self.clock()))
 
     def budget_s(self, now: float, deadline_at: float | None) -> float:
-        """How long a request may wait here: ``max_wait``, or less when its deadline comes first."""
+        """How long a request may wait here: ``max_wait``, or less when its deadline comes first. A waiter must
+        leave the queue with the backend's service time (latency EWMA) still ahead of its deadline: a call
+        started later would time out, and timeouts count against the backend's health."""
         wait = self.settings.max_wait_s
-        return wait if deadline_at is None else min(wait, deadline_at - now)
+        return wait if deadline_at is None else min(wait, deadline_at - now - self.tracker.latency_s)
 
     async def wait(self, ticket: Ticket, now: float, budget_s: float, deadline_at: float | None = None) -> None:
         """Wait for a slot for at most ``budget_s``. On return the slot is the caller's: it must start its

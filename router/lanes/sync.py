@@ -163,7 +163,9 @@ class SyncLane:
         """Wait on the first full hop whose predicted wait fits the request's budget; the hop whose slot it
         got, or the last refusal. A refusal after waiting (timeout, evicted) ends the walk."""
         refused: tuple[Hop, Rejected] | None = None
-        for hop in full:
+        # A backend with no latency measured yet (a serverless one still in its cold start) cannot predict a
+        # wait: the hops that can go first, otherwise in route order.
+        for hop in sorted(full, key=lambda h: targets[h.backend].tracker.latency_s <= 0.0):
             target = targets[hop.backend]
             admission = target.admission
             now = self.clock()
