@@ -54,6 +54,20 @@ def test_tenants_of_one_level_take_turns_by_weight() -> None:
         "heavy3", "heavy4", "heavy5"]
 
 
+def test_a_tenant_that_starts_waiting_goes_before_the_backlogged_for_one_turn() -> None:
+    q = AdmissionQueue(64)
+    heavy = [Waiter(NORMAL, "heavy") for _ in range(6)]
+    for w in heavy:
+        q.push(w)
+    assert [q.pop(), q.pop()] == heavy[:2]  # heavy is backlogged now
+    light = [Waiter(NORMAL, "light"), Waiter(NORMAL, "light")]
+    for w in light:
+        q.push(w)
+    assert q.ahead(NORMAL, "other") == 1  # a third tenant would wait for light's turn only
+    # light's first request takes the next slot; then the two take turns
+    assert drain(q) == [light[0], heavy[2], light[1], *heavy[3:]]
+
+
 def test_a_fractional_weight_earns_a_turn_over_several_rounds() -> None:
     q = AdmissionQueue(64)
     labels = queue_of(q, [(f"a{i}", NORMAL, "a", 1.0, math.inf) for i in range(4)]

@@ -2,7 +2,9 @@
 
 Order: strict priority by urgency level; within a level, deficit round robin between tenants, each
 tenant's quantum its weight (so a tenant of weight 2 is served twice as often as one of weight 1
-while both wait); within a tenant, earliest deadline first, then arrival order. Bounded by
+while both wait), and a tenant that starts waiting is served before the backlogged ones, for one
+quantum (FQ-CoDel's sparse flows: a light tenant waits for one free slot, not for a heavy tenant's
+turn); within a tenant, earliest deadline first, then arrival order. Bounded by
 ``max_depth``: when full, an arrival of higher priority evicts the lowest-priority, most recently
 queued waiter; an arrival of lower or equal priority is refused. Times are passed in, so a simulator
 can drive the same code on a virtual clock.
@@ -46,11 +48,12 @@ class _Tenant:
 class _Level:
     """One urgency level: its tenants in deficit-round-robin order, and its waiters by arrival (for eviction)."""
 
-    __slots__ = ("active", "by_seq", "tenants")
+    __slots__ = ("by_seq", "new", "old", "tenants")
 
     def __init__(self) -> None:
         self.tenants: dict[str, _Tenant] = {}
-        self.active: deque[_Tenant] = deque()  # the tenant at the front is being served
+        self.new: deque[_Tenant] = deque()  # tenants that just started waiting: served first, one quantum each
+        self.old: deque[_Tenant] = deque()  # backlogged tenants, round robin; the front one is being served
         self.by_seq: dict[int, Waiter] = {}  # insertion order is arrival order
 
 
@@ -97,7 +100,7 @@ class AdmissionQueue:
         tenant = level.tenants.get(waiter.tenant)
         if tenant is None:
             tenant = level.tenants[waiter.tenant] = _Tenant(waiter.tenant, waiter.weight)
-            level.active.append(tenant)  # a tenant that starts waiting joins the round at its end
+            level.new.append(tenant)
         tenant.weight = waiter.weight
         bisect.insort(tenant.waiters, waiter, key=_order)
         level.by_seq[waiter.seq] = waiter
@@ -111,7 +114,8 @@ class AdmissionQueue:
         priority = self._priorities[0]
         level = self._levels[priority]
         while True:
-            tenant = level.active[0]
+            turns = level.new or level.old
+            tenant = turns[0]
             if tenant.deficit >= 1.0:
                 tenant.deficit -= 1.0
                 waiter = tenant.waiters.pop(0)
@@ -120,11 +124,11 @@ class AdmissionQueue:
                 if not tenant.waiters:
                     self._drop_tenant(priority, level, tenant)
                 elif tenant.deficit < 1.0:
-                    level.active.rotate(-1)  # its turn is over
+                    level.old.append(turns.popleft())  # its turn is over: to the end of the round
                 return waiter
             tenant.deficit += tenant.weight  # a new turn: one quantum
             if tenant.deficit < 1.0:
-                level.active.rotate(-1)  # a weight below 1 needs several rounds to earn one request
+                level.old.append(turns.popleft())  # a weight below 1 needs several rounds to earn one request
 
     def remove(self, waiter: Waiter) -> bool:
         """Take ``waiter`` out (it timed out, left, was evicted); False if it was not queued."""
@@ -159,9 +163,10 @@ class AdmissionQueue:
         if level is None:
             return n
         own = level.tenants.get(tenant)
-        key = (deadline, math.inf if seq is None else seq)
-        mine = 0 if own is None else bisect.bisect_left(own.waiters, key, key=_order)
-        rounds = (mine + 1) / (own.weight if own is not None else weight)
+        if own is None:  # it would start waiting: after the other new tenants' quantum, before the backlog
+            return n + sum(min(len(t.waiters), math.ceil(t.weight)) for t in level.new)
+        mine = bisect.bisect_left(own.waiters, (deadline, math.inf if seq is None else seq), key=_order)
+        rounds = (mine + 1) / own.weight
         for other in level.tenants.values():
             if other is not own:
                 n += min(len(other.waiters), math.ceil(rounds * other.weight))
@@ -176,10 +181,11 @@ class AdmissionQueue:
     def _drop_tenant(self, priority: int, level: _Level, tenant: _Tenant) -> None:
         """A tenant with nobody waiting leaves the round and its unused deficit (no banking of credit)."""
         del level.tenants[tenant.name]
-        if level.active[0] is tenant:
-            level.active.popleft()
+        turns = level.new if tenant in level.new else level.old
+        if turns[0] is tenant:
+            turns.popleft()
         else:
-            level.active.remove(tenant)
+            turns.remove(tenant)
         if not level.by_seq:
             del self._levels[priority]
             self._priorities.remove(priority)
