@@ -19,6 +19,7 @@ JSON. Prints a summary per scenario with the issue's goals met or not, and write
   an ``X-Deadline-Ms``; every 202 job is polled to its end.
 - fairness: tenant team-a (API key) alone at 2/11 of twice the capacity, then with the anonymous tenant
   sending 10x its rate (2x capacity in all); equal weights.
+- ``--router-ref REF`` runs the scenarios against the demo as of a git ref, for a before/after.
 - cost: CPU time per request through the data plane (ASGI, in process, an instant backend), this checkout
   against ``--baseline`` (git archive of its router/), interleaved; for throughput and c=1 latency over
   HTTP run ``bench/overhead.py --router-baseline REF`` (bench/README.md).
@@ -46,7 +47,13 @@ RESULTS = BENCH / "results"
 ROW = "120.5,2,0.8,350,7,30"
 TEAM_KEY = "demo-team-a-key"
 SYNC_SLOTS = {"sync": 4 + 8, "realtime": 4}  # the demo's fraud-rt and fraud-sls max_concurrency
-IMMEDIATE_S = 0.1  # a 503 answered within this long did not wait for a slot
+# The router's refusals that never waited for a slot (SageMaker-shaped messages, router/api/errors.py and the
+# shed answer); any other 5xx (a queue timeout, a backend's error, a 504) counts as "after waiting".
+REFUSED_AT_ONCE = ("every backend of this route is", "request shed by policy")
+
+
+def refused_at_once(r: dict[str, Any]) -> bool:
+    return r["status"] == 503 and bool(r.get("retry_after")) and r.get("message", "").startswith(REFUSED_AT_ONCE)
 
 
 # --- the demo ---------------------------------------------------------------------------------
@@ -63,14 +70,18 @@ def free_port() -> int:
 class Demo:
     """``inference-router demo`` in a process of its own, on free ports."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, ref: str | None = None) -> None:
         self.port, self.rt, self.sls, self.jobs = free_port(), free_port(), free_port(), free_port()
         env = {**os.environ, "DEMO_RT_PORT": str(self.rt), "DEMO_SLS_PORT": str(self.sls),
                "DEMO_ASYNC_PORT": str(self.jobs), "DEMO_STATE": str(tmp / "var")}
+        cwd = ROOT
+        if ref is not None:  # the router (and its packaged demo.yaml) as of a git ref, to compare before/after
+            cwd = extract(ref, tmp / "ref")
+            env["PYTHONPATH"] = str(cwd)
         self.log = tmp / "demo.log"
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "router.cli", "demo", "--port", str(self.port)],
-                                         cwd=ROOT, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+                                         cwd=cwd, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -113,6 +124,15 @@ class Demo:
             self.proc.wait(timeout=40)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def extract(ref: str, into: Path) -> Path:
+    """The ``router/`` package as of git ``ref``, in ``into``."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "router"], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
 
 
 def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
@@ -323,12 +343,13 @@ def overload(demo: Demo, args: argparse.Namespace) -> dict[str, Any]:
                 codes[str(r["status"])] = codes.get(str(r["status"]), 0) + 1
             in_time = sum(1 for r in rs if r["status"] == 200 and r["latency_s"] <= r["deadline_s"])
             lat = [r["latency_s"] for r in rs if r["status"] == 200]
-            waited = sum(1 for r in rs if r["status"] >= 500 and r["latency_s"] > IMMEDIATE_S)
+            waited = sum(1 for r in rs if (r["status"] >= 500 or r["status"] == 0) and not refused_at_once(r))
             classes[f"{urgency}{'+202' if accepts else ''}"] = {
                 "requests": len(rs), "codes": codes, "200_in_deadline": in_time, "5xx_after_waiting": waited,
                 "p50_ms_200": 1000 * quantile(lat, 0.5), "p99_ms_200": 1000 * quantile(lat, 0.99)}
     fivexx = [r for r in results if r["status"] >= 500 or r["status"] == 0]
-    late = [r for r in fivexx if not (r["status"] == 503 and r.get("retry_after") and r["latency_s"] <= IMMEDIATE_S)]
+    late = [r for r in fivexx if not refused_at_once(r)]
+    at_once = [r["latency_s"] for r in fivexx if refused_at_once(r)]
     messages: dict[str, int] = {}
     for r in fivexx:
         key = f"{r['status']} {r.get('message', '')[:40]}"
@@ -354,14 +375,17 @@ def overload(demo: Demo, args: argparse.Namespace) -> dict[str, Any]:
     summary = {"counters": counters, "rate": rate, "capacity": capacity, "basis": args.capacity_basis,
                "requests": len(results),
                "classes": classes, "jobs": jobs, "accepted_202": accepted, "fivexx": messages,
-               "fivexx_not_immediate": len(late), "critical_ok": f"{critical_ok}/{len(critical)}",
-               "urgent_ok": f"{urgent_ok}/{len(urgent)}", "goal": goals}
+               "fivexx_not_immediate": len(late), "immediate_503_p99_ms": 1000 * quantile(at_once, 0.99),
+               "critical_ok": f"{critical_ok}/{len(critical)}", "urgent_ok": f"{urgent_ok}/{len(urgent)}",
+               "goal": goals}
     print("| class | requests | codes | 200 within deadline | p50 / p99 of 200s (ms) | 5xx after waiting |")
     print("| --- | ---: | --- | ---: | ---: | ---: |")
     for name, c in classes.items():
         print(f"| {name} | {c['requests']} | {c['codes']} | {pct(c['200_in_deadline'], c['requests'])} | "
               f"{c['p50_ms_200']:.0f} / {c['p99_ms_200']:.0f} | {c['5xx_after_waiting']} |")
-    print(f"jobs: {accepted} accepted, final {jobs}; 5xx: {messages} ({len(late)} not an immediate 503)", flush=True)
+    print(f"jobs: {accepted} accepted, final {jobs}; 5xx: {messages} ({len(late)} not an immediate 503; the "
+          f"immediate ones took {1000 * quantile(at_once, 0.5):.0f} / {1000 * quantile(at_once, 0.99):.0f} ms, "
+          f"p50 / p99)", flush=True)
     if args.verbose:
         print(json.dumps(counters, indent=1))
     return summary
@@ -447,11 +471,7 @@ asyncio.run(main(int(sys.argv[1])))
 
 def cost(demo: Demo | None, args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-flow-cost-"))
-    tree = tmp / "baseline"
-    tree.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "router"], capture_output=True,
-                             check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    tree = extract(args.baseline, tmp / "baseline")
     script = tmp / "hot.py"
     script.write_text(HOT)
     runs: dict[str, list[float]] = {"this": [], "baseline": []}
@@ -490,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", default="cba1f7d", help="cost: the git ref to compare with (default: before the "
                     "admission queue)")
     ap.add_argument("--cost-rounds", type=int, default=7)
+    ap.add_argument("--router-ref", help="run the demo of this git ref instead of this checkout (before/after: "
+                    "e.g. --router-ref cba1f7d --scenarios burst)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--verbose", action="store_true", help="print the router's counters after each scenario")
     ap.add_argument("--output", type=Path, default=RESULTS / "flow.json")
@@ -508,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     demo_names = [n for n in names if n in SCENARIOS]
     if demo_names:
         with tempfile.TemporaryDirectory(prefix="bench-flow-") as tmp:
-            demo = Demo(Path(tmp))
+            demo = Demo(Path(tmp), args.router_ref)
             try:
                 for name in demo_names:
                     out[name] = SCENARIOS[name](demo, args)

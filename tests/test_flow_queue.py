@@ -154,6 +154,10 @@ def test_more_urgent_arrivals_take_their_slots_first_so_the_wait_grows_until_it_
     assert rates.above(NORMAL, 20.0) == pytest.approx(20.0, rel=0.03)
     assert rates.above(HIGH, 20.0) == 0.0  # its own level does not overtake it
     assert rates.above(NORMAL, 22.0) == pytest.approx(20.0 / math.e, rel=0.03)  # quiet for one window
+    fresh = ArrivalRates(window_s=2.0)
+    for i in range(20):  # one second of a new stream: the window is half full, the rate is not half as high
+        fresh.observe(CRITICAL, 100.0 + i * 0.05)
+    assert fresh.above(HIGH, 101.0) == pytest.approx(20.0, rel=0.15)
     # 4 slots of 0.1 s serve 40/s; with 20/s of high arrivals a normal request gets the other 20/s
     assert predicted_wait_s(3, 4, 0.1, rate_above=20.0) == pytest.approx(4 / 20.0)
     assert predicted_wait_s(3, 4, 0.1, rate_above=39.0) == math.inf

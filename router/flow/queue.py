@@ -202,16 +202,27 @@ class ArrivalRates:
 
     def __init__(self, window_s: float = 2.0) -> None:
         self.window_s = window_s
-        self._levels: dict[int, tuple[float, float]] = {}  # priority -> (rate at last event, time of it)
+        # priority -> (decayed rate at the last arrival, its time, when this run of arrivals began)
+        self._levels: dict[int, tuple[float, float, float]] = {}
 
     def observe(self, priority: int, now: float) -> None:
-        rate, at = self._levels.get(priority, (0.0, now))
-        self._levels[priority] = (rate * math.exp(-max(0.0, now - at) / self.window_s) + 1.0 / self.window_s, now)
+        rate, at, since = self._levels.get(priority, (0.0, now, now))
+        rate *= math.exp(-max(0.0, now - at) / self.window_s)
+        if rate < 0.01 / self.window_s:
+            since = now  # quiet for several windows: a new run of arrivals begins
+        self._levels[priority] = (rate + 1.0 / self.window_s, now, since)
 
     def above(self, priority: int, now: float) -> float:
         """Arrivals per second of every level more urgent than ``priority``."""
-        return sum(rate * math.exp(-max(0.0, now - at) / self.window_s)
-                   for p, (rate, at) in self._levels.items() if p > priority)
+        total = 0.0
+        w = self.window_s
+        for p, (rate, at, since) in self._levels.items():
+            if p > priority:
+                # a run younger than the window has not filled it yet: scale up, as if it had always run
+                # (at least a quarter window, so one arrival is not taken for a flood)
+                filled = 1.0 - math.exp(-max(now - since, 0.25 * w) / w)
+                total += rate * math.exp(-max(0.0, now - at) / w) / filled
+        return total
 
 
 def predicted_wait_s(ahead: int, capacity: int, latency_s: float, rate_above: float = 0.0) -> float:
