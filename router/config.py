@@ -7,7 +7,17 @@ from collections.abc import Mapping
 from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from router.types import MODEL_LANES, SYNC_LANES, Lane
 from router.units import parse_duration, parse_size
@@ -130,8 +140,52 @@ class CallerConfig(Strict):
 
 
 class BreakerConfig(Strict):
-    failures: int = Field(5, ge=1)  # consecutive failures that open it
-    open_for: Duration = 10.0  # then one probe is let through (half-open)
+    """Opens on a failure rate over a window (with a minimum volume) or a run of consecutive failures."""
+
+    failures: int = Field(10, ge=1)  # consecutive failures that open it at once (a dead backend)
+    failure_rate: float = Field(0.8, gt=0.0, le=1.0)  # ...or this share of calls failing over `window`
+    min_requests: int = Field(20, ge=1)  # ...once the window holds at least this many calls
+    window: Duration = Field(10.0, gt=0.0)
+    open_for: Duration = 10.0  # then one probe at a time as well (half-open)
+    probe_share: float = Field(0.1, ge=0.0, le=1.0)  # while open, this share of requests still probes it
+
+
+class AdaptiveConcurrencyConfig(Strict):
+    """``max_concurrency: auto`` (these defaults) or ``{initial, min, max}``: the limit is learned."""
+
+    initial: int = Field(4, ge=1, le=10_000)
+    min: int = Field(1, ge=1, le=10_000)
+    max: int = Field(1000, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdaptiveConcurrencyConfig:
+        if not self.min <= self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        if not self.min <= self.initial <= self.max:
+            raise ValueError(f"initial ({self.initial}) must be between min ({self.min}) and max ({self.max})")
+        return self
+
+
+def _concurrency_form(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("max_concurrency must be auto, an integer or {initial, min, max}, not a boolean")
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return {}
+    if isinstance(value, str) and not value.strip().isdecimal():
+        raise ValueError(f"max_concurrency must be auto, an integer or {{initial, min, max}}, got {value!r}")
+    return value
+
+
+def _concurrency_kind(value: Any) -> str:
+    return "adaptive" if isinstance(value, dict | AdaptiveConcurrencyConfig) else "fixed"
+
+
+MaxConcurrency = Annotated[
+    Annotated[Annotated[int, Field(ge=1, le=10_000)], Tag("fixed")]
+    | Annotated[AdaptiveConcurrencyConfig, Tag("adaptive")],
+    Discriminator(_concurrency_kind),
+    BeforeValidator(_concurrency_form),
+]
 
 
 class ServerlessConfig(Strict):
@@ -140,7 +194,8 @@ class ServerlessConfig(Strict):
 
 
 class _BackendBase(Strict):
-    max_concurrency: int = Field(8, ge=1, le=10_000)
+    # A fixed integer (AIMD below it on throttling), or auto / {initial, min, max}: learned from latency.
+    max_concurrency: MaxConcurrency = 8
     timeout: Duration = 60.0
     serverless: ServerlessConfig | None = None
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
@@ -311,10 +366,12 @@ class PolicyConfig(Strict):
 
 
 class FallbackConfig(Strict):
-    """Retry budget: fallbacks after a failed call may add at most this share of the request rate."""
+    """Retry budget: fallbacks after a failed call may add at most this share of the requests, plus a burst."""
 
-    retry_budget: float = Field(0.2, ge=0.0, le=10.0)
-    min_retries_per_second: float = Field(5.0, ge=0.0)
+    retry_budget: float = Field(0.15, ge=0.0, le=10.0)  # tokens each request deposits; a retry costs one
+    retry_burst: float = Field(10.0, ge=1.0, le=10_000.0)  # the most tokens kept (full at start)
+    # Deprecated: a rate floor on top (Finagle's minRetriesPerSec). It breaks the bound on quiet models.
+    min_retries_per_second: float = Field(0.0, ge=0.0)
     # When every backend of a route is at capacity, requests at or above this urgency are still sent.
     overflow_min_urgency: str = "critical"
 
@@ -481,7 +538,7 @@ def _pydantic_path(loc: tuple[str | int, ...], data: Any) -> Path:
     return tuple(path)
 
 
-_TAGS = {"http", "sagemaker", "sagemaker-batch", "sagemaker-async", "local", "aws"}
+_TAGS = {"http", "sagemaker", "sagemaker-batch", "sagemaker-async", "local", "aws", "fixed", "adaptive"}
 
 
 def _issues_from_validation(

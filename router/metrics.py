@@ -50,7 +50,8 @@ class BackendCollector(Collector):
                                             "In-flight / current capacity, 1 when the breaker is open",
                                             labels=["backend"]),
             "capacity": GaugeMetricFamily("router_backend_capacity",
-                                          "Current concurrency limit (AIMD, lowered on throttling)",
+                                          "Current concurrency limit: learned (max_concurrency: auto) or "
+                                          "the configured one, lowered on throttling",
                                           labels=["backend"]),
             "latency": GaugeMetricFamily("router_backend_latency_ewma_seconds",
                                          "EWMA of successful call latency", labels=["backend"]),

@@ -17,6 +17,7 @@ from router.batch.local import LocalRunner
 from router.batch.store import BatchStore
 from router.config import (
     KIND_LANES,
+    AdaptiveConcurrencyConfig,
     BackendConfig,
     BatchConfig,
     LocalStateConfig,
@@ -25,8 +26,10 @@ from router.config import (
     load_config,
 )
 from router.features import FeatureExtractor
+from router.flow.budget import RetryBudget
+from router.flow.limits import GradientSettings
 from router.lanes.jobs import JobLane
-from router.lanes.sync import RetryBudget, SyncLane, Target
+from router.lanes.sync import SyncLane, Target
 from router.metrics import RouterMetrics
 from router.notify import CallbackPolicy, WebhookNotifier
 from router.policy.engine import ModelRoutes, PolicyEngine
@@ -76,14 +79,22 @@ class Routing:
 
 
 def tracker_settings(cfg: BackendConfig) -> TrackerSettings:
-    sls = cfg.serverless
+    sls, brk, limit = cfg.serverless, cfg.breaker, cfg.max_concurrency
+    adaptive = None
+    if isinstance(limit, AdaptiveConcurrencyConfig):
+        adaptive = GradientSettings(initial=limit.initial, min=limit.min, max=limit.max)
     return TrackerSettings(
-        max_concurrency=cfg.max_concurrency,
-        breaker_failures=cfg.breaker.failures,
-        breaker_open_s=cfg.breaker.open_for,
+        max_concurrency=limit if isinstance(limit, int) else limit.max,
+        breaker_failures=brk.failures,
+        breaker_open_s=brk.open_for,
         serverless=sls is not None,
         idle_after_s=sls.idle_after if sls else 0.0,
         cold_start_s=sls.cold_start if sls else 0.0,
+        adaptive=adaptive,
+        breaker_failure_rate=brk.failure_rate,
+        breaker_min_requests=brk.min_requests,
+        breaker_window_s=brk.window,
+        breaker_probe_share=brk.probe_share,
     )
 
 
@@ -154,7 +165,8 @@ class Runtime:
         self.connections = Connections()
         self._backends: dict[str, tuple[BackendConfig, Backend]] = {}
         self.routing = build_routing(cfg, self.tracker, {}, self.metrics)
-        self.sync = SyncLane(RetryBudget(cfg.fallback.retry_budget, cfg.fallback.min_retries_per_second, clock),
+        retry = cfg.fallback
+        self.sync = SyncLane(RetryBudget(retry.retry_budget, retry.min_retries_per_second, clock, retry.retry_burst),
                              self.metrics, self.routing.overflow_priority, clock)
         self.started = False
         self.draining = False
@@ -205,8 +217,8 @@ class Runtime:
         self.routing = routing
         self.sync.overflow_priority = routing.overflow_priority
         self._set_notifier(cfg)
-        self.sync.budget.ratio = cfg.fallback.retry_budget
-        self.sync.budget.min_per_s = cfg.fallback.min_retries_per_second
+        retry = cfg.fallback
+        self.sync.budget.reconfigure(retry.retry_budget, retry.min_retries_per_second, retry.retry_burst)
         self.metrics.reloads("ok").inc()
         log.info("config_reloaded", models=sorted(routing.models))
 

@@ -55,8 +55,8 @@ class BackendState(NamedTuple):
 
     name: str
     inflight: int
-    capacity: int  # current concurrency limit: the configured one, lowered after throttling (AIMD)
-    max_capacity: int
+    capacity: int  # current concurrency limit: learned (auto) or the configured one, lowered on throttling
+    max_capacity: int  # the most it can be: the configured integer, or the adaptive limit's max
     saturation: float  # 0..1; 1 when the breaker is open
     latency_s: float  # EWMA of successful calls; 0 until the first one
     error_rate: float  # EWMA of failures, 0..1
@@ -65,6 +65,7 @@ class BackendState(NamedTuple):
     cold: bool = False  # serverless only: idle past its window, the next call pays a cold start
     cold_start_s: float = 0.0  # expected extra time of a cold call (configured, then learned)
     queue_depth: int = 0
+    reported_utilization: float | None = None  # the backend's own ORCA load report (fresh ones only), 0..1+
 
     @property
     def available(self) -> bool:

@@ -16,35 +16,12 @@ from dataclasses import dataclass, replace
 
 import structlog
 
+from router.flow.budget import RetryBudget
 from router.metrics import RouterMetrics
 from router.state import BackendTracker, Clock
 from router.types import Backend, BackendError, FailureKind, Hop, Invocation, InvocationResult, Route
 
 log = structlog.get_logger("router.sync")
-
-
-class RetryBudget:
-    """Token bucket: each request deposits ``ratio`` tokens, time adds ``min_per_s``; a retry costs one."""
-
-    def __init__(self, ratio: float, min_per_s: float, clock: Clock = time.monotonic) -> None:
-        self.ratio = ratio
-        self.min_per_s = min_per_s
-        self.capacity = max(10.0, min_per_s * 10.0)
-        self.tokens = self.capacity
-        self._clock = clock
-        self._last = clock()
-
-    def deposit(self) -> None:
-        self.tokens = min(self.capacity, self.tokens + self.ratio)
-
-    def withdraw(self) -> bool:
-        now = self._clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.min_per_s)
-        self._last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +143,6 @@ class SyncLane:
             tracker.failed(self.clock(), FailureKind.UNAVAILABLE)
             self.metrics.backend_calls(tracker.name, "internal").inc()
             raise BackendError(FailureKind.UNAVAILABLE, f"{tracker.name} failed unexpectedly") from None
-        tracker.succeeded(self.clock(), self.clock() - now)
+        tracker.succeeded(self.clock(), self.clock() - now, result.load_metrics)
         self.metrics.backend_calls(tracker.name, "ok").inc()
         return result
