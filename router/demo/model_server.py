@@ -66,6 +66,7 @@ class ModelServer:
         overload_mode: str = "refuse",
         fail_rate: float = 0.0,
         orca: bool = False,
+        seed: int | None = None,
     ) -> None:
         if overload_mode not in OVERLOAD_MODES:
             raise ValueError(f"overload_mode must be one of {OVERLOAD_MODES}, got {overload_mode!r}")
@@ -81,6 +82,7 @@ class ModelServer:
         self.overload_mode = overload_mode  # above max_concurrency: "refuse" (overload_status) or "queue"
         self.fail_rate = fail_rate  # this share of requests fails with 500, at random
         self.orca = orca  # answer with an ORCA load report
+        self._random = random.Random(seed)  # decides fail_rate failures; seeded, a test's sequence is fixed
         self.requests = 0
         self.refused = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -211,7 +213,7 @@ class ModelServer:
             await self._maybe_cold_start()
             # Decide failure on arrival so "the next n requests" is exact under concurrency.
             fail = self._fail_queue.pop(0) if self._fail_queue else self.fail_status
-            if fail is None and self.fail_rate > 0.0 and random.random() < self.fail_rate:
+            if fail is None and self.fail_rate > 0.0 and self._random.random() < self.fail_rate:
                 fail = 500
             body = await request.read()
             if self.latency_s > 0:
@@ -228,13 +230,14 @@ class ModelServer:
                 else:
                     self.served_ok += 1
                     response = web.Response(body=payload, content_type=ctype)
+            report = self.load_report() if self.orca else None  # as it stands while this request holds a slot
         finally:
             self._release_slot()
             self._last_done = time.monotonic()
         if request.path != "/invocations":
             response.headers["X-Model-Path"] = request.raw_path
-        if self.orca:
-            response.headers["endpoint-load-metrics"] = self.load_report()
+        if report is not None:
+            response.headers["endpoint-load-metrics"] = report
         return response
 
     def load_report(self) -> str:

@@ -59,7 +59,8 @@ class FailureWindow:
         return calls, failures
 
     def clear(self) -> None:
-        self._ids = [-1] * BUCKETS
+        self._calls = [0] * BUCKETS
+        self._failures = [0] * BUCKETS
 
 
 class Breaker:

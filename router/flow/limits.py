@@ -193,7 +193,7 @@ class GradientLimit:
         new = self.limit + s.smoothing * (self.limit * gradient + headroom - self.limit)
         new = min(new, self.allowed(now))
         self.limit = max(float(s.min), min(float(s.max), new))
-        if int(self.limit) <= s.min:
+        if gradient < 1.0 and int(self.limit) <= s.min:  # it would go lower still: held down by the floor
             self._at_min_windows += 1
             if self._at_min_windows >= 5:
                 # Held at the floor for 5 windows: the backend got slower for good; learn its new latency.
