@@ -7,8 +7,8 @@ always passed in, never read, so the simulator drives the same code on a virtual
 - ``FixedLimit``: the configured integer, halved on throttling at most once per service time and grown back
   by +1 per window of successes (+1/limit per success), never above the configured number (AIMD).
 - ``GradientLimit``: learns the limit. Like Envoy's gradient controller it compares each window's median
-  round-trip time with the minimum seen (``gradient = tolerance * min_rtt / window_rtt``, clamped to
-  0.5..2) and multiplies the limit by it (smoothed); like Netflix's AIMD it cuts multiplicatively on
+  round-trip time with the lowest window median seen (``gradient = (tolerance * min_rtt + jitter) /
+  window_rtt``, clamped to 0.5..2) and multiplies the limit by it (smoothed, plus a small headroom); like Netflix's AIMD it cuts multiplicatively on
   throttling. Growth and cuts are both *multiplicative*, so the equilibrium is a latency ratio and a
   throttling point that are the same for every replica: N routers in front of one backend converge to
   about 1/N of it each without talking to each other (an additive term such as Envoy's sqrt(limit)
@@ -91,7 +91,7 @@ class GradientSettings:
     initial: int = 4  # where a new backend starts: low, it grows by up to x1.1 per window
     min: int = 1
     max: int = 1000
-    tolerance: float = 1.3  # window median RTT / min RTT at which the limit holds steady...
+    tolerance: float = 1.2  # window median RTT / min RTT at which the limit holds steady...
     jitter_s: float = 0.002  # ...plus this much, so scheduling noise on a fast backend is not queueing
     smoothing: float = 0.2  # share of the gradient's target applied per window
     backoff: float = 0.9  # multiply by this on throttling (and lose at least one slot)
@@ -147,8 +147,6 @@ class GradientLimit:
         if outcome is not Outcome.SUCCESS:
             return
         self._srtt = rtt_s if self._srtt == 0.0 else self._srtt + LATENCY_ALPHA * (rtt_s - self._srtt)
-        if rtt_s < self.min_rtt:
-            self.min_rtt = rtt_s
         self._rtts.append(rtt_s)
         if inflight > self._inflight_peak:
             self._inflight_peak = inflight
@@ -183,6 +181,8 @@ class GradientLimit:
         s = self.settings
         rtts = sorted(self._rtts)
         window_rtt = rtts[len(rtts) // 2]
+        # The baseline is the lowest window median, not the lowest sample: one lucky call is not the norm.
+        self.min_rtt = min(self.min_rtt, window_rtt)
         gradient = max(0.5, min(2.0, (s.tolerance * self.min_rtt + s.jitter_s) / window_rtt))
         if self._waiting_reports and (waiting := self._waiting / self._waiting_reports) >= 1.0:
             # The backend says requests wait in its queue: shrink as if they were this router's.
