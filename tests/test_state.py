@@ -172,7 +172,7 @@ def test_auto_limit_starts_at_initial_and_capacity_shows_the_learned_limit() -> 
     clock = Clock()
     t = tracker(clock, max_concurrency=50, adaptive=GradientSettings(initial=3, max=50))
     assert (t.capacity, t.state(clock.now).max_capacity) == (3, 50)
-    for _ in range(200):  # 3 calls at a time, flat 20 ms: the limit grows
+    for _ in range(500):  # 3 calls at a time, flat 20 ms: the limit grows
         for _ in range(t.capacity):
             t.start(clock.now)
         clock.now += 0.02
