@@ -4,6 +4,7 @@ one model server that serves 16 calls at a time (20 ms each), with no coordinati
     .venv/bin/python bench/flow_tuning.py                       # refuse + queue modes, 1/2/4 routers (~4 min)
     .venv/bin/python bench/flow_tuning.py --modes refuse --routers 4 --duration 20
     .venv/bin/python bench/flow_tuning.py --cost-only           # just the controller's cost per request
+    .venv/bin/python bench/flow_tuning.py --simulate            # the same setup on a virtual clock (3 s)
 
 Every part is its own process: the model server (``python -m router.demo.model_server``), each router
 (``inference-router serve``) and the load generator (this script with ``--loadgen``: aiohttp, ``--clients``
@@ -180,6 +181,84 @@ def measure(mode: str, routers: int, args: argparse.Namespace, tmp: Path) -> dic
     }
 
 
+# --- the same setup on a virtual clock (no processes, no CPU noise) -------------------------------------
+
+
+def simulate(mode: str, routers: int, seconds: float = 40.0, settle: float = 10.0, seed: int = 1,
+             transit_s: float = 0.002) -> dict[str, Any]:
+    """N routers' real ``GradientLimit`` objects against a model of the backend (16 slots x 20 ms, lognormal
+    5% spread; beyond 16: 429 in 0.5 ms, or a FIFO queue), each router keeping its limit full (infinite
+    demand). One-way transit is 0.3 ms plus up to ``transit_s`` / 2 of noise. Counts after ``settle``."""
+    import heapq
+    import random
+
+    from router.flow.limits import GradientLimit, GradientSettings, Outcome
+
+    rnd = random.Random(seed)
+    limits = [GradientLimit(GradientSettings()) for _ in range(routers)]
+    inflight = [0] * routers
+    events: list[tuple[float, int, str, tuple[Any, ...]]] = []
+    seq = 0
+    busy = 0
+    queue: list[tuple[int, float]] = []
+    ok = throttled = 0
+    per = [0] * routers
+    latencies: list[float] = []
+
+    def push(t: float, kind: str, data: tuple[Any, ...]) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(events, (t, seq, kind, data))
+
+    def hop() -> float:
+        return 0.0003 + rnd.random() * transit_s / 2
+
+    def fill(t: float, i: int) -> None:
+        while inflight[i] < max(1, int(limits[i].limit)):
+            inflight[i] += 1
+            push(t + hop(), "arrive", (i, t))
+
+    for i in range(routers):
+        fill(0.0, i)
+    while events:
+        t, _, kind, data = heapq.heappop(events)
+        if t > seconds:
+            break
+        if kind == "arrive":
+            i, t0 = data
+            if busy < CAPACITY:
+                busy += 1
+                push(t + SERVICE_S * rnd.lognormvariate(0, 0.05), "done", (i, t0))
+            elif mode == "queue":
+                queue.append((i, t0))
+            else:
+                push(t + 0.0005 + hop(), "finish", (i, t0, Outcome.THROTTLED))
+        elif kind == "done":
+            i, t0 = data
+            if queue:
+                j, tq = queue.pop(0)
+                push(t + SERVICE_S * rnd.lognormvariate(0, 0.05), "done", (j, tq))
+            else:
+                busy -= 1
+            push(t + hop(), "finish", (i, t0, Outcome.SUCCESS))
+        else:
+            i, t0, outcome = data
+            limits[i].on_sample(t, t - t0, inflight[i], outcome)
+            inflight[i] -= 1
+            if t > settle:
+                if outcome is Outcome.SUCCESS:
+                    ok += 1
+                    per[i] += 1
+                    latencies.append(t - t0)
+                else:
+                    throttled += 1
+            fill(t, i)
+    latencies.sort()
+    return {"mode": mode, "routers": routers, "throughput_rps": ok / (seconds - settle),
+            "backend_429_share": throttled / max(1, ok + throttled), "shares": [n / max(1, ok) for n in per],
+            "limits": [round(x.limit, 1) for x in limits], "p50_ms": 1000 * latencies[len(latencies) // 2]}
+
+
 # --- what the controller costs per call ------------------------------------------------------------------
 
 
@@ -221,11 +300,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacity-duration", type=float, default=5.0)
     parser.add_argument("--limit", default="auto", help="the routers' max_concurrency (auto, or 4 to compare)")
     parser.add_argument("--cost-only", action="store_true")
+    parser.add_argument("--simulate", action="store_true", help="the virtual-clock model only (3 s, no processes)")
     parser.add_argument("--loadgen", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.loadgen:
         spec = json.loads(args.loadgen)
         print(json.dumps(asyncio.run(loadgen(spec["urls"], spec["clients"], spec["duration"], spec["settle"]))))
+        return 0
+    if args.simulate:
+        print("| mode | routers | served req/s (16 x 20 ms = 800 max) | backend 429s | p50 | shares | limits |")
+        print("| --- | ---: | ---: | ---: | ---: | --- | --- |")
+        for mode in args.modes.split(","):
+            for n in (int(x) for x in args.routers.split(",")):
+                r = simulate(mode, n)
+                print(f"| {mode} | {n} | {r['throughput_rps']:.0f} | {r['backend_429_share']:.2%} "
+                      f"| {r['p50_ms']:.1f} ms | {', '.join(f'{v:.2f}' for v in r['shares'])} "
+                      f"| {', '.join(f'{v:g}' for v in r['limits'])} |")
         return 0
     rows = []
     if not args.cost_only:

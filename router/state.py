@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from router.flow.breaker import Breaker, BreakerSettings
 from router.flow.limits import ConcurrencyLimit, FixedLimit, GradientLimit, GradientSettings, Outcome
-from router.flow.orca import parse_load_report
+from router.flow.orca import LoadReport, parse_load_report
 from router.types import BREAKER_FAILURES, BackendState, BreakerState, FailureKind, Lane, Snapshot
 
 Clock = Callable[[], float]
@@ -61,7 +61,9 @@ class BackendTracker:
 
     __slots__ = (
         "_cold_call",
+        "_report",
         "_report_at",
+        "_report_header",
         "breaker",
         "clock",
         "cold_start_s",
@@ -87,6 +89,8 @@ class BackendTracker:
         self.breaker = Breaker(settings.breaker)
         self.reported_utilization: float | None = None
         self._report_at = -math.inf
+        self._report_header: str | None = None
+        self._report: LoadReport | None = None
         self.cold_start_s = settings.cold_start_s
         self.last_active = -math.inf  # a serverless backend starts cold
         self._cold_call = False
@@ -193,7 +197,11 @@ class BackendTracker:
             self.on_free()
 
     def _record_report(self, now: float, header: str) -> None:
-        report = parse_load_report(header)
+        if header == self._report_header:  # a steady backend repeats itself: parse each text once
+            report = self._report
+        else:
+            report = self._report = parse_load_report(header)
+            self._report_header = header
         if report is None:
             return  # malformed: ignored, never the client's problem
         utilization = report.utilization

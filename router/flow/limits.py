@@ -8,13 +8,14 @@ always passed in, never read, so the simulator drives the same code on a virtual
   by +1 per window of successes (+1/limit per success), never above the configured number (AIMD).
 - ``GradientLimit``: learns the limit. Like Envoy's gradient controller it compares each window's median
   round-trip time with the lowest window median seen (``gradient = (tolerance * min_rtt + jitter) /
-  window_rtt``, clamped to 0.5..2) and multiplies the limit by it (smoothed, plus a small headroom); like Netflix's AIMD it cuts multiplicatively on
-  throttling. Growth and cuts are both *multiplicative*, so the equilibrium is a latency ratio and a
+  window_rtt``, clamped to 0.5..2) and moves the limit towards ``limit * gradient + headroom``; like
+  Netflix's AIMD it cuts multiplicatively on throttling. Growth and cuts are multiplicative (the small
+  headroom only pulls replicas towards equal shares), so the equilibrium is a latency ratio and a
   throttling point that are the same for every replica: N routers in front of one backend converge to
-  about 1/N of it each without talking to each other (an additive term such as Envoy's sqrt(limit)
-  headroom would add up across replicas). After a throttle the limit may only regrow slowly (``probe``
-  per second, relative to the level it was cut to), so a backend that refuses instead of queueing
-  (no latency signal) is overshot rarely.
+  about 1/N of it each without talking to each other (Envoy's sqrt(limit) headroom would add up across
+  replicas). After a throttle the limit may only regrow slowly (``probe`` of the level it was cut to,
+  plus ``probe_slots``, per second), so a backend that refuses instead of queueing (no latency signal) is
+  overshot rarely.
 """
 
 from __future__ import annotations

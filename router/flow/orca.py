@@ -64,16 +64,18 @@ def _number(value: object) -> float | None:
 def _text(text: str) -> dict[str, float] | None:
     metrics: dict[str, float] = {}
     for pair in text.split(","):
-        if not pair.strip():
+        key, sep, value = pair.partition("=")
+        if not sep:
+            key, sep, value = pair.partition(":")
+        key = key.strip()
+        if not sep or not key:
+            if pair.strip():
+                return None
             continue
-        colon, equals = pair.find(":"), pair.find("=")
-        cut = min(i for i in (colon, equals) if i >= 0) if colon >= 0 or equals >= 0 else -1
-        if cut <= 0:
-            return None
-        number = _number(pair[cut + 1:].strip())
+        number = _number(value.strip())
         if number is None:
             return None
-        metrics[pair[:cut].strip()] = number
+        metrics[key] = number
     return metrics
 
 
