@@ -42,7 +42,8 @@ async def serve_router(yaml_text: str, env: Mapping[str, str] | None = None,
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(runtime), lifespan="on", log_config=None, access_log=False)
+    config = uvicorn.Config(create_app(runtime), lifespan="on", log_config=None, access_log=False,
+                            server_header=False)  # as `serve` runs it: forwarded answers keep the server's own
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

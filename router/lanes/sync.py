@@ -16,9 +16,10 @@ from dataclasses import dataclass, replace
 
 import structlog
 
+from router.lanes.streams import TrackedStream
 from router.metrics import RouterMetrics
 from router.state import BackendTracker, Clock
-from router.types import Backend, BackendError, FailureKind, Hop, Invocation, InvocationResult, Route
+from router.types import Backend, BackendError, CallerGone, FailureKind, Hop, Invocation, InvocationResult, Route
 
 log = structlog.get_logger("router.sync")
 
@@ -158,7 +159,7 @@ class SyncLane:
             tracker.failed(self.clock(), exc.kind)
             self.metrics.backend_calls(tracker.name, exc.kind.value).inc()
             raise
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, CallerGone):
             tracker.abandoned(self.clock())  # the client left: release the slot, blame no one
             raise
         except Exception:
@@ -166,6 +167,8 @@ class SyncLane:
             tracker.failed(self.clock(), FailureKind.UNAVAILABLE)
             self.metrics.backend_calls(tracker.name, "internal").inc()
             raise BackendError(FailureKind.UNAVAILABLE, f"{tracker.name} failed unexpectedly") from None
+        if result.stream is not None:  # a streamed answer holds its slot until its last byte
+            return replace(result, stream=TrackedStream(result.stream, tracker, self.metrics, now))
         tracker.succeeded(self.clock(), self.clock() - now)
         self.metrics.backend_calls(tracker.name, "ok").inc()
         return result
