@@ -299,6 +299,10 @@ class PathConfig(Strict):
     control: bool = False  # forwarded to the real-time backend without routing, counting or taking a slot
 
 
+# A bare string is an inference path taking POST
+PathEntry = Annotated[PathConfig, BeforeValidator(lambda v: {"path": v} if isinstance(v, str) else v)]
+
+
 class ModelConfig(Strict):
     lanes: dict[ModelLane, str]
     limits: dict[ModelLane, Size] = Field(default_factory=dict)
@@ -307,7 +311,7 @@ class ModelConfig(Strict):
     # The paths (and methods) clients of this model server protocol call, e.g. KServe V2's health, metadata, infer
     protocol: ProtocolName | None = None
     # extra URLs, e.g. /v2/models/fraud/infer, /v1/fraud/* or {path: /v2/models/fraud/ready, control: true}
-    paths: list[str | PathConfig] = Field(default_factory=list)
+    paths: list[PathEntry] = Field(default_factory=list)
     # Answer 202 + a job even without Prefer: respond-async (for clients built for an async API).
     async_without_prefer: bool = False
     batch: BatchConfig = Field(default_factory=BatchConfig)
@@ -334,9 +338,7 @@ class ModelConfig(Strict):
         return RouteConfig.model_validate({"lane": present[0], "fallback": present[1:]})
 
 
-def _declared_rule(model: str, entry: str | PathConfig, protocol: str | None) -> PathRule:
-    if isinstance(entry, str):
-        return PathRule(model, entry, INFERENCE_METHODS, protocol=protocol)
+def _declared_rule(model: str, entry: PathConfig, protocol: str | None) -> PathRule:
     methods = frozenset(entry.methods) if entry.methods else (CONTROL_METHODS if entry.control else INFERENCE_METHODS)
     return PathRule(model, entry.path, methods, control=entry.control, protocol=protocol)
 

@@ -110,6 +110,8 @@ class HttpBackend:
         self._timeout_s = timeout_s
         # aiohttp runs its own timer per request; reuse one ClientTimeout rather than add asyncio.timeout()
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        # forwarded answers: no total (a stream may last), but never longer than the timeout between two reads
+        self._read_timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_s)
         self._headers = dict(headers or {})
         self._variant = variant or name
 
@@ -202,7 +204,8 @@ class HttpBackend:
         limit = self._timeout_s if inv.timeout_s is None else max(min(inv.timeout_s, self._timeout_s), 0.001)
         if inv.job_timeout_s is not None:
             limit = inv.job_timeout_s
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=max(limit, self._timeout_s))
+        timeout = self._read_timeout if inv.job_timeout_s is None else aiohttp.ClientTimeout(
+            total=None, sock_read=max(limit, self._timeout_s))
         url = URL(self._origin + (inv.path or "/"), encoded=True)  # the path and query exactly as they came
         try:
             async with asyncio.timeout(limit):
