@@ -27,7 +27,7 @@ def main() -> None:
         "parameters": {"uri": "./model.joblib", "version": "v1"}}))
     (root / "settings.json").write_text(json.dumps({
         "host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port,
-        "debug": False}))
+        "debug": False, "metrics_dir": str(root / ".metrics")}))  # not the working directory
 
 
 if __name__ == "__main__":
