@@ -188,10 +188,23 @@ class Invocation:
     # end-to-end headers (hop-by-hop and the router's own removed). None: an InvokeEndpoint-style call.
     method: str | None = None
     forward_headers: Sequence[tuple[str, str]] = ()
+    # InvokeEndpointWithResponseStream: the answer comes back as a stream, returned once its first byte is here
+    response_stream: bool = False
 
 
 class CallerGone(Exception):
     """The client went away (disconnected, or stopped reading): a call cut short for it is nobody's failure."""
+
+
+class StreamBroken(Exception):
+    """A streamed answer broke off mid-way. ``code`` is SageMaker's ModelStreamError ErrorCode
+    (``StreamBroken``, ``ModelInvocationTimeExceeded``...) or ``InternalStreamFailure``."""
+
+    def __init__(self, kind: FailureKind, code: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.code = code
+        self.message = message
 
 
 class AnswerStream(Protocol):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from random import getrandbits  # request ids need uniqueness, not secrecy; uuid4 costs a syscall
 from typing import Any
 
@@ -19,7 +20,14 @@ import msgspec
 import structlog
 
 from router.api.errors import ErrorAnswer, from_failure
-from router.api.forward import AnswerCut, RequestBody, first_chunk, send_error, send_forwarded
+from router.api.forward import (
+    AnswerCut,
+    RequestBody,
+    first_chunk,
+    send_error,
+    send_event_stream,
+    send_forwarded,
+)
 from router.batch.lane import BatchLane
 from router.batch.records import RecordError, record_format
 from router.config import AwsStateConfig
@@ -153,6 +161,8 @@ class DataPlane:
                     return await self._serve(scope, receive, send, name)
                 if tail == "async-invocations" and name:
                     return await self._serve(scope, receive, send, name, sagemaker_async=True)
+                if tail == "invocations-response-stream" and name:
+                    return await self._serve(scope, receive, send, name, response_stream=True)
             else:
                 paths = self.runtime.routing.paths
                 rules = paths.match(path) if paths else None
@@ -175,8 +185,8 @@ class DataPlane:
             await self._serve(scope, receive, send, rule.model, proxy=rule)
 
     async def _serve(self, scope: Any, receive: Any, send: Any, name: str, *, proxy: PathRule | None = None,
-                     sagemaker_async: bool = False, refuse: RequestError | None = None,
-                     allow: str | None = None) -> None:
+                     sagemaker_async: bool = False, response_stream: bool = False,
+                     refuse: RequestError | None = None, allow: str | None = None) -> None:
         started = time.perf_counter()
         runtime = self.runtime
         routing = runtime.routing
@@ -229,6 +239,8 @@ class DataPlane:
                                    else "ServiceUnavailable",
                                    f"request shed by policy {decision.policy!r} ({reason}); retry later",
                                    retry_after_s=decision.retry_after_s)
+            if response_stream:  # answered in this exchange or not at all: no job lanes
+                route = Route(decision, tuple(h for h in route.hops if h.lane not in JOB_LANES))
             if not route.hops:
                 raise RequestError(413, "ValidationError", "request body exceeds every lane's limit")
             first = route.hops[0]
@@ -239,6 +251,8 @@ class DataPlane:
                 raise _Accepted(await self._accept(headers, entry, features, first, body_source, trace), first)
             body = prefix if declared is None else await self._sync_body(receive, declared, entry.max_sync_bytes)
             inv = self._invocation(scope, headers, body, proxy, trace)
+            if response_stream:  # the model's Accept travels in a header of its own on this API
+                inv = replace(inv, accept=headers.get("x-amzn-sagemaker-accept"), response_stream=True)
             deadline_at = (runtime.clock() + features.deadline_ms / 1000.0) if features.deadline_ms else None
             sync_hops = tuple(h for h in route.hops if h.lane not in JOB_LANES)
             job_hop = next((h for h in route.hops if h.lane in JOB_LANES), None)
@@ -256,7 +270,9 @@ class DataPlane:
             lane, backend = outcome.hop.lane.value, outcome.hop.backend
             status = outcome.result.status
             own = _router_headers(request_id, lane, backend, reason)
-            if proxy is not None:
+            if response_stream:
+                first_byte = await send_event_stream(send, receive, outcome.result, own)
+            elif proxy is not None:
                 if status == 404 and proxy.pattern.endswith("*"):
                     model_label = UNKNOWN_MODEL  # under a prefix, a 404 says the URL named no model the server has
                 first_byte = await send_forwarded(send, receive, outcome.result, own)

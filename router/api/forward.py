@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from router import eventstream
 from router.api.errors import ErrorAnswer
 from router.protocols import error_body
-from router.types import AnswerStream, CallerGone, InvocationResult
+from router.types import AnswerStream, CallerGone, InvocationResult, StreamBroken
 
 Headers = list[tuple[bytes, bytes]]
 _JSON = (b"content-type", b"application/json")
@@ -95,16 +96,25 @@ async def send_forwarded(send: Any, receive: Any, result: InvocationResult, own:
     return await pump(send, receive, stream)
 
 
-async def pump(send: Any, receive: Any, stream: AnswerStream) -> float:
-    """Send ``stream`` to the client as it arrives; stop reading it (closing the upstream call) if the client
-    goes away, and raise :class:`CallerGone` then. Returns when the first byte went out."""
+async def pump(send: Any, receive: Any, stream: AnswerStream, frame: Callable[[bytes], bytes] | None = None,
+               last_words: Callable[[Exception], bytes] | None = None) -> float:
+    """Send ``stream`` to the client as it arrives (each chunk through ``frame``, if given); stop reading it
+    (closing the upstream call) if the client goes away, and raise :class:`CallerGone` then. A stream that
+    breaks off ends with ``last_words(error)`` if given, else the client's connection is cut
+    (:class:`AnswerCut`). Returns when the first byte went out."""
     first_at: list[float] = []
 
     async def relay() -> None:
-        async for chunk in stream:
-            if not first_at:
-                first_at.append(time.perf_counter())
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        try:
+            async for chunk in stream:
+                if not first_at:
+                    first_at.append(time.perf_counter())
+                await send({"type": "http.response.body", "body": frame(chunk) if frame else chunk,
+                            "more_body": True})
+        except Exception as exc:
+            if last_words is None:
+                raise
+            await send({"type": "http.response.body", "body": last_words(exc), "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
     relaying = asyncio.ensure_future(relay())
@@ -124,6 +134,33 @@ async def pump(send: Any, receive: Any, stream: AnswerStream) -> float:
     if failure is not None:
         raise AnswerCut(type(failure).__name__) from failure
     return first_at[0] if first_at else time.perf_counter()
+
+
+def _stream_error_event(exc: Exception) -> bytes:
+    """How a response stream that broke off ends for a SageMaker client: the event its SDK raises."""
+    if isinstance(exc, StreamBroken):
+        if exc.code == "InternalStreamFailure":
+            return eventstream.internal_stream_failure(exc.message)
+        return eventstream.model_stream_error(exc.message, exc.code)
+    return eventstream.internal_stream_failure("the router failed while relaying the stream")
+
+
+async def send_event_stream(send: Any, receive: Any, result: InvocationResult, own: Headers) -> float:
+    """InvokeEndpointWithResponseStream's answer: one ``PayloadPart`` event per chunk the model produced, as it
+    comes; a failure mid-stream ends it with a ``ModelStreamError`` or ``InternalStreamFailure`` event."""
+    headers = [*own, (b"content-type", b"application/vnd.amazon.eventstream")]
+    if result.content_type:
+        headers.append((b"x-amzn-sagemaker-content-type", result.content_type.encode("latin-1")))
+    if result.invoked_variant:
+        headers.append((b"x-amzn-invoked-production-variant", result.invoked_variant.encode("latin-1")))
+    if result.custom_attributes:
+        headers.append((b"x-amzn-sagemaker-custom-attributes", result.custom_attributes.encode("latin-1")))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    if result.stream is None:
+        first = time.perf_counter()
+        await send({"type": "http.response.body", "body": eventstream.payload_part(result.body)})
+        return first
+    return await pump(send, receive, result.stream, eventstream.payload_part, _stream_error_event)
 
 
 async def send_error(send: Any, answer: ErrorAnswer, own: Headers, request_id: str, protocol: str | None) -> None:

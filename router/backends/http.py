@@ -11,7 +11,7 @@ import aiohttp
 from yarl import URL
 
 from router.headers import answer_headers
-from router.types import BackendError, CallerGone, FailureKind, Invocation, InvocationResult
+from router.types import BackendError, CallerGone, FailureKind, Invocation, InvocationResult, StreamBroken
 
 MAX_ERROR_TEXT = 1024
 # A forwarded answer of known length up to this is read whole and sent in one piece; larger ones, and answers
@@ -54,17 +54,26 @@ def failure_kind(status: int) -> FailureKind:
 class ResponseStream:
     """A forwarded answer's body as it arrives; releases the connection at the end (or closes it if cut short)."""
 
-    __slots__ = ("_done", "_resp")
+    __slots__ = ("_done", "_first", "_resp")
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, first: bytes = b"") -> None:
         self._resp = resp
+        self._first = first  # already read (a response stream's first byte)
         self._done = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
+            if self._first:
+                yield self._first
             async for chunk in self._resp.content.iter_any():
                 yield chunk
             self._done = True
+        except TimeoutError:
+            raise StreamBroken(FailureKind.TIMEOUT, "ModelInvocationTimeExceeded",
+                               "the model sent nothing for longer than the backend's timeout") from None
+        except aiohttp.ClientError as exc:
+            raise StreamBroken(FailureKind.CONNECTION, "StreamBroken",
+                               f"the model's answer broke off: {type(exc).__name__}") from None
         finally:
             await self.aclose()
 
@@ -122,7 +131,7 @@ class HttpBackend:
         return None
 
     async def invoke(self, inv: Invocation) -> InvocationResult:
-        if inv.method is not None:
+        if inv.method is not None or inv.response_stream:
             return await self._forward(inv)
         headers = dict(self._headers)
         if inv.content_type:
@@ -188,11 +197,22 @@ class HttpBackend:
         )
 
     async def _forward(self, inv: Invocation) -> InvocationResult:
-        """A request as it came (method, path, query, headers, body) to this server; its answer as it comes
-        back. An error answer is read whole and raised, so the sync lane can fall back, then passed on as is."""
-        configured = {k.lower() for k in self._headers}
-        headers = [(k, v) for k, v in inv.forward_headers if k not in configured]
-        headers += list(self._headers.items())
+        """A request as it came (method, path, query, headers, body) to this server, or a response-stream call to
+        its URL; the answer as it comes back. An error answer is read whole and raised, so the sync lane can fall
+        back, then passed on as is. A response stream returns once its first byte is here."""
+        if inv.method is not None:
+            configured = {k.lower() for k in self._headers}
+            headers = [(k, v) for k, v in inv.forward_headers if k not in configured]
+            headers += list(self._headers.items())
+            url = URL(self._origin + (inv.path or "/"), encoded=True)  # the path and query exactly as they came
+        else:  # InvokeEndpointWithResponseStream: the container contract's POST, its answer relayed in parts
+            headers = list(self._headers.items())
+            for name, value in (("Content-Type", inv.content_type), ("Accept", inv.accept),
+                                ("X-Amzn-SageMaker-Custom-Attributes", inv.custom_attributes),
+                                ("X-Amzn-SageMaker-Inference-Id", inv.inference_id)):
+                if value:
+                    headers.append((name, value))
+            url = URL(self._url, encoded=True)
         headers += list(inv.headers.items())
         data: bytes | AsyncIterator[bytes] | None = inv.body or None
         if inv.stream is not None:
@@ -206,7 +226,6 @@ class HttpBackend:
             limit = inv.job_timeout_s
         timeout = self._read_timeout if inv.job_timeout_s is None else aiohttp.ClientTimeout(
             total=None, sock_read=max(limit, self._timeout_s))
-        url = URL(self._origin + (inv.path or "/"), encoded=True)  # the path and query exactly as they came
         try:
             async with asyncio.timeout(limit):
                 resp = await self._session().request(inv.method or "POST", url, data=data, headers=headers,
@@ -215,12 +234,19 @@ class HttpBackend:
                 status = resp.status
                 out = answer_headers(resp.raw_headers)
                 length = resp.content_length
-                whole = status >= 400 or inv.method == "HEAD" or (length is not None and length <= WHOLE_ANSWER_MAX)
+                whole = status >= 400 or inv.method == "HEAD" or (
+                    not inv.response_stream and length is not None and length <= WHOLE_ANSWER_MAX)
                 if whole:
                     try:
                         body = await resp.read()
                     finally:
                         resp.release()
+                elif inv.response_stream:  # the first byte within the deadline, or a failure to fall back from
+                    try:
+                        first = await resp.content.readany()
+                    except BaseException:
+                        resp.close()
+                        raise
         except TimeoutError:
             raise BackendError(FailureKind.TIMEOUT, f"{self.name} did not answer within {limit:g}s") from None
         except aiohttp.ClientError as exc:
@@ -234,5 +260,7 @@ class HttpBackend:
             raise BackendError(failure_kind(status), f"{self.name} answered {status}", status=status,
                                original_status=status, original_message=text, answer=answer)
         if whole:
-            return InvocationResult(body, content_type, status, headers=out)
-        return InvocationResult(b"", content_type, status, headers=out, stream=ResponseStream(resp))
+            return InvocationResult(body, content_type, status, self._variant, headers=out)
+        stream = ResponseStream(resp, first if inv.response_stream else b"")
+        return InvocationResult(b"", content_type, status, self._variant,
+                                resp.headers.get("X-Amzn-SageMaker-Custom-Attributes"), headers=out, stream=stream)

@@ -9,7 +9,7 @@ import structlog
 
 from router.metrics import RouterMetrics
 from router.state import BackendTracker
-from router.types import AnswerStream, FailureKind
+from router.types import AnswerStream, FailureKind, StreamBroken
 
 log = structlog.get_logger("router.sync")
 
@@ -36,7 +36,8 @@ class TrackedStream:
             self._end(None)
             raise
         except Exception as exc:
-            self._end(FailureKind.TIMEOUT if isinstance(exc, TimeoutError) else FailureKind.CONNECTION)
+            self._end(exc.kind if isinstance(exc, StreamBroken) else
+                      FailureKind.TIMEOUT if isinstance(exc, TimeoutError) else FailureKind.CONNECTION)
             log.warning("stream_broken", backend=self._tracker.name, error=type(exc).__name__)
             raise
         else:
