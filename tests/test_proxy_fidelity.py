@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from tests.conftest import RunningRouter, serve_router, until
+from tests.conftest import RunningRouter, serve_router, start_app, until
 
 TEAM_KEY = "team-a-secret-key"
 
@@ -78,11 +78,7 @@ class Upstream:
     async def __aenter__(self) -> Upstream:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.url = await start_app(app)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

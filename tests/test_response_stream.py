@@ -18,7 +18,7 @@ from botocore.eventstream import EventStreamBuffer
 from botocore.exceptions import ClientError, EventStreamError
 
 from router import eventstream
-from tests.conftest import RunningRouter, serve_router, until
+from tests.conftest import RunningRouter, serve_router, start_app, until
 from tests.sm_emulator import SageMakerRuntimeEmulator
 
 pytestmark = pytest.mark.usefixtures("aws_env")
@@ -58,11 +58,7 @@ class StreamingContainer:
     async def __aenter__(self) -> StreamingContainer:
         app = web.Application()
         app.router.add_post("/invocations", self._invocations)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.url = await start_app(app)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

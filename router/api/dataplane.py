@@ -132,6 +132,14 @@ def _upstream_headers(headers: dict[str, str], trace: TraceContext) -> dict[str,
     return out
 
 
+def _identify(scope: Any) -> tuple[dict[str, str], str, TraceContext]:
+    """A request's headers (names in lower case), its id (the client's if well-formed) and its trace span."""
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    rid = headers.get("x-request-id")
+    request_id = rid if rid is not None and _REQUEST_ID.match(rid) else f"{getrandbits(128):032x}"
+    return headers, request_id, start_span(headers.get("traceparent"), headers.get("tracestate"))
+
+
 def _origin(scope: Any, headers: dict[str, str]) -> str:
     host = headers.get("host") or "{}:{}".format(*scope.get("server") or ("127.0.0.1", 80))
     return f"{scope.get('scheme', 'http')}://{host}"
@@ -191,10 +199,7 @@ class DataPlane:
         runtime = self.runtime
         routing = runtime.routing
         metrics = runtime.metrics
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        rid = headers.get("x-request-id")
-        request_id = rid if rid is not None and _REQUEST_ID.match(rid) else f"{getrandbits(128):032x}"
-        trace = start_span(headers.get("traceparent"), headers.get("tracestate"))
+        headers, request_id, trace = _identify(scope)
         trace_token = request_trace_id.set(trace.trace_id)
         entry = routing.models.get(name)
         model_label = name if entry is not None else UNKNOWN_MODEL
@@ -331,10 +336,7 @@ class DataPlane:
         started = time.perf_counter()
         runtime = self.runtime
         routing = runtime.routing
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        rid = headers.get("x-request-id")
-        request_id = rid if rid is not None and _REQUEST_ID.match(rid) else f"{getrandbits(128):032x}"
-        trace = start_span(headers.get("traceparent"), headers.get("tracestate"))
+        headers, request_id, trace = _identify(scope)
         entry = routing.models[rule.model]
         backend = entry.control_backend or "none"
         target = routing.targets.get(backend)
