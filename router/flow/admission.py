@@ -142,6 +142,8 @@ class Admission:
             if gone is not None and not gone.done():
                 gone.cancel()
         if gone is not None and gone.done():
+            if not gone.cancelled():
+                gone.exception()  # CallerGone while the rest of the body came: retrieved, it means gone too
             self._abandon(waiter, grant)
             self._observe(waiter, "client_gone")
             raise Rejected("client_gone")
@@ -171,7 +173,7 @@ class Admission:
         ``stopping()`` says to give up."""
         t = self.tracker
         if not self.queue and not self._background and t.inflight + self.reserved < t.capacity \
-                and t.admits(self.clock()):
+                and self._takes_calls(self.clock()):
             return True
         grant: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._background.append(grant)
@@ -204,9 +206,9 @@ class Admission:
             if t.inflight + self.reserved >= t.capacity:
                 return
             now = self.clock()
-            if not t.admits(now):
-                if queue and t.state(now).breaker is BreakerState.OPEN:
-                    while (w := queue.pop()) is not None:
+            if not self._takes_calls(now):
+                if queue and t.breaker.current(now) is BreakerState.OPEN:
+                    while (w := queue.pop()) is not None:  # they move along their routes instead
                         if isinstance(w, _SyncWaiter):
                             self._leave(w, BREAKER_OPEN)
                 return  # half-open: the probe's end frees the next slot
@@ -222,6 +224,15 @@ class Admission:
             if not grant.done():
                 self.reserved += 1
                 grant.set_result(GRANTED)
+
+    def _takes_calls(self, now: float) -> bool:
+        """The breaker lets a waiter call: closed, or half-open with no probe under way or handed out. (Not
+        ``tracker.admits``: while open that counts the asking request toward the next probe.)"""
+        breaker = self.tracker.breaker
+        state = breaker.current(now)
+        if state is BreakerState.CLOSED:
+            return True
+        return state is BreakerState.HALF_OPEN and not breaker.probing and not self.reserved
 
     def _release(self) -> None:
         """A reserved slot its waiter will not use after all: to the next one."""
