@@ -24,7 +24,6 @@ from router.types import BreakerState
 
 GRANTED = "granted"
 BREAKER_OPEN = "breaker_open"  # the backend's breaker opened while requests waited: they move along
-REASONS = ("full", "evicted", "wait_exceeds_deadline", "timeout", "client_gone")
 # A waiting background task re-checks whether it should give up (draining) this often; slots never need it.
 BACKGROUND_CHECK_S = 0.5
 RETRY_AFTER_MAX_S = 30.0  # Retry-After of a request more urgent traffic leaves no slot to (an infinite wait)
@@ -46,7 +45,8 @@ class Ticket(NamedTuple):
 
 
 class Rejected(Exception):
-    """No slot for this request on this backend; ``reason`` is one of ``REASONS`` (or ``breaker_open``)."""
+    """No slot for this request on this backend: ``full``, ``evicted``, ``wait_exceeds_deadline``, ``timeout``,
+    ``client_gone``, or ``breaker_open`` (the backend's breaker opened while it waited)."""
 
     def __init__(self, reason: str, retry_after_s: float = 1.0) -> None:
         super().__init__(reason)
@@ -126,7 +126,7 @@ class Admission:
                              math.inf if deadline_at is None else deadline_at, now, grant=grant)
         pushed = self.queue.push(waiter)
         if not pushed.queued:
-            self._rejected("full")
+            self.rejected("full")
             raise Rejected("full", self.predict(ticket.priority, ticket.tenant, ticket.weight, deadline_at)[1])
         self.rates.observe(ticket.priority, now)
         if isinstance(pushed.evicted, _SyncWaiter):
@@ -144,8 +144,10 @@ class Admission:
         if gone is not None and gone.done():
             if not gone.cancelled():
                 gone.exception()  # CallerGone while the rest of the body came: retrieved, it means gone too
+            counted = grant.done() and not grant.cancelled() and grant.result() != GRANTED  # evicted meanwhile
             self._abandon(waiter, grant)
-            self._observe(waiter, "client_gone")
+            if not counted:
+                self._observe(waiter, "client_gone")
             raise Rejected("client_gone")
         if not grant.done():
             self.queue.remove(waiter)
@@ -155,10 +157,6 @@ class Admission:
         if outcome != GRANTED:
             raise Rejected(outcome, self.predict(ticket.priority, ticket.tenant, ticket.weight, deadline_at)[1])
         self.reserved -= 1  # the caller starts its call before it next awaits: the slot becomes in-flight
-
-    def rejected(self, reason: str) -> None:
-        """Count a request this backend did not queue (e.g. its predicted wait exceeds its budget)."""
-        self._rejected(reason)
 
     # --- background work ------------------------------------------------------------------------
 
@@ -260,7 +258,8 @@ class Admission:
             if reason is not None:
                 self.metrics.queue_rejected(self.name, reason)
 
-    def _rejected(self, reason: str) -> None:
+    def rejected(self, reason: str) -> None:
+        """Count a request this backend did not serve (e.g. its predicted wait exceeds its budget)."""
         if self.metrics is not None:
             self.metrics.queue_rejected(self.name, reason)
 
