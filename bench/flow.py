@@ -311,12 +311,18 @@ def burst(demo: Demo, args: argparse.Namespace) -> dict[str, Any]:
     codes: dict[str, int] = {}
     for r in results:
         codes[str(r["status"])] = codes.get(str(r["status"]), 0) + 1
-    summary = {"requests": len(results), "answered_200": ok, "codes": codes, "wall_s": res["wall_s"],
+    errors: dict[str, int] = {}
+    for r in results:
+        if r["status"] != 200:
+            key = f"{r['status']} {r.get('message', '')[:60]}"
+            errors[key] = errors.get(key, 0) + 1
+    summary = {"requests": len(results), "answered_200": ok, "codes": codes, "errors": errors, "wall_s": res["wall_s"],
                "p50_ms": 1000 * quantile(latencies, 0.5), "p99_ms": 1000 * quantile(latencies, 0.99),
                "max_ms": 1000 * max(latencies)}
     summary["goal"] = {"100% answered 200": ok == len(results)}
     print(f"burst: {ok}/{len(results)} answered 200 ({codes}) in {res['wall_s']:.2f} s; latency p50 "
-          f"{summary['p50_ms']:.0f} ms, p99 {summary['p99_ms']:.0f} ms, max {summary['max_ms']:.0f} ms", flush=True)
+          f"{summary['p50_ms']:.0f} ms, p99 {summary['p99_ms']:.0f} ms, max {summary['max_ms']:.0f} ms"
+          + (f"; errors {errors}" if errors else ""), flush=True)
     return summary
 
 

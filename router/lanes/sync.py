@@ -28,10 +28,10 @@ from router.types import Backend, BackendError, CallerGone, FailureKind, Hop, In
 
 log = structlog.get_logger("router.sync")
 
-# A request queues only if its predicted wait is within this share of its budget. Without a margin a
-# class whose demand exceeds its share fills its queue up to exactly the budget, and every waiter at the
-# tail times out on the first bad luck (a few more urgent arrivals than the average): a 503 after waiting
-# instead of at once.
+# A request with a deadline queues only if its predicted wait is within this share of its budget. Without a
+# margin a class whose demand exceeds its share fills its queue up to exactly the budget, and every waiter
+# at the tail times out on the first bad luck (a few more urgent arrivals than the average): a 503 after
+# waiting instead of at once.
 FIT = 0.8
 
 
@@ -157,7 +157,8 @@ class SyncLane:
                 return hop  # a slot freed while the walk went on, and nobody waits for it
             budget_s = admission.budget_s(now, deadline_at)
             _ahead, wait_s = admission.predict(ticket.priority, ticket.tenant, ticket.weight, deadline_at)
-            if budget_s <= 0.0 or wait_s > FIT * budget_s:
+            # a deadline is the client's: keep a margin for the prediction's error; max_wait alone is ours
+            if budget_s <= 0.0 or wait_s > (FIT if deadline_at is not None else 1.0) * budget_s:
                 admission.rejected("wait_exceeds_deadline")
                 if refused is None:
                     refused = (hop, Rejected("wait_exceeds_deadline", wait_s))
