@@ -5,8 +5,11 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 MUTATION_STAMP := $(VENV)/.mutation-installed
+# Third-party model servers for the interop tests (tests/interop): a venv of their own, their pins clash with ours
+INTEROP := .venv-interop
+INTEROP_STAMP := $(INTEROP)/.installed
 
-.PHONY: demo test lint bench check-config clean prometheus mutation
+.PHONY: demo test lint bench check-config clean prometheus interop mutation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +23,14 @@ $(DEV_STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@ $(RUNTIME_STAMP)
 
+$(INTEROP_STAMP): tests/interop/requirements.txt
+	$(PYTHON) -m venv $(INTEROP)
+	$(INTEROP)/bin/python -m pip install -q --upgrade pip
+	$(INTEROP)/bin/python -m pip install -q -r tests/interop/requirements.txt
+	touch $@
+
+interop: $(INTEROP_STAMP)
+
 demo: $(RUNTIME_STAMP)
 	$(BIN)/inference-router demo
 
@@ -30,7 +41,7 @@ prometheus:
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
 	  >/dev/null; } || echo "prometheus not installed: its tests will be skipped (apt-get install prometheus)"
 
-test: $(DEV_STAMP) prometheus
+test: $(DEV_STAMP) prometheus interop
 	$(BIN)/python -m pytest -q
 
 lint: $(DEV_STAMP)
@@ -59,4 +70,4 @@ mutation: $(MUTATION_STAMP)
 	$(BIN)/python tools/mutation.py --modules '$(MUTATE)' --tests '$(MUTATION_TESTS)'
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build/mutation
+	rm -rf $(VENV) $(INTEROP) .pytest_cache .mypy_cache .ruff_cache build/mutation

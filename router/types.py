@@ -5,7 +5,7 @@ Everything in the router depends on this module; it depends on nothing of the ro
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
@@ -55,8 +55,8 @@ class BackendState(NamedTuple):
 
     name: str
     inflight: int
-    capacity: int  # current concurrency limit: the configured one, lowered after throttling (AIMD)
-    max_capacity: int
+    capacity: int  # current concurrency limit: learned (auto) or the configured one, lowered on throttling
+    max_capacity: int  # the most it can be: the configured integer, or the adaptive limit's max
     saturation: float  # 0..1; 1 when the breaker is open
     latency_s: float  # EWMA of successful calls; 0 until the first one
     error_rate: float  # EWMA of failures, 0..1
@@ -64,20 +64,44 @@ class BackendState(NamedTuple):
     serverless: bool = False
     cold: bool = False  # serverless only: idle past its window, the next call pays a cold start
     cold_start_s: float = 0.0  # expected extra time of a cold call (configured, then learned)
-    queue_depth: int = 0
+    queue_depth: int = 0  # requests waiting for a slot of this backend (its admission queue)
+    reported_utilization: float | None = None  # the backend's own ORCA load report (fresh ones only), 0..1+
+    queue_levels: tuple[tuple[int, int], ...] = ()  # (priority, waiting) per level that waits, most urgent first
 
     @property
     def available(self) -> bool:
         """Whether a call could be made now without exceeding the capacity or hitting an open breaker."""
-        return self.breaker is not BreakerState.OPEN and self.inflight < self.capacity
+        return self.breaker is not BreakerState.OPEN and self.inflight < self.capacity and not self.queue_depth
+
+    def wait_for(self, priority: int) -> float:
+        """Predicted queue wait of a request of ``priority`` arriving now: 0 with a free slot and nobody
+        waiting, else one slot's turn (latency / capacity) per waiter at its level or above, plus its own."""
+        if not self.queue_depth and self.inflight < self.capacity:
+            return 0.0
+        ahead = 0
+        for level, waiting in self.queue_levels:
+            if level < priority:
+                break
+            ahead += waiting
+        return (ahead + 1) * self.latency_s / max(1, self.capacity)
+
+    @property
+    def expected_wait_s(self) -> float:
+        """Predicted queue wait of a request behind everyone waiting now (the least urgent's wait)."""
+        if not self.queue_depth and self.inflight < self.capacity:
+            return 0.0
+        return (self.queue_depth + 1) * self.latency_s / max(1, self.capacity)
+
+    def latency_for(self, priority: int) -> float:
+        """Latency a new call of ``priority`` should expect: its queue wait, a cold start if cold, service time."""
+        extra = self.cold_start_s if self.cold else 0.0
+        return self.latency_s + extra + self.wait_for(priority)
 
     @property
     def expected_latency_s(self) -> float:
-        """Latency a new call should expect: service time, a cold start if cold, one more turn if full."""
+        """Latency a new call should expect: service time, a cold start if cold, the wait behind the queue."""
         extra = self.cold_start_s if self.cold else 0.0
-        if self.inflight >= self.capacity:
-            extra += self.latency_s
-        return self.latency_s + extra
+        return self.latency_s + extra + self.expected_wait_s
 
 
 class Snapshot(NamedTuple):
@@ -108,6 +132,7 @@ class Decision:
     policy: str = ""
     retry_after_s: float | None = None  # for SHED
     status: int = 429  # for SHED: 429 (load shed) or 503 (cannot be served in time)
+    deferred_from: str | None = None  # set by the engine: the reason of the shed this job lane replaced
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,9 +205,39 @@ class Invocation:
     timeout_s: float | None = None  # at most this long, on top of the backend's own timeout
     job_timeout_s: float | None = None  # a job's budget: replaces the backend's (sync) timeout
     headers: Mapping[str, str] = field(default_factory=dict)  # extra headers to pass (e.g. traceparent)
-    # A large job payload read from storage as it is sent (``body`` is then empty): called once per attempt.
+    # A payload sent as it is read (``body`` is then empty): a large job payload from storage, or a client's body
+    # on its way in. Called once per attempt.
     stream: Callable[[], AsyncIterator[bytes]] | None = None
     size: int | None = None  # the streamed payload's length
+    # Set for a request forwarded as it came (a model's extra paths): its method, and in ``forward_headers`` its
+    # end-to-end headers (hop-by-hop and the router's own removed). None: an InvokeEndpoint-style call.
+    method: str | None = None
+    forward_headers: Sequence[tuple[str, str]] = ()
+    # InvokeEndpointWithResponseStream: the answer comes back as a stream, returned once its first byte is here
+    response_stream: bool = False
+
+
+class CallerGone(Exception):
+    """The client went away (disconnected, or stopped reading): a call cut short for it is nobody's failure."""
+
+
+class StreamBroken(Exception):
+    """A streamed answer broke off mid-way. ``code`` is SageMaker's ModelStreamError ErrorCode
+    (``StreamBroken``, ``ModelInvocationTimeExceeded``...) or ``InternalStreamFailure``."""
+
+    def __init__(self, kind: FailureKind, code: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.code = code
+        self.message = message
+
+
+class AnswerStream(Protocol):
+    """An answer's body still arriving from the backend, read once to its end; ``aclose`` releases it early."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
 
 
 async def whole_body(inv: Invocation) -> Invocation:
@@ -201,6 +256,12 @@ class InvocationResult:
     custom_attributes: str | None = None
     content_encoding: str | None = None  # the body's encoding (gzip...), forwarded to a client that accepted it
     load_metrics: str | None = None  # the backend's ORCA load report (endpoint-load-metrics header), if it sent one
+    # A forwarded answer's end-to-end headers as they came (hop-by-hop removed), ready for ASGI; None for an
+    # InvokeEndpoint-style result, whose headers the router builds from the fields above.
+    headers: Sequence[tuple[bytes, bytes]] | None = None
+    # The body as it arrives (``body`` is then empty): read it to the end, or ``aclose`` it. The call's slot
+    # stays taken until then.
+    stream: AnswerStream | None = None
 
 
 class BackendError(Exception):
@@ -214,6 +275,7 @@ class BackendError(Exception):
         status: int | None = None,
         original_status: int | None = None,
         original_message: str | None = None,
+        answer: InvocationResult | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -221,6 +283,7 @@ class BackendError(Exception):
         self.status = status
         self.original_status = original_status
         self.original_message = original_message
+        self.answer = answer  # the upstream's own error answer, for a forwarded request to pass on unchanged
 
     @property
     def retryable(self) -> bool:
