@@ -60,7 +60,8 @@ bench: $(DEV_STAMP)
 # MUTATION_TESTS; globs that match nothing yet (router/flow/*.py) are skipped.
 MUTATE ?= router/policy/*.py router/features.py router/lanes/sync.py router/state.py router/flow/*.py
 MUTATION_TESTS ?= tests/test_engine.py tests/test_features.py tests/test_policy_*.py tests/test_config.py \
-	tests/test_state.py tests/test_router_sync.py tests/test_routing_contract.py tests/test_flow*.py
+	tests/test_state.py tests/test_router_sync.py tests/test_routing_contract.py tests/test_jobs_contract.py \
+	tests/test_flow*.py
 
 $(MUTATION_STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,mutation]'
