@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from router.api.dataplane import DataPlane
+from router.api.errors import EXCEPTION_HANDLERS, error_response
 from router.api.jobs import JOB_HANDLERS
 from router.features import RequestError
 from router.runtime import Runtime
@@ -89,7 +90,8 @@ async def admin_reload(request: Request[Any, Any, Any]) -> Response[dict[str, An
     runtime: Runtime = request.app.state.runtime
     errors = await runtime.reload_from_file()
     if errors:
-        return Response({"status": "rejected", "errors": errors}, status_code=400)
+        return error_response(400, f"config rejected ({len(errors)} errors); the previous config stays in force",
+                              "ValidationError", {"status": "rejected", "errors": errors})
     return Response({"status": "reloaded", "models": sorted(runtime.routing.models)}, status_code=200)
 
 
@@ -140,6 +142,7 @@ def create_app(runtime: Runtime, *, tune_gc: bool = False) -> DataPlane:
         on_shutdown=[shutdown],
         logging_config=None,
         openapi_config=None,
+        exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.runtime = runtime
     return DataPlane(app, runtime)

@@ -267,8 +267,10 @@ class Runtime:
         state = cfg.state
         if state.batch_queue_url is None:  # the config check requires it with a batch lane
             raise ValueError("state.batch_queue_url is required for the batch lane")
+        # the same records prefix as the job lane's store, so one tenant index lists both lanes' jobs
         jobs = SqsJobStore(state.bucket, state.batch_queue_url, dlq_url=state.batch_dlq_url,
-                           prefix=f"{state.prefix}jobs/", region=state.region, endpoint_url=state.endpoint_url)
+                           prefix=f"{state.prefix}jobs/", region=state.region, endpoint_url=state.endpoint_url,
+                           track_queued=False)
         await jobs.start()
 
         def hold() -> int:  # jobs held unflushed: enough for a full batch of every model
