@@ -24,13 +24,15 @@ from router.config import (
     SageMakerBatchBackendConfig,
     load_config,
 )
+from router.config_state import ConfigFile, config_hash, router_version
 from router.features import FeatureExtractor
 from router.lanes.jobs import JobLane
 from router.lanes.sync import RetryBudget, SyncLane, Target
-from router.metrics import RouterMetrics
+from router.metrics import ConfigInfo, RouterMetrics
 from router.notify import CallbackPolicy, WebhookNotifier
 from router.policy.engine import ModelRoutes, PolicyEngine
 from router.policy.registry import build_policy
+from router.readiness import BackendChecks
 from router.state import Clock, SaturationTracker, TrackerSettings
 from router.storage import open_stores
 from router.storage.base import ObjectStore, StoreStats
@@ -117,6 +119,7 @@ def build_routing(
                              fallback=tuple(Lane(f) for f in default.fallback)),
             async_without_prefer=m.async_without_prefer,
         )
+        metrics.retry_budget_exhausted(name)  # from 0, so increase() sees the first
         sync_limits = [v for lane, v in limits.items() if lane not in JOB_LANES]
         models[name] = ModelEntry(name, routes, min(cfg.server.max_body, max(limits.values(), default=0)),
                                   min(cfg.server.max_body, max(sync_limits, default=0)))
@@ -151,7 +154,15 @@ class Runtime:
         self.metrics.watch_backends(lambda: self.tracker)
         self.metrics.watch_jobs(self._job_stats)
         self.metrics.watch_batch(lambda: self.batch_lane.gauges() if self.batch_lane else ())
+        self.metrics.watch_config(self._config_info)
+        self.config_file = ConfigFile(self.config_path) if self.config_path else None
+        self.config_hash = config_hash(cfg)
+        self.config_loaded_at = time.time()
+        self.last_reload_ok = True
+        self.version = router_version()
         self.connections = Connections()
+        self.backend_checks = BackendChecks(self.connections)
+        self.metrics.watch_usable(lambda: {n: r.usable for n, r in self.backend_checks.results.items()})
         self._backends: dict[str, tuple[BackendConfig, Backend]] = {}
         self.routing = build_routing(cfg, self.tracker, {}, self.metrics)
         self.sync = SyncLane(RetryBudget(cfg.fallback.retry_budget, cfg.fallback.min_retries_per_second, clock),
@@ -164,6 +175,8 @@ class Runtime:
     async def start(self) -> None:
         self.routing = await self._routing_for(self.routing.config)
         cfg = self.routing.config
+        await self.backend_checks.update(cfg.backends)  # /readyz tells the truth from the first answer
+        self.backend_checks.start()
         if any(lane in JOB_LANES for m in self.routing.models.values() for lane in m.routes.lanes):
             objects, jobs = await open_stores(cfg.state)
             self.job_lane = JobLane(objects, jobs, cfg.jobs, self.sync, self._job_target)
@@ -203,10 +216,13 @@ class Runtime:
         routing = await self._routing_for(cfg) if self.started else build_routing(
             cfg, self.tracker, {}, self.metrics)
         self.routing = routing
+        if self.started:
+            await self.backend_checks.update(cfg.backends)
         self.sync.overflow_priority = routing.overflow_priority
         self._set_notifier(cfg)
         self.sync.budget.ratio = cfg.fallback.retry_budget
         self.sync.budget.min_per_s = cfg.fallback.min_retries_per_second
+        self.config_hash, self.config_loaded_at, self.last_reload_ok = config_hash(cfg), time.time(), True
         self.metrics.reloads("ok").inc()
         log.info("config_reloaded", models=sorted(routing.models))
 
@@ -217,6 +233,7 @@ class Runtime:
         try:
             cfg = load_config(self.config_path)
         except ConfigError as exc:
+            self.last_reload_ok = False
             self.metrics.reloads("invalid").inc()
             errors = [str(i) for i in exc.issues]
             log.warning("config_reload_rejected", errors=errors)
@@ -224,6 +241,7 @@ class Runtime:
         try:
             await self.reload(cfg)
         except Exception as exc:  # e.g. a backend that cannot start: keep serving on the old config
+            self.last_reload_ok = False
             self.metrics.reloads("failed").inc()
             log.exception("config_reload_failed")
             return [f"reload failed: {exc}"]
@@ -248,6 +266,10 @@ class Runtime:
         region, url = topic.region or state.region, topic.endpoint_url or state.endpoint_url
         clients = self.connections.sagemaker()
         return SnsJobNotifier(lambda: clients.get(region, url, "sns"), topic.sns_topic_arn, attempts=topic.attempts)
+
+    def _config_info(self) -> ConfigInfo:
+        applied = None if self.config_file is None else self.config_file.current_hash() == self.config_hash
+        return ConfigInfo(self.version, self.config_hash, self.last_reload_ok, self.config_loaded_at, applied)
 
     def _job_stats(self) -> StoreStats | None:
         stats = self.job_lane.stats if self.job_lane else None
@@ -311,6 +333,7 @@ class Runtime:
 
     async def close(self) -> None:
         self.draining = True
+        await self.backend_checks.stop()
         if self.batch_lane is not None:
             await self.batch_lane.stop()
             await self.batch_lane.store.close()

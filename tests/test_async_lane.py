@@ -182,6 +182,9 @@ async def test_model_error_fails_the_job_at_once(tmp_path: Path, http: Any) -> N
         job = await until_done(http, router, job_id)
         assert (job["status"], job["attempts"], job["error"]["type"], job["error"]["status"]) == (
             "failed", 1, "ModelError", 400)
+        registry = router.runtime.metrics.registry
+        await until(lambda: registry.get_sample_value("router_jobs", {"lane": "async", "status": "failed"}) == 1)
+        assert registry.get_sample_value("router_jobs_dead_lettered") == 0  # the client's input: nobody is paged
 
 
 async def test_unknown_job_is_404_and_pending_result_is_202_with_retry_after(tmp_path: Path, http: Any) -> None:
