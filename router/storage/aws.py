@@ -616,7 +616,8 @@ class SqsJobStore:
             dead = (await self._queue_counts(self.dlq_url, ["ApproximateNumberOfMessages"]))[
                 "ApproximateNumberOfMessages"]
         queued = main["ApproximateNumberOfMessages"] + main["ApproximateNumberOfMessagesDelayed"]
-        if self._track_queued and now - self._scanned_at >= self._queued_scan_s:
+        # listed every queued_scan_s, and at once when jobs appear in a queue the last listing found empty
+        if self._track_queued and (now - self._scanned_at >= self._queued_scan_s or (queued and not self._oldest)):
             self._oldest = await self.index.oldest_queued(now, self._still_queued)
             self._scanned_at = now
         return StoreStats(
