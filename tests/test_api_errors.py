@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from router.demo.model_server import ModelServer
-from tests.conftest import serve_router
+from tests.conftest import RunningRouter, serve_router
 from tests.test_async_lane import KEY_A, config, rows, until_done
 
 TOKEN = "admin-secret-token"
@@ -70,12 +70,17 @@ async def test_a_rejected_reload_lists_its_errors_in_the_error_shape(tmp_path: P
     assert any("jobs.max_attempts" in e for e in body["errors"])
 
 
+async def finished_job(http: aiohttp.ClientSession, router: RunningRouter) -> dict[str, Any]:
+    async with http.post(router.endpoint("fraud"), data=rows(200), headers=ASYNC) as r:
+        job_id = (await r.json())["job_id"]
+    return await until_done(http, router, job_id)
+
+
 async def test_a_failed_job_answers_in_the_error_shape_with_its_own_error_type_and_rfc3339_times(
         tmp_path: Path, http: aiohttp.ClientSession) -> None:
     async with ModelServer(fail_status=400) as rt, serve_router(config(rt, tmp_path)) as router:
-        async with http.post(router.endpoint("fraud"), data=rows(200), headers=ASYNC) as r:
-            job_id = (await r.json())["job_id"]
-        job = await until_done(http, router, job_id)
+        job = await finished_job(http, router)
+        job_id = job["job_id"]
         status, error_type, body = await answer(http, "GET", f"{router.url}/jobs/{job_id}/result")
 
     assert (job["status"], job["error"]["type"]) == ("failed", "ModelError")
@@ -91,9 +96,7 @@ async def test_a_failed_job_answers_in_the_error_shape_with_its_own_error_type_a
 async def test_job_error_types_share_one_casing_and_a_second_cancel_is_a_conflict(
         tmp_path: Path, http: aiohttp.ClientSession) -> None:
     async with ModelServer(fail_status=503) as rt, serve_router(config(rt, tmp_path)) as router:
-        async with http.post(router.endpoint("fraud"), data=rows(200), headers=ASYNC) as r:
-            unavailable = (await r.json())["job_id"]
-        failed = await until_done(http, router, unavailable)
+        failed = await finished_job(http, router)
     async with ModelServer() as rt, serve_router(config(rt, tmp_path / "idle", workers=0)) as router:
         async with http.post(router.endpoint("fraud"), data=rows(200), headers=ASYNC) as r:
             queued = (await r.json())["job_id"]

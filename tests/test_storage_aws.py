@@ -342,18 +342,22 @@ async def test_stats_count_queued_running_and_dead_lettered_messages(jobs: SqsJo
     assert stats.queued == {"*": 1}  # SQS counts the whole queue, not each model
 
 
-async def test_the_oldest_queued_job_of_each_model_is_found_through_its_marker(jobs: SqsJobStore) -> None:
+async def test_the_oldest_queued_job_of_each_model_is_found_through_its_marker(jobs: SqsJobStore,
+                                                                                moto_url: str) -> None:
     now = time.time()
     await jobs.create(spec("a-old", model="a"), now - 120)
     await jobs.create(spec("a-new", model="a"), now - 10)
+    await jobs.create(spec("a-same-second", model="a"), now - 9.5)  # one marker a second per model is enough
     await jobs.create(spec("b-only", model="b"), now - 60)
+    markers = boto3_client("s3", moto_url).list_objects_v2(Bucket="router-state", Prefix="jobs/queued/")
+    assert markers["KeyCount"] == 3
 
     stats = await jobs.stats(now)
     assert {m: round(age) for m, age in stats.oldest_queued_age_s.items()} == {"a": 120, "b": 60}
 
     leased = await jobs.lease(10, 30.0, now)  # taken by workers: no longer queued
     by_id = {job.job_id: job for job in leased}
-    assert set(by_id) == {"a-old", "a-new", "b-only"}
+    assert set(by_id) == {"a-old", "a-new", "a-same-second", "b-only"}
     assert (await jobs.stats(now)).oldest_queued_age_s == {}
 
     assert await jobs.retry("a-old", by_id["a-old"].lease, {"type": "ThrottlingException"}, now + 1, now)

@@ -153,20 +153,7 @@ class BatchStore(SqliteDatabase):
 
     async def tenant_jobs(self, tenant: str, after: JobCursor | None, limit: int) -> tuple[list[Job], JobCursor | None]:
         """A tenant's batch jobs newest first, after ``after`` (see ``JobStore.tenant_jobs``)."""
-        def op(conn: sqlite3.Connection) -> list[Job]:
-            if after is None:
-                rows = conn.execute(f"SELECT {_LISTED} FROM batch_jobs WHERE tenant = ?"
-                                    " ORDER BY created_at DESC, job_id LIMIT ?", (tenant, limit + 1)).fetchall()
-            else:
-                rows = conn.execute(
-                    f"SELECT {_LISTED} FROM batch_jobs WHERE tenant = :t"
-                    " AND (created_at < :c OR (created_at = :c AND job_id > :id))"
-                    " ORDER BY created_at DESC, job_id LIMIT :n",
-                    {"t": tenant, "c": after.created_at, "id": after.job_id, "n": limit + 1}).fetchall()
-            return [_job(row) for row in rows]
-
-        jobs = await self._read_async(op)
-        return jobs[:limit], JobCursor.of(jobs[limit - 1]) if len(jobs) > limit else None
+        return await self._tenant_page("batch_jobs", _LISTED, _job, tenant, after, limit)
 
     async def _buffered(self) -> dict[str, Buffered]:
         """Per model, what is buffered and not yet flushed (read at start-up)."""

@@ -13,9 +13,9 @@ Many router replicas share one store. The pieces and what each method does with 
 Method by method:
 
 * ``create``: PutObject(record, IfNoneMatch=*), then SendMessage and PutObject(tenant index entry) at once; if
-  either fails the record is deleted again. Then PutObject(queued marker), best effort (see
-  :mod:`router.storage.s3_index`: the markers are deleted when a worker takes the job, written again on
-  ``retry`` and ``release``).
+  either fails the record is deleted again. For the first job of each second per model, PutObject(queued
+  marker), best effort (see :mod:`router.storage.s3_index`: a marked job's marker is deleted when a worker
+  takes it, and written again on ``retry`` and ``release``).
 * ``lease``: ReceiveMessage (at most 10, VisibilityTimeout = lease, ApproximateReceiveCount) and for each message
   GetObject(record), then one of: a terminal record -> DeleteMessage (a cancelled or finished job's leftover
   message); past its TTL -> record expired + DeleteMessage; attempts used up -> record failed
@@ -48,7 +48,8 @@ Limitations (SQS is not the SQLite queue):
 * ``stats`` has no per-model backlog (SQS gives only queue-wide approximate counts): ``jobs`` holds
   ``("*", "queued")`` (visible + delayed messages) and ``("*", "running")`` (in-flight messages, which include
   retries waiting out their delay), and ``queued`` holds the same backlog under the model ``"*"``. The oldest
-  queued job's age is per model (from the queued markers), at most ``queued_scan_s`` old.
+  queued job's age is per model (from the queued markers), to within ``mark_every_s`` and at most
+  ``queued_scan_s`` old.
 * A job past its TTL is expired only when its message is next received; ``get`` shows it queued until then.
 * The lease token is a receipt handle (a few hundred characters), not a short random token.
 """
@@ -162,6 +163,7 @@ class SqsJobStore:
         config: Config | None = None,
         track_queued: bool = True,
         queued_scan_s: float = 15.0,
+        mark_every_s: float = 1.0,
     ) -> None:
         self.bucket = bucket
         self.queue_url = queue_url
@@ -178,8 +180,11 @@ class SqsJobStore:
         self.index = JobIndex(bucket, prefix, self._s3)
         self._track_queued = track_queued  # the batch buffer's store leaves the queued markers to the job lane's
         self._queued_scan_s = queued_scan_s
+        self._mark_every_s = mark_every_s
+        self._next_mark: dict[str, float] = {}  # model -> when the next job created gets a queued marker
         self._oldest: dict[str, float] = {}  # model -> creation time of its oldest queued job, at the last scan
         self._scanned_at = -math.inf
+        self._queued_before = 0
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -318,9 +323,11 @@ class SqsJobStore:
         return {name: int(attrs.get(name, 0)) for name in names}
 
     async def _queued(self, rec: Record, queued: bool) -> None:
-        """Add or drop the job's queued marker (best effort: a marker left behind is checked and dropped by
-        ``JobIndex.oldest_queued``; one missing costs only the age gauge of that job)."""
-        if not self._track_queued:
+        """Add or drop the queued marker of a marked job. Only the first job of each ``mark_every_s`` per model
+        (and per replica) is marked: the oldest marker then dates the oldest queued job to within that interval,
+        at a fraction of a marker per job. Best effort: a marker left behind is checked and dropped by
+        ``JobIndex.oldest_queued``; one missing costs only the age gauge."""
+        if not rec.get("marked"):
             return
         spec = rec["spec"]
         args = (str(spec["model"]), float(rec["created_at"]), str(spec["job_id"]))
@@ -347,6 +354,9 @@ class SqsJobStore:
         if payload is not None:
             raise ValueError("the S3 + SQS job store keeps no inline payloads")
         rec = _new_record(spec, now, records)
+        if self._track_queued and now >= self._next_mark.get(spec.model, -math.inf):
+            rec["marked"] = True  # the first job of each mark_every_s per model: see _queued
+            self._next_mark[spec.model] = now + self._mark_every_s
         if not await self._write(spec.job_id, rec, None):
             raise StorageError(f"job {spec.job_id!r} already exists")
         _, sqs = await self._aws()
@@ -616,10 +626,12 @@ class SqsJobStore:
             dead = (await self._queue_counts(self.dlq_url, ["ApproximateNumberOfMessages"]))[
                 "ApproximateNumberOfMessages"]
         queued = main["ApproximateNumberOfMessages"] + main["ApproximateNumberOfMessagesDelayed"]
-        # listed every queued_scan_s, and at once when jobs appear in a queue the last listing found empty
-        if self._track_queued and (now - self._scanned_at >= self._queued_scan_s or (queued and not self._oldest)):
+        # listed every queued_scan_s, and at once when jobs appear in a queue that was empty
+        due = now - self._scanned_at >= self._queued_scan_s or (queued > 0 and self._queued_before == 0)
+        if self._track_queued and due:
             self._oldest = await self.index.oldest_queued(now, self._still_queued)
             self._scanned_at = now
+        self._queued_before = queued
         return StoreStats(
             jobs={("*", JobStatus.QUEUED.value): queued,
                   ("*", JobStatus.RUNNING.value): main["ApproximateNumberOfMessagesNotVisible"]},

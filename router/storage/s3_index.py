@@ -5,9 +5,10 @@ S3 lists keys in lexical order and nothing else, so the order a listing needs is
 * ``<prefix>by-tenant/<tenant>/<inverted µs>-<job_id>``: one per job, written when it is created, so a
   tenant's jobs list newest first with one ListObjectsV2 per page (``GET /jobs``). Removed only by the
   bucket's lifecycle rule, like the records.
-* ``<prefix>queued/<model>/<µs>-<job_id>``: present while a job waits in the work queue (written on create,
-  retry and release; deleted when a worker takes the job or it ends), so the oldest queued job of a model
-  is the first key of one ListObjectsV2 with ``MaxKeys``: the per-model age SQS cannot give.
+* ``<prefix>queued/<model>/<µs>-<job_id>``: present while a marked job waits in the work queue (written on
+  create, retry and release; deleted when a worker takes the job or it ends), so the oldest queued job of a
+  model is the first key of one ListObjectsV2 with ``MaxKeys``: the per-model age SQS cannot give. The store
+  marks one job per model and second (see ``SqsJobStore``), which dates the oldest to within that second.
 
 Markers are best effort: a replica that dies between a record's change and its marker's leaves one
 behind. :meth:`JobIndex.oldest_queued` checks the record of a marker older than ``stale_after_s`` and drops

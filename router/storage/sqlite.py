@@ -290,6 +290,19 @@ class SqliteDatabase:
                 else:
                     future.set_exception(value)
 
+    async def _tenant_page(self, table: str, columns: str, to_job: Callable[[sqlite3.Row], Job], tenant: str,
+                           after: JobCursor | None, limit: int) -> tuple[list[Job], JobCursor | None]:
+        """``JobStore.tenant_jobs`` for a table with ``tenant``, ``created_at`` and ``job_id`` columns (indexed on
+        tenant, created_at): one more row is read to tell whether more follow."""
+        where = "tenant = :t"
+        params: dict[str, Any] = {"t": tenant, "n": limit + 1}
+        if after is not None:
+            where += " AND (created_at < :c OR (created_at = :c AND job_id > :id))"
+            params.update(c=after.created_at, id=after.job_id)
+        sql = f"SELECT {columns} FROM {table} WHERE {where} ORDER BY created_at DESC, job_id LIMIT :n"
+        jobs = await self._read_async(lambda conn: [to_job(row) for row in conn.execute(sql, params).fetchall()])
+        return jobs[:limit], JobCursor.of(jobs[limit - 1]) if len(jobs) > limit else None
+
     async def _read_async(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._closed:
             raise StorageError(f"{self.NAME} store is closed")
@@ -474,21 +487,8 @@ class SqliteJobStore(SqliteDatabase):
         return await self._write(op)
 
     async def tenant_jobs(self, tenant: str, after: JobCursor | None, limit: int) -> tuple[list[Job], JobCursor | None]:
-        """A tenant's jobs newest first (the ``jobs_tenant`` index), after ``after``; one more is read to tell
-        whether more follow."""
-        def op(conn: sqlite3.Connection) -> list[Job]:
-            if after is None:
-                rows = conn.execute("SELECT * FROM jobs WHERE tenant = ? ORDER BY created_at DESC, job_id LIMIT ?",
-                                    (tenant, limit + 1)).fetchall()
-            else:
-                rows = conn.execute(
-                    "SELECT * FROM jobs WHERE tenant = :t AND (created_at < :c OR (created_at = :c AND job_id > :id))"
-                    " ORDER BY created_at DESC, job_id LIMIT :n",
-                    {"t": tenant, "c": after.created_at, "id": after.job_id, "n": limit + 1}).fetchall()
-            return [_row_to_job(row) for row in rows]
-
-        jobs = await self._read_async(op)
-        return jobs[:limit], JobCursor.of(jobs[limit - 1]) if len(jobs) > limit else None
+        """A tenant's jobs newest first (the ``jobs_tenant`` index), after ``after``."""
+        return await self._tenant_page("jobs", "*", _row_to_job, tenant, after, limit)
 
     async def stats(self, now: float) -> StoreStats:
         def op(conn: sqlite3.Connection) -> StoreStats:
