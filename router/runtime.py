@@ -27,18 +27,20 @@ from router.config import (
     SageMakerBatchBackendConfig,
     load_config,
 )
+from router.config_state import ConfigFile, config_hash, router_version
 from router.features import ANONYMOUS, FeatureExtractor
 from router.flow.admission import Admissions, QueueSettings
 from router.flow.budget import RetryBudget
 from router.flow.limits import GradientSettings
 from router.lanes.jobs import JobLane
 from router.lanes.sync import SyncLane, Target
-from router.metrics import RouterMetrics
+from router.metrics import ConfigInfo, RouterMetrics
 from router.notify import CallbackPolicy, WebhookNotifier
 from router.paths import PathTable
 from router.policy.engine import ModelRoutes, PolicyEngine
 from router.policy.registry import build_policy
 from router.protocols import PathRule
+from router.readiness import BackendChecks
 from router.state import Clock, SaturationTracker, TrackerSettings
 from router.storage import open_stores
 from router.storage.base import ObjectStore, StoreStats
@@ -134,6 +136,7 @@ def build_routing(
                              fallback=tuple(Lane(f) for f in default.fallback)),
             async_without_prefer=m.async_without_prefer,
         )
+        metrics.retry_budget_exhausted(name)  # from 0, so increase() sees the first
         sync_limits = [v for lane, v in limits.items() if lane not in JOB_LANES]
         models[name] = ModelEntry(name, routes, min(cfg.server.max_body, max(limits.values(), default=0)),
                                   min(cfg.server.max_body, max(sync_limits, default=0)),
@@ -178,7 +181,15 @@ class Runtime:
         self.metrics.watch_queues(lambda: self.admissions.depths(self.routing.level_names))
         self.metrics.watch_jobs(self._job_stats)
         self.metrics.watch_batch(lambda: self.batch_lane.gauges() if self.batch_lane else ())
+        self.metrics.watch_config(self._config_info)
+        self.config_file = ConfigFile(self.config_path) if self.config_path else None
+        self.config_hash = config_hash(cfg)
+        self.config_loaded_at = time.time()
+        self.last_reload_ok = True
+        self.version = router_version()
         self.connections = Connections()
+        self.backend_checks = BackendChecks(self.connections)
+        self.metrics.watch_usable(lambda: {n: r.usable for n, r in self.backend_checks.results.items()})
         self._backends: dict[str, tuple[BackendConfig, Backend]] = {}
         self.routing = build_routing(cfg, self.tracker, {}, self.metrics, self.admissions)
         retry = cfg.fallback
@@ -192,6 +203,8 @@ class Runtime:
     async def start(self) -> None:
         self.routing = await self._routing_for(self.routing.config)
         cfg = self.routing.config
+        await self.backend_checks.update(cfg.backends)  # /readyz tells the truth from the first answer
+        self.backend_checks.start()
         if any(lane in JOB_LANES for m in self.routing.models.values() for lane in m.routes.lanes):
             objects, jobs = await open_stores(cfg.state)
             self.job_lane = JobLane(objects, jobs, cfg.jobs, self.sync, self._job_target, clock=self.wall_clock)
@@ -232,10 +245,13 @@ class Runtime:
         routing = await self._routing_for(cfg) if self.started else build_routing(
             cfg, self.tracker, {}, self.metrics, self.admissions)
         self.routing = routing
+        if self.started:
+            await self.backend_checks.update(cfg.backends)
         self.sync.overflow_priority = routing.overflow_priority
         self._set_notifier(cfg)
         retry = cfg.fallback
         self.sync.budget.reconfigure(retry.retry_budget, retry.min_retries_per_second, retry.retry_burst)
+        self.config_hash, self.config_loaded_at, self.last_reload_ok = config_hash(cfg), time.time(), True
         self.metrics.reloads("ok").inc()
         log.info("config_reloaded", models=sorted(routing.models))
 
@@ -246,6 +262,7 @@ class Runtime:
         try:
             cfg = load_config(self.config_path)
         except ConfigError as exc:
+            self.last_reload_ok = False
             self.metrics.reloads("invalid").inc()
             errors = [str(i) for i in exc.issues]
             log.warning("config_reload_rejected", errors=errors)
@@ -253,6 +270,7 @@ class Runtime:
         try:
             await self.reload(cfg)
         except Exception as exc:  # e.g. a backend that cannot start: keep serving on the old config
+            self.last_reload_ok = False
             self.metrics.reloads("failed").inc()
             log.exception("config_reload_failed")
             return [f"reload failed: {exc}"]
@@ -278,6 +296,10 @@ class Runtime:
         clients = self.connections.sagemaker()
         return SnsJobNotifier(lambda: clients.get(region, url, "sns"), topic.sns_topic_arn, attempts=topic.attempts)
 
+    def _config_info(self) -> ConfigInfo:
+        applied = None if self.config_file is None else self.config_file.current_hash() == self.config_hash
+        return ConfigInfo(self.version, self.config_hash, self.last_reload_ok, self.config_loaded_at, applied)
+
     def _job_stats(self) -> StoreStats | None:
         stats = self.job_lane.stats if self.job_lane else None
         if self.batch_lane is None or stats is None:
@@ -296,8 +318,10 @@ class Runtime:
         state = cfg.state
         if state.batch_queue_url is None:  # the config check requires it with a batch lane
             raise ValueError("state.batch_queue_url is required for the batch lane")
+        # the same records prefix as the job lane's store, so one tenant index lists both lanes' jobs
         jobs = SqsJobStore(state.bucket, state.batch_queue_url, dlq_url=state.batch_dlq_url,
-                           prefix=f"{state.prefix}jobs/", region=state.region, endpoint_url=state.endpoint_url)
+                           prefix=f"{state.prefix}jobs/", region=state.region, endpoint_url=state.endpoint_url,
+                           track_queued=False)
         await jobs.start()
 
         def hold() -> int:  # jobs held unflushed: enough for a full batch of every model
@@ -338,6 +362,7 @@ class Runtime:
 
     async def close(self) -> None:
         self.draining = True
+        await self.backend_checks.stop()
         if self.batch_lane is not None:
             await self.batch_lane.stop()
             await self.batch_lane.store.close()

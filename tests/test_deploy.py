@@ -137,7 +137,7 @@ def test_iam_policy_is_least_privilege_for_what_the_router_calls() -> None:
         "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListBucket",
         "sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
         "sqs:GetQueueAttributes",
-        "sagemaker:InvokeEndpoint", "sagemaker:InvokeEndpointAsync",
+        "sagemaker:InvokeEndpoint", "sagemaker:InvokeEndpointAsync", "sagemaker:DescribeEndpoint",
         "sagemaker:CreateTransformJob", "sagemaker:DescribeTransformJob", "sagemaker:StopTransformJob",
         "iam:PassRole", "sns:Publish",
     }

@@ -164,9 +164,9 @@ async def test_finished_jobs_are_kept_for_the_retention_and_deleted_after_it(tmp
         files = {j: [tmp_path / "objects" / "inputs" / j, tmp_path / "objects" / "results" / j] for j in (old, young)}
         assert all(f.exists() for fs in files.values() for f in fs)
         wall.advance(1800 + 60)  # the old job ended 61 min ago, the young one 31 min ago
-        # the next janitor pass deletes the old one, and in that same pass ...
+        # the next janitor pass deletes the old one (its record, then its files), and in that same pass ...
         await until_async(lambda: gone(http, f"{router.url}/jobs/{old}"))
-        assert not any(f.exists() for f in files[old])
+        await until(lambda: not any(f.exists() for f in files[old]))
         assert (await job(http, router, young))["status"] == "succeeded"  # ... keeps the young one
         assert await status_of(http, "GET", f"{router.url}/jobs/{young}/result") == 200
         assert all(f.exists() for f in files[young])

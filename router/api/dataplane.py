@@ -39,6 +39,7 @@ from router.lanes.jobs import JobLane, job_url
 from router.lanes.sync import SyncFailure
 from router.logging import request_trace_id
 from router.metrics import UNKNOWN_MODEL
+from router.notify import requested_callback
 from router.paths import MethodRules
 from router.protocols import PathRule
 from router.runtime import ModelEntry, Runtime
@@ -522,16 +523,12 @@ class DataPlane:
         return 202
 
     def _callback_url(self, headers: dict[str, str]) -> str | None:
-        """The client's callback URL, if webhooks are on; 400 unless the allow-list has it."""
+        """The client's callback URL; 400 unless webhooks are on and the allow-list has it."""
         routing = self.runtime.routing
-        hooks = routing.config.webhooks
-        url = headers.get(hooks.header.lower()) if hooks else None
-        if url is None or routing.callbacks is None:
-            return None
-        if not routing.callbacks.allows(url):
-            raise RequestError(400, "ValidationError", f"{hooks.header if hooks else 'callback'} is not an "
-                               "allowed callback URL (webhooks.allow)")
-        return url
+        try:
+            return requested_callback(headers, routing.config.webhooks, routing.callbacks)
+        except ValueError as exc:
+            raise RequestError(400, "ValidationError", str(exc)) from None
 
     async def _input_location(self, location: str | None, entry: ModelEntry) -> StoredObject | None:
         """An ``s3://`` InputLocation inside the configured bucket and prefix, as a stored object; 400 else."""
