@@ -34,7 +34,8 @@ class ExplainRequest(BaseModel):
 
 def _admin_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     runtime: Runtime = connection.app.state.runtime
-    token = runtime.routing.config.server.admin_token
+    secret = runtime.routing.config.server.admin_token
+    token = secret.get_secret_value() if secret is not None else ""
     if not token:
         raise PermissionDeniedException("admin API disabled: set server.admin_token")
     scheme, _, given = connection.headers.get("authorization", "").partition(" ")
@@ -66,11 +67,9 @@ def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 @get("/admin/policy", guards=[_admin_guard], sync_to_thread=False)
 def admin_policy(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    """The config in force, without secrets (API keys, the admin token)."""
+    """The config in force; every secret (typed SecretStr in the config) shows as '**********'."""
     runtime: Runtime = request.app.state.runtime
-    cfg = runtime.routing.config
-    doc: dict[str, Any] = cfg.model_dump(mode="json", exclude={"server": {"admin_token"}, "callers": True})
-    doc["callers"] = [{"tenant": c.tenant, "max_urgency": c.max_urgency} for c in cfg.callers]
+    doc: dict[str, Any] = runtime.routing.config.model_dump(mode="json")
     return doc
 
 
@@ -107,7 +106,11 @@ def explain(runtime: Runtime, model: str, headers: dict[str, str], nbytes: int) 
 
 def _install_sighup(runtime: Runtime) -> None:
     async def reload() -> None:
-        errors = await runtime.reload_from_file()
+        try:
+            errors = await runtime.reload_from_file()
+        except Exception:  # never an unhandled task exception: the old config stays in force
+            log.exception("sighup_reload_failed")
+            return
         if errors:
             log.warning("sighup_reload_rejected", errors=errors)
 

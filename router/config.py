@@ -7,11 +7,21 @@ from collections.abc import Mapping
 from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from router.numbers import parse_uint
 from router.types import MODEL_LANES, SYNC_LANES, Lane
 from router.units import parse_duration, parse_size
-from router.yamlpos import ConfigError, ConfigIssue, Located, Path, format_path, load_located
+from router.yamlpos import ConfigError, ConfigIssue, Located, Path, decode_text, format_path, load_located
 
 Size = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -33,7 +43,7 @@ class Strict(BaseModel):
 class ServerConfig(Strict):
     listen: str = "127.0.0.1:8080"
     max_body: Size = parse_size("1GiB")  # hard cap on any request body, before per-lane limits
-    admin_token: str | None = None  # admin endpoints answer 403 until one is set
+    admin_token: SecretStr | None = None  # admin endpoints answer 403 until one is set
     api_key_header: str = "X-Api-Key"
     access_log: bool = True  # one JSON line per request
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -43,7 +53,8 @@ class ServerConfig(Strict):
     @classmethod
     def _listen_has_port(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        number = parse_uint(port, max_digits=5)
+        if not sep or not host or number is None or not 0 <= number < 65536:
             raise ValueError(f"listen must be HOST:PORT, got {value!r}")
         return value
 
@@ -124,7 +135,7 @@ class UrgencyConfig(Strict):
 
 
 class CallerConfig(Strict):
-    api_key: str = Field(min_length=8)
+    api_key: SecretStr = Field(min_length=8)
     tenant: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     max_urgency: str | None = None  # default: any level
 
@@ -159,7 +170,7 @@ class HttpBackendConfig(_BackendBase):
             raise ValueError(f"url must be an http:// or https:// URL, got {value!r}")
         return value
 
-    headers: dict[str, str] = Field(default_factory=dict)  # static headers, e.g. the upstream's auth
+    headers: dict[str, SecretStr] = Field(default_factory=dict)  # static headers, e.g. the upstream's auth
     variant: str | None = None  # X-Amzn-Invoked-Production-Variant; default the backend's name
 
 
@@ -323,7 +334,7 @@ class WebhookConfig(Strict):
     """Completion callbacks for jobs: a client names a URL in ``header``; it must match ``allow``."""
 
     allow: list[str] = Field(min_length=1)  # exact URLs, or prefixes ending in '*'; nothing else is called
-    secret: str = Field(min_length=16)  # HMAC-SHA256 key of the X-Router-Signature header
+    secret: SecretStr = Field(min_length=16)  # HMAC-SHA256 key of the X-Router-Signature header
     header: str = "X-Callback-Url"
     attempts: int = Field(3, ge=1, le=10)
 
@@ -536,7 +547,7 @@ def load_config(path: str | FsPath, env: Mapping[str, str] | None = None) -> Rou
     """Read and validate a config file; ConfigError lists every problem as FILE:LINE:COL."""
     p = FsPath(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except OSError as exc:
         raise ConfigError([ConfigIssue(str(path), 1, 1, "", f"cannot read config: {exc.strerror}")]) from None
-    return parse_config(text, str(path), env)
+    return parse_config(decode_text(data, str(path)), str(path), env)

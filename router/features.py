@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from router.config import CallerConfig, UrgencyConfig
+from router.numbers import parse_uint
 from router.types import RequestFeatures
 
 MAX_DEADLINE_MS = 86_400_000
@@ -47,9 +48,9 @@ def parse_prefer(value: str | None) -> Prefer:
         if token == "respond-async":
             respond_async = True
         elif token == "wait":
-            arg = arg.strip().strip('"')
-            if arg.isdigit():
-                wait = float(arg)
+            seconds = parse_uint(arg.strip().strip('"'))
+            if seconds is not None:
+                wait = float(seconds)
     return Prefer(respond_async, wait)
 
 
@@ -71,7 +72,8 @@ class FeatureExtractor:
         top = max(urgency.levels.values())
         self._anonymous = Caller(ANONYMOUS, urgency.anonymous_ceiling)
         self._callers = {
-            c.api_key: Caller(c.tenant, urgency.levels[c.max_urgency] if c.max_urgency else top) for c in callers
+            c.api_key.get_secret_value(): Caller(c.tenant, urgency.levels[c.max_urgency] if c.max_urgency else top)
+            for c in callers
         }
         # the level a clamped request gets: the highest level at or below the ceiling
         ranked = sorted(urgency.levels.items(), key=lambda kv: kv[1])
@@ -106,11 +108,10 @@ class FeatureExtractor:
         deadline_ms = None
         raw_deadline = headers.get("x-deadline-ms")
         if raw_deadline is not None:
-            text = raw_deadline.strip()
-            if not text.isdigit() or not 0 < int(text) <= MAX_DEADLINE_MS:
+            deadline_ms = parse_uint(raw_deadline)
+            if deadline_ms is None or not 0 < deadline_ms <= MAX_DEADLINE_MS:
                 raise RequestError(400, "ValidationError",
                                    f"invalid X-Deadline-Ms header: whole milliseconds, 1 to {MAX_DEADLINE_MS}")
-            deadline_ms = int(text)
         prefer = parse_prefer(headers.get("prefer"))
         return RequestFeatures(
             model=model,

@@ -221,6 +221,10 @@ class Runtime:
             errors = [str(i) for i in exc.issues]
             log.warning("config_reload_rejected", errors=errors)
             return errors
+        except Exception as exc:  # a loader bug: still an answer and a count, never an unhandled exception
+            self.metrics.reloads("failed").inc()
+            log.exception("config_reload_failed")
+            return [f"{self.config_path}:1:1: the config could not be loaded: {type(exc).__name__}"]
         try:
             await self.reload(cfg)
         except Exception as exc:  # e.g. a backend that cannot start: keep serving on the old config
@@ -233,7 +237,7 @@ class Runtime:
         if self.job_lane is not None:
             hooks = cfg.webhooks
             self.job_lane.events.notifier = WebhookNotifier(
-                self.connections.http, hooks.secret, attempts=hooks.attempts) if hooks else None
+                self.connections.http, hooks.secret.get_secret_value(), attempts=hooks.attempts) if hooks else None
             self.job_lane.events.topic = self._job_topic(cfg)
 
     def _job_topic(self, cfg: RouterConfig) -> SnsJobNotifier | None:

@@ -26,6 +26,7 @@ from router.lanes.jobs import JobLane, job_url
 from router.lanes.sync import SyncFailure
 from router.logging import request_trace_id
 from router.metrics import UNKNOWN_MODEL
+from router.numbers import parse_uint
 from router.runtime import ModelEntry, Runtime
 from router.storage.base import Job, JobStatus, ObjectTooLarge, StorageError, StoredObject
 from router.tracecontext import TraceContext, start_span
@@ -422,15 +423,16 @@ class DataPlane:
     @staticmethod
     def _declared_length(headers: dict[str, str], limit: int) -> int | None:
         """Content-Length, checked before a byte is read: 400 if malformed, 413 over ``limit``."""
-        declared = headers.get("content-length")
-        if declared is None:
+        raw = headers.get("content-length")
+        if raw is None:
             return None
-        if not declared.isdigit():
+        declared = parse_uint(raw, max_digits=24)
+        if declared is None:
             raise RequestError(400, "ValidationError", "invalid Content-Length header")
-        if int(declared) > limit:
+        if declared > limit:
             raise RequestError(413, "ValidationError", f"request body of {declared} bytes exceeds the "
                                f"limit of {limit} bytes")
-        return int(declared)
+        return declared
 
     @staticmethod
     def _invocation(scope: Any, headers: dict[str, str], body: bytes, extra: bool, trace: TraceContext) -> Invocation:

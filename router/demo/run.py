@@ -89,8 +89,9 @@ async def serve_demo(port: int) -> None:
         app = create_app(runtime, tune_gc=True)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_config=None,
                                                access_log=False, server_header=False))
-        team_key = cfg.callers[0].api_key if cfg.callers else "-"
-        sys.stdout.write(banner(port, cfg.server.admin_token or "-", team_key))
+        team_key = cfg.callers[0].api_key.get_secret_value() if cfg.callers else "-"
+        token = cfg.server.admin_token.get_secret_value() if cfg.server.admin_token else "-"
+        sys.stdout.write(banner(port, token, team_key))
         sys.stdout.flush()
         await server.serve()
 
