@@ -53,9 +53,13 @@ def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     runtime: Runtime = request.app.state.runtime
     routing = runtime.routing
     missing = sorted(set(routing.config.backends) - set(routing.targets))
-    ready = runtime.started and not runtime.draining and not missing
+    lanes = {health.lane: health.report() for health in runtime.storage_health()}  # job lanes that cannot progress
+    if runtime.job_lane is not None:
+        lanes["async"]["workers"] = runtime.job_lane.workers_alive
+    ready = runtime.started and not runtime.draining and not missing and not any(
+        lane["stalled"] for lane in lanes.values())
     body = {"status": "ready" if ready else "not_ready", "draining": runtime.draining,
-            "models": sorted(routing.models), "backends_missing": missing}
+            "models": sorted(routing.models), "backends_missing": missing, "job_lanes": lanes}
     return Response(body, status_code=200 if ready else 503)
 
 

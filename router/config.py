@@ -104,6 +104,9 @@ class JobsConfig(Strict):
     max_backoff: Duration = 60.0
     poll_interval: Duration = 0.2  # how often an idle worker looks for work
     drain_timeout: Duration = 30.0  # on stop: running jobs may finish for this long, the rest go back
+    # A result (or a job's outcome) that storage refuses is retried this long, the model never called again;
+    # then the job fails with a StorageError. /readyz is 503 while the lane's storage keeps failing.
+    storage_retry: Duration = 300.0
     # Finished jobs (records, payloads, results) are deleted this long after they ended; 0 keeps them.
     # Embedded state only: on S3 give the bucket a lifecycle rule instead.
     retention: Duration = Field(7 * 86400.0, ge=0)

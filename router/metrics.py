@@ -101,6 +101,20 @@ class JobCollector(Collector):
         yield from (jobs, queued, oldest, dead)
 
 
+class StorageCollector(Collector):
+    """How long each job lane's storage has been failing (0 while it works), read at scrape time."""
+
+    def __init__(self, failing: Callable[[], Iterable[tuple[str, float]]]) -> None:
+        self._failing = failing
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily("router_storage_failing_seconds",
+                                  "Seconds a job lane's storage has kept failing, 0 while it works", labels=["lane"])
+        for lane, seconds in self._failing():
+            gauge.add_metric([lane], seconds)
+        yield gauge
+
+
 class BatchGauge(NamedTuple):
     model: str
     records: int
@@ -164,6 +178,11 @@ class RouterMetrics:
             buckets=(0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 21600), registry=r))
         self.job_attempts = _Children(Counter("router_job_attempts", "Job attempts by outcome",
                                               ["model", "outcome"], registry=r))
+        self.job_worker_restarts = Counter(
+            "router_job_worker_restarts", "Job workers that ended unexpectedly and were started again", registry=r)
+        self.storage_errors = _Children(Counter(
+            "router_storage_errors", "Storage operations of the job lanes that failed (each retry counts)",
+            ["lane", "store"], registry=r))
 
         self.batch_flushes = _Children(Counter("router_batch_flushes", "Batch buffer flushes by trigger",
                                                ["model", "trigger"], registry=r))
@@ -181,6 +200,10 @@ class RouterMetrics:
 
     def watch_jobs(self, stats: Callable[[], StoreStats | None]) -> None:
         self.registry.register(JobCollector(stats))
+
+    def watch_storage(self, failing: Callable[[], Iterable[tuple[str, float]]]) -> None:
+        """``failing()`` gives (lane, seconds its storage has been failing) at scrape time."""
+        self.registry.register(StorageCollector(failing))
 
     def watch_backends(self, tracker: Callable[[], SaturationTracker]) -> None:
         self.registry.register(BackendCollector(tracker))

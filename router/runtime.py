@@ -34,6 +34,7 @@ from router.policy.registry import build_policy
 from router.state import Clock, SaturationTracker, TrackerSettings
 from router.storage import open_stores
 from router.storage.base import ObjectStore, StoreStats
+from router.storage.health import StorageHealth
 from router.types import JOB_LANES, Backend, Decision, Lane, RequestFeatures, Route
 from router.yamlpos import ConfigError
 
@@ -151,6 +152,7 @@ class Runtime:
         self.metrics.watch_backends(lambda: self.tracker)
         self.metrics.watch_jobs(self._job_stats)
         self.metrics.watch_batch(lambda: self.batch_lane.gauges() if self.batch_lane else ())
+        self.metrics.watch_storage(lambda: [(h.lane, h.failing_for()) for h in self.storage_health()])
         self.connections = Connections()
         self._backends: dict[str, tuple[BackendConfig, Backend]] = {}
         self.routing = build_routing(cfg, self.tracker, {}, self.metrics)
@@ -252,6 +254,11 @@ class Runtime:
         region, url = topic.region or state.region, topic.endpoint_url or state.endpoint_url
         clients = self.connections.sagemaker()
         return SnsJobNotifier(lambda: clients.get(region, url, "sns"), topic.sns_topic_arn, attempts=topic.attempts)
+
+    def storage_health(self) -> list[StorageHealth]:
+        """The storage health of each job lane that runs here."""
+        lanes: list[JobLane | BatchLane | None] = [self.job_lane, self.batch_lane]
+        return [lane.health for lane in lanes if lane is not None]
 
     def _job_stats(self) -> StoreStats | None:
         stats = self.job_lane.stats if self.job_lane else None
