@@ -47,7 +47,17 @@ class ServerConfig(Strict):
     api_key_header: str = "X-Api-Key"
     access_log: bool = True  # one JSON line per request
     log_format: Literal["auto", "json", "console"] = "auto"
+    # On SIGTERM /readyz turns 503 at once, the listener keeps serving for drain_delay (load balancers
+    # notice), then closes; requests in flight get drain_timeout to finish, then running jobs jobs.drain_timeout.
+    drain_delay: Duration = 5.0
     drain_timeout: Duration = 30.0
+    # Connection limits (router/api/limits.py); the README's "Operating" section gives the reasons.
+    max_header_bytes: Size = Field(64 * 1024, ge=1024)  # request line + headers; 431 beyond
+    header_timeout: Duration = Field(10.0, gt=0)  # a request's head must arrive within this; 408
+    body_timeout: Duration = Field(10.0, gt=0)  # a body's grace period and longest pause; 408
+    min_body_rate: Size = 1000  # bytes/s a body must average after body_timeout; 408
+    keepalive_timeout: Duration = Field(75.0, gt=0)  # idle keep-alive connections are closed after this
+    max_connections: int = Field(4096, ge=1, le=1_000_000)  # open connections; one more gets 503 and is closed
 
     @field_validator("listen")
     @classmethod

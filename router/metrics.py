@@ -169,6 +169,9 @@ class RouterMetrics:
                                             registry=r))
         self.reloads = _Children(Counter("router_config_reloads", "Config reloads by result", ["result"],
                                          registry=r))
+        self.http_rejected = _Children(Counter(
+            "router_http_rejected", "Connections closed by a limit before a request reached the router",
+            ["reason"], registry=r))
         self.retry_budget_exhausted = _Children(Counter(
             "router_retry_budget_exhausted", "Fallbacks not tried because the retry budget was spent",
             ["model"], registry=r))

@@ -159,7 +159,8 @@ class Runtime:
         self.sync = SyncLane(RetryBudget(cfg.fallback.retry_budget, cfg.fallback.min_retries_per_second, clock),
                              self.metrics, self.routing.overflow_priority, clock)
         self.started = False
-        self.draining = False
+        self.draining = False  # /readyz is 503 (SIGTERM's drain); requests are still served
+        self.closing = False  # the lanes are stopping: no new work is taken
         self.job_lane: JobLane | None = None
         self.batch_lane: BatchLane | None = None
 
@@ -319,7 +320,7 @@ class Runtime:
         return self.routing.targets.get(name) if name else None
 
     async def close(self) -> None:
-        self.draining = True
+        self.draining = self.closing = True
         if self.batch_lane is not None:
             await self.batch_lane.stop()
             await self.batch_lane.store.close()

@@ -169,7 +169,7 @@ class DataPlane:
                 raise RequestError(405, "ValidationError", "use POST for invocations")
             if extra and _has_dot_segment(scope["path"]):
                 raise RequestError(400, "ValidationError", "'.' and '..' path segments are not forwarded")
-            if runtime.draining:
+            if runtime.closing:  # draining still serves (drain_delay); once the lanes stop, nothing is taken
                 raise RequestError(503, "ServiceUnavailable", "the router is shutting down", retry_after_s=1.0)
             if sagemaker_async:
                 lane, backend, reason = "async", entry.routes.lanes.get(Lane.ASYNC, "none"), "async_invocation"

@@ -10,13 +10,13 @@ from importlib.resources import as_file, files
 from pathlib import Path
 
 import structlog
-import uvicorn
 
 from router.app import create_app
 from router.config import load_config
 from router.demo.model_server import ModelServer
 from router.logging import configure_logging
 from router.runtime import Runtime
+from router.serving import RouterServer, server_config
 
 log = structlog.get_logger("router.demo")
 
@@ -87,8 +87,7 @@ async def serve_demo(port: int) -> None:
                                                     idle_after_s=30.0, cold_start_s=2.0))
         runtime = Runtime(cfg, config_path=path)
         app = create_app(runtime, tune_gc=True)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_config=None,
-                                               access_log=False, server_header=False))
+        server = RouterServer(server_config(app, runtime, host="127.0.0.1", port=port), runtime)
         team_key = cfg.callers[0].api_key.get_secret_value() if cfg.callers else "-"
         token = cfg.server.admin_token.get_secret_value() if cfg.server.admin_token else "-"
         sys.stdout.write(banner(port, token, team_key))
