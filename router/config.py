@@ -148,9 +148,22 @@ class UrgencyConfig(Strict):
 
 
 class CallerConfig(Strict):
-    api_key: SecretStr = Field(min_length=8)
+    """A known caller, identified by an API key (``X-Api-Key``) or by SigV4 (the access key id of an SDK client's
+    signature, checked with its secret), or both."""
+
+    api_key: SecretStr | None = Field(None, min_length=8)
+    aws_access_key_id: str | None = Field(None, pattern=r"^[A-Za-z0-9]{16,128}$")
+    aws_secret_access_key: SecretStr | None = Field(None, min_length=16)
     tenant: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     max_urgency: str | None = None  # default: any level
+
+    @model_validator(mode="after")
+    def _identified(self) -> CallerConfig:
+        if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
+            raise ValueError("aws_access_key_id and aws_secret_access_key go together")
+        if self.api_key is None and self.aws_access_key_id is None:
+            raise ValueError("a caller needs an api_key, or an aws_access_key_id with its aws_secret_access_key")
+        return self
 
 
 class BreakerConfig(Strict):
@@ -407,16 +420,17 @@ def _semantic_issues(data: dict[str, Any]) -> list[tuple[Path, str, bool]]:
     raw_levels = _mapping(data.get("urgency")).get("levels")
     levels = raw_levels if isinstance(raw_levels, dict) and raw_levels else _DEFAULT_LEVELS
     callers = _list(data.get("callers"))
-    keys: set[str] = set()
+    keys: set[tuple[str, str]] = set()
     for i, caller in enumerate(callers):
         caller = _mapping(caller)
         level = caller.get("max_urgency")
         if isinstance(level, str) and level not in levels:
             issues.append((("callers", i, "max_urgency"), f"unknown urgency level {level!r}", False))
-        key = caller.get("api_key")
-        if isinstance(key, str) and key in keys:
-            issues.append((("callers", i, "api_key"), "api_key is used by another caller", False))
-        keys.add(str(key))
+        for field_name in ("api_key", "aws_access_key_id"):
+            key = caller.get(field_name)
+            if isinstance(key, str) and (field_name, key) in keys:
+                issues.append((("callers", i, field_name), f"{field_name} is used by another caller", False))
+            keys.add((field_name, str(key)))
     overflow = _mapping(data.get("fallback")).get("overflow_min_urgency")
     if isinstance(overflow, str) and overflow not in levels:
         issues.append((("fallback", "overflow_min_urgency"), f"unknown urgency level {overflow!r}", False))

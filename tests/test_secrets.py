@@ -17,7 +17,8 @@ ADMIN = "admin-token-0123456789"
 API_KEY = "team-a-api-key-0123456789"
 UPSTREAM = "upstream-bearer-0123456789"
 WEBHOOK = "webhook-hmac-secret-0123456789"
-SECRETS = (ADMIN, API_KEY, UPSTREAM, WEBHOOK)
+AWS_SECRET = "aws-secret-access-key-0123456789"
+SECRETS = (ADMIN, API_KEY, UPSTREAM, WEBHOOK, AWS_SECRET)
 
 
 def config(url: str, state: Path) -> str:
@@ -26,6 +27,7 @@ server: {{admin_token: {ADMIN}}}
 state: {{kind: local, path: "{state}"}}
 callers:
   - {{api_key: {API_KEY}, tenant: team-a, max_urgency: critical}}
+  - {{aws_access_key_id: AKIATEAMB00000000002, aws_secret_access_key: {AWS_SECRET}, tenant: team-b}}
 backends:
   rt: {{kind: http, url: "{url}/invocations", headers: {{Authorization: "Bearer {UPSTREAM}", X-Team: fraud}}}}
 models:
@@ -57,6 +59,8 @@ async def test_admin_policy_logs_and_errors_show_no_secret_and_the_secrets_still
             doc = json.loads(policy)
             assert doc["server"]["admin_token"] == "**********"
             assert doc["callers"][0]["api_key"] == "**********"
+            assert doc["callers"][1]["aws_secret_access_key"] == "**********"
+            assert doc["callers"][1]["aws_access_key_id"] == "AKIATEAMB00000000002"  # an id, not a secret
             assert doc["backends"]["rt"]["headers"] == {"Authorization": "**********", "X-Team": "**********"}
             assert doc["webhooks"]["secret"] == "**********"
 

@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from random import getrandbits  # request ids need uniqueness, not secrecy; uuid4 costs a syscall
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -31,6 +31,9 @@ from router.runtime import ModelEntry, Runtime
 from router.storage.base import Job, JobStatus, ObjectTooLarge, StorageError, StoredObject
 from router.tracecontext import TraceContext, start_span
 from router.types import JOB_LANES, Hop, Invocation, InvocationResult, Lane, RequestFeatures, Route
+
+if TYPE_CHECKING:  # botocore (~30 MB) is imported only when a caller signs with SigV4
+    from router.auth.sigv4 import SignedRequest
 
 log = structlog.get_logger("router.access")
 
@@ -184,6 +187,7 @@ class DataPlane:
             else:
                 size = declared
             features = routing.features.extract(name, headers, size)
+            signed = routing.features.signed_request(scope, headers)  # SigV4: checked once the body is known
             snap = runtime.tracker.snapshot(entry.routes.lanes, entry.routes.limits)
             route = routing.engine.decide(features, snap)
             decision = route.decision
@@ -202,8 +206,11 @@ class DataPlane:
             if first.lane in JOB_LANES:  # straight to a job: the body streams to storage
                 body_source = prefix if declared is None and complete else await self._job_body(receive, prefix,
                                                                                                   declared)
-                raise _Accepted(await self._accept(headers, entry, features, first, body_source, trace), first)
+                raise _Accepted(await self._accept(headers, entry, features, first, body_source, trace,
+                                                   signed=signed), first)
             body = prefix if declared is None else await read_body(receive, entry.max_sync_bytes)
+            if signed is not None:
+                signed.verify_body(body)
             inv = self._invocation(scope, headers, body, extra, trace)
             deadline_at = (runtime.clock() + features.deadline_ms / 1000.0) if features.deadline_ms else None
             sync_hops = tuple(h for h in route.hops if h.lane not in JOB_LANES)
@@ -268,12 +275,17 @@ class DataPlane:
 
     async def _accept(self, headers: dict[str, str], entry: ModelEntry, features: RequestFeatures, hop: Hop,
                       body: bytes | AsyncIterator[bytes], trace: TraceContext, *, content_type: str | None = None,
-                      accept: str | None = None, existing: StoredObject | None = None) -> Job:
-        """Store the job durably; 413 past the lane's limit, 503 when storage fails (never a 202 then)."""
+                      accept: str | None = None, existing: StoredObject | None = None,
+                      signed: SignedRequest | None = None) -> Job:
+        """Store the job durably; 413 past the lane's limit, 503 when storage fails (never a 202 then); 403 for a
+        SigV4 signature that does not cover the body (a streamed body is checked before the job is recorded)."""
         limit = entry.routes.limits.get(hop.lane, 0)
         callback = self._callback_url(headers)
+        if signed is not None and isinstance(body, bytes):
+            signed.verify_body(b"" if existing is not None else body)
+            signed = None
         if hop.lane is Lane.BATCH:
-            return await self._accept_batch(headers, entry, features, body, limit, callback)
+            return await self._accept_batch(headers, entry, features, body, limit, callback, signed)
         try:
             return await self._job_lane().accept(
                 lane=hop.lane, model=entry.name, tenant=features.caller, priority=features.priority, body=body,
@@ -281,7 +293,8 @@ class DataPlane:
                 accept=accept or headers.get("accept"),
                 custom_attributes=headers.get("x-amzn-sagemaker-custom-attributes"),
                 inference_id=headers.get("x-amzn-sagemaker-inference-id"), existing=existing,
-                callback_url=callback, traceparent=trace.traceparent)
+                callback_url=callback, traceparent=trace.traceparent,
+                verify=(lambda stored: signed.verify(stored.sha256)) if signed is not None else None)
         except ObjectTooLarge:
             raise RequestError(413, "ValidationError", f"request body exceeds the {hop.lane} lane's limit of "
                                f"{limit} bytes") from None
@@ -291,7 +304,8 @@ class DataPlane:
                                retry_after_s=2.0) from None
 
     async def _accept_batch(self, headers: dict[str, str], entry: ModelEntry, features: RequestFeatures,
-                            body: bytes | AsyncIterator[bytes], limit: int, callback: str | None) -> Job:
+                            body: bytes | AsyncIterator[bytes], limit: int, callback: str | None,
+                            signed: SignedRequest | None = None) -> Job:
         """Append the request's records to the model's batch buffer: 400 naming a bad line, 413, or 503."""
         lane = self.runtime.batch_lane
         if lane is None:
@@ -311,6 +325,8 @@ class DataPlane:
                                        f"{limit} bytes")
                 chunks.append(chunk)
             body = b"".join(chunks)
+            if signed is not None:
+                signed.verify_body(body)
         try:
             return await lane.accept(model=entry.name, tenant=features.caller, priority=features.priority, body=body,
                                      fmt=fmt, content_type=content_type, accept=headers.get("accept"),
@@ -363,12 +379,13 @@ class DataPlane:
         routing = self.runtime.routing
         declared = self._declared_length(headers, entry.routes.limits.get(Lane.ASYNC, 0))
         features = routing.features.extract(entry.name, headers, declared or 0)
+        signed = routing.features.signed_request(scope, headers)
         existing = await self._input_location(headers.get("x-amzn-sagemaker-inputlocation"), entry)
         hop = Hop(Lane.ASYNC, hop_backend)
         body = b"" if existing is not None else await self._job_body(receive, b"", declared)
         job = await self._accept(headers, entry, features, hop, body, trace,
                                  content_type=headers.get("x-amzn-sagemaker-content-type"),
-                                 accept=headers.get("x-amzn-sagemaker-accept"), existing=existing)
+                                 accept=headers.get("x-amzn-sagemaker-accept"), existing=existing, signed=signed)
         origin = _origin(scope, headers)
         url = job_url(job.job_id)
         out = _router_headers(request_id, "async", hop_backend, "async_invocation")

@@ -29,8 +29,12 @@ async def _job_for(request: Request[Any, Any, Any], job_id: FromPath[str]) -> tu
     if not lanes:
         raise NotFoundException("no model of this router has an async or batch lane")
     routing = runtime.routing
+    headers = {k.lower(): v for k, v in request.headers.items()}
     try:
-        caller = routing.features.caller({k.lower(): v for k, v in request.headers.items()})
+        caller = routing.features.caller(headers)
+        signed = routing.features.signed_request(request.scope, headers)
+        if signed is not None:  # a tenant named by SigV4 must prove it: these requests have no body
+            signed.verify_body(b"")
     except RequestError as exc:
         raise PermissionDeniedException(exc.message) from None
     for lane in lanes if len(job_id) <= 128 else ():

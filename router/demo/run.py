@@ -88,7 +88,7 @@ async def serve_demo(port: int) -> None:
         runtime = Runtime(cfg, config_path=path)
         app = create_app(runtime, tune_gc=True)
         server = RouterServer(server_config(app, runtime, host="127.0.0.1", port=port), runtime)
-        team_key = cfg.callers[0].api_key.get_secret_value() if cfg.callers else "-"
+        team_key = next((c.api_key.get_secret_value() for c in cfg.callers if c.api_key is not None), "-")
         token = cfg.server.admin_token.get_secret_value() if cfg.server.admin_token else "-"
         sys.stdout.write(banner(port, token, team_key))
         sys.stdout.flush()

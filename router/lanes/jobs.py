@@ -172,10 +172,12 @@ class JobLane:
                      accept: str | None = None, custom_attributes: str | None = None,
                      inference_id: str | None = None, job_id: str | None = None,
                      existing: StoredObject | None = None, callback_url: str | None = None,
-                     traceparent: str | None = None) -> Job:
+                     traceparent: str | None = None, verify: Callable[[StoredObject], None] | None = None) -> Job:
         """Store the payload, then the job. Raises StorageError (answer 503) or ObjectTooLarge (413).
 
         ``existing``: the payload is already in the object store (an InputLocation); ``body`` is ignored.
+        ``verify``: called with the stored payload (its size and SHA-256) before the job is recorded; what it
+        raises is raised, and the payload is deleted: nothing is accepted.
         """
         job_id = job_id or uuid.uuid4().hex
         key = existing.key if existing else input_key(job_id)
@@ -197,6 +199,14 @@ class JobLane:
                     self.health.failed("objects", exc)
                 raise
             self.health.ok("objects")
+        if verify is not None:
+            try:
+                verify(stored)
+            except Exception:
+                if existing is None and key != INLINE_KEY:
+                    with contextlib.suppress(StorageError):
+                        await self.objects.delete(key)
+                raise
         spec = JobSpec(
             job_id=job_id, lane=lane.value, model=model, tenant=tenant, input_key=key,
             input_bytes=stored.size, input_sha256=stored.sha256, content_type=content_type, accept=accept,
