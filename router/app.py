@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from router.api.dataplane import DataPlane
 from router.api.jobs import JOB_HANDLERS
+from router.api.openapi import openapi_document
 from router.features import RequestError
 from router.runtime import Runtime
 
@@ -67,6 +68,13 @@ def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
 def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     runtime: Runtime = request.app.state.runtime
     return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@get("/openapi.json", sync_to_thread=False)
+def openapi(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """The API of this router (OpenAPI 3.0), its models' extra paths included."""
+    runtime: Runtime = request.app.state.runtime
+    return openapi_document(runtime.routing.config)
 
 
 @get("/admin/policy", guards=[_admin_guard], sync_to_thread=False)
@@ -142,7 +150,7 @@ def create_app(runtime: Runtime, *, tune_gc: bool = False) -> DataPlane:
         await runtime.close()
 
     app = Litestar(
-        route_handlers=[healthz, readyz, metrics, admin_policy, admin_explain, admin_reload, *JOB_HANDLERS],
+        route_handlers=[healthz, readyz, metrics, openapi, admin_policy, admin_explain, admin_reload, *JOB_HANDLERS],
         on_startup=[startup],
         on_shutdown=[shutdown],
         logging_config=None,

@@ -173,7 +173,7 @@ def mutated_configs(draw: st.DrawFn) -> bytes:
     return data
 
 
-FUZZ = settings(max_examples=EXAMPLES or 150, deadline=None, derandomize=EXAMPLES is None,
+FUZZ = settings(max_examples=EXAMPLES or 120, deadline=None, derandomize=EXAMPLES is None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
