@@ -144,6 +144,17 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
+async def _answer(answer: asyncio.Task[bytes], writer: asyncio.StreamWriter) -> bytes:
+    """What the server answered before closing (nothing, if it did not within 30 s), then close our side."""
+    try:
+        async with asyncio.timeout(30):
+            data = await answer
+    except (TimeoutError, OSError):
+        data = b""
+    writer.close()
+    return data
+
+
 async def _huge_header(port: int, mib: int) -> dict[str, Any]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     answer = asyncio.create_task(reader.read())
@@ -156,12 +167,7 @@ async def _huge_header(port: int, mib: int) -> dict[str, Any]:
             writer.write(chunk)
             await writer.drain()
             sent += len(chunk)
-    try:
-        async with asyncio.timeout(30):
-            data = await answer
-    except (TimeoutError, OSError):
-        data = b""
-    writer.close()
+    data = await _answer(answer, writer)
     return {"status": _status(data), "sent_mib": round(sent / (1 << 20), 2),
             "seconds": round(time.monotonic() - started_at, 2)}
 
@@ -196,12 +202,7 @@ async def _slow_body(port: int) -> tuple[int, float]:
             await writer.drain()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(answer), 1.0)
-    try:
-        async with asyncio.timeout(30):
-            data = await answer
-    except (TimeoutError, OSError):
-        data = b""
-    writer.close()
+    data = await _answer(answer, writer)
     return _status(data), time.monotonic() - started_at
 
 

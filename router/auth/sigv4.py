@@ -159,23 +159,22 @@ class SigV4Callers(Generic[C]):
         self._callers = dict(callers)
         self._clock = clock
 
+    def _find(self, authorization: str) -> tuple[SigV4Claim, C, str] | None:
+        claim = parse_authorization(authorization)
+        if claim is None:
+            return None
+        found = self._callers.get(claim.access_key_id)
+        if found is None:
+            raise RequestError(403, "UnrecognizedClientException", "The security token included in the request is "
+                               "invalid: unknown access key id")
+        return claim, found[0], found[1]
+
     def caller(self, authorization: str) -> C | None:
         """The caller a SigV4 header names (None for another scheme); 403 for an unknown access key id."""
-        claim = parse_authorization(authorization)
-        if claim is None:
-            return None
-        found = self._callers.get(claim.access_key_id)
-        if found is None:
-            raise RequestError(403, "UnrecognizedClientException", "The security token included in the request is "
-                               "invalid: unknown access key id")
-        return found[0]
+        found = self._find(authorization)
+        return found[1] if found is not None else None
 
     def request(self, scope: Mapping[str, Any], authorization: str) -> SignedRequest | None:
-        claim = parse_authorization(authorization)
-        if claim is None:
-            return None
-        found = self._callers.get(claim.access_key_id)
-        if found is None:
-            raise RequestError(403, "UnrecognizedClientException", "The security token included in the request is "
-                               "invalid: unknown access key id")
-        return SignedRequest(claim, found[1], scope, self._clock)
+        """The signature to verify once the body is known (None for another scheme); 403 for an unknown key."""
+        found = self._find(authorization)
+        return SignedRequest(found[0], found[2], scope, self._clock) if found is not None else None
