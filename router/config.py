@@ -11,14 +11,26 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from router.numbers import parse_uint
+from router.protocols import (
+    CONTROL_METHODS,
+    INFERENCE_METHODS,
+    PROTOCOLS,
+    HttpMethod,
+    PathRule,
+    ProtocolName,
+    pattern_problem,
+    preset_rules,
+)
 from router.types import MODEL_LANES, SYNC_LANES, Lane
 from router.units import parse_duration, parse_size
 from router.yamlpos import ConfigError, ConfigIssue, Located, Path, decode_text, format_path, load_located
@@ -167,8 +179,52 @@ class CallerConfig(Strict):
 
 
 class BreakerConfig(Strict):
-    failures: int = Field(5, ge=1)  # consecutive failures that open it
-    open_for: Duration = 10.0  # then one probe is let through (half-open)
+    """Opens on a failure rate over a window (with a minimum volume) or a run of consecutive failures."""
+
+    failures: int = Field(10, ge=1)  # consecutive failures that open it at once (a dead backend)
+    failure_rate: float = Field(0.8, gt=0.0, le=1.0)  # ...or this share of calls failing over `window`
+    min_requests: int = Field(20, ge=1)  # ...once the window holds at least this many calls
+    window: Duration = Field(10.0, gt=0.0)
+    open_for: Duration = 10.0  # then one probe at a time as well (half-open)
+    probe_share: float = Field(0.1, ge=0.0, le=1.0)  # while open, this share of requests still probes it
+
+
+class AdaptiveConcurrencyConfig(Strict):
+    """``max_concurrency: auto`` (these defaults) or ``{initial, min, max}``: the limit is learned."""
+
+    initial: int = Field(4, ge=1, le=10_000)
+    min: int = Field(1, ge=1, le=10_000)
+    max: int = Field(1000, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdaptiveConcurrencyConfig:
+        if not self.min <= self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        if not self.min <= self.initial <= self.max:
+            raise ValueError(f"initial ({self.initial}) must be between min ({self.min}) and max ({self.max})")
+        return self
+
+
+def _concurrency_form(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("max_concurrency must be auto, an integer or {initial, min, max}, not a boolean")
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return {}
+    if isinstance(value, str) and not value.strip().isdecimal():
+        raise ValueError(f"max_concurrency must be auto, an integer or {{initial, min, max}}, got {value!r}")
+    return value
+
+
+def _concurrency_kind(value: Any) -> str:
+    return "adaptive" if isinstance(value, dict | AdaptiveConcurrencyConfig) else "fixed"
+
+
+MaxConcurrency = Annotated[
+    Annotated[Annotated[int, Field(ge=1, le=10_000)], Tag("fixed")]
+    | Annotated[AdaptiveConcurrencyConfig, Tag("adaptive")],
+    Discriminator(_concurrency_kind),
+    BeforeValidator(_concurrency_form),
+]
 
 
 class ServerlessConfig(Strict):
@@ -177,7 +233,8 @@ class ServerlessConfig(Strict):
 
 
 class _BackendBase(Strict):
-    max_concurrency: int = Field(8, ge=1, le=10_000)
+    # A fixed integer (AIMD below it on throttling), or auto / {initial, min, max}: learned from latency.
+    max_concurrency: MaxConcurrency = 8
     timeout: Duration = 60.0
     serverless: ServerlessConfig | None = None
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
@@ -317,12 +374,28 @@ class BatchConfig(Strict):
     oversized: Literal["reject", "split"] = "reject"
 
 
+class PathConfig(Strict):
+    """An extra URL of a model, forwarded as it came: a path (``{name}`` matches one segment, a final ``*`` any
+    rest), its methods, and whether it is a control endpoint (health, readiness, metadata)."""
+
+    path: str
+    methods: list[HttpMethod] | None = Field(None, min_length=1)  # default: POST; GET and HEAD for control
+    control: bool = False  # forwarded to the real-time backend without routing, counting or taking a slot
+
+
+# A bare string is an inference path taking POST
+PathEntry = Annotated[PathConfig, BeforeValidator(lambda v: {"path": v} if isinstance(v, str) else v)]
+
+
 class ModelConfig(Strict):
     lanes: dict[ModelLane, str]
     limits: dict[ModelLane, Size] = Field(default_factory=dict)
     default: RouteConfig | None = None  # when every policy abstains; default: first sync lane
     policy: list[str] = Field(default_factory=list)
-    paths: list[str] = Field(default_factory=list)  # extra URLs, e.g. /v2/models/fraud/infer or /v1/fraud/*
+    # The paths (and methods) clients of this model server protocol call, e.g. KServe V2's health, metadata, infer
+    protocol: ProtocolName | None = None
+    # extra URLs, e.g. /v2/models/fraud/infer, /v1/fraud/* or {path: /v2/models/fraud/ready, control: true}
+    paths: list[PathEntry] = Field(default_factory=list)
     # Answer 202 + a job even without Prefer: respond-async (for clients built for an async API).
     async_without_prefer: bool = False
     batch: BatchConfig = Field(default_factory=BatchConfig)
@@ -333,6 +406,13 @@ class ModelConfig(Strict):
             return min(limit, self.batch.max_bytes)
         return limit
 
+    def path_rules(self, name: str) -> list[PathRule]:
+        """The protocol's paths, then the declared ones; a declared path replaces the protocol's same path."""
+        declared = [_declared_rule(name, p, self.protocol) for p in self.paths]
+        mine = {r.pattern for r in declared}
+        preset = preset_rules(self.protocol, name) if self.protocol else []
+        return [r for r in preset if r.pattern not in mine] + declared
+
     def default_route(self) -> RouteConfig:
         if self.default is not None:
             return self.default
@@ -342,16 +422,23 @@ class ModelConfig(Strict):
         return RouteConfig.model_validate({"lane": present[0], "fallback": present[1:]})
 
 
+def _declared_rule(model: str, entry: PathConfig, protocol: str | None) -> PathRule:
+    methods = frozenset(entry.methods) if entry.methods else (CONTROL_METHODS if entry.control else INFERENCE_METHODS)
+    return PathRule(model, entry.path, methods, control=entry.control, protocol=protocol)
+
+
 class PolicyConfig(Strict):
     type: str
     params: Any = None
 
 
 class FallbackConfig(Strict):
-    """Retry budget: fallbacks after a failed call may add at most this share of the request rate."""
+    """Retry budget: fallbacks after a failed call may add at most this share of the requests, plus a burst."""
 
-    retry_budget: float = Field(0.2, ge=0.0, le=10.0)
-    min_retries_per_second: float = Field(5.0, ge=0.0)
+    retry_budget: float = Field(0.15, ge=0.0, le=10.0)  # tokens each request deposits; a retry costs one
+    retry_burst: float = Field(10.0, ge=1.0, le=10_000.0)  # the most tokens kept (full at start)
+    # Deprecated: a rate floor on top (Finagle's minRetriesPerSec). It breaks the bound on quiet models.
+    min_retries_per_second: float = Field(0.0, ge=0.0)
     # When every backend of a route is at capacity, requests at or above this urgency are still sent.
     overflow_min_urgency: str = "critical"
 
@@ -374,6 +461,13 @@ class JobNotificationsConfig(Strict):
     attempts: int = Field(3, ge=1, le=10)
 
 
+class ProxyConfig(Strict):
+    """Requests forwarded as they came (extra paths): which request headers the router keeps to itself. The
+    urgency header, the API key header and the webhooks' callback header are always kept back too."""
+
+    strip_headers: list[str] = Field(default_factory=lambda: ["Prefer", "X-Deadline-Ms"])
+
+
 class RouterConfig(Strict):
     server: ServerConfig = ServerConfig()
     state: StateConfig = Field(default_factory=LocalStateConfig)
@@ -386,6 +480,7 @@ class RouterConfig(Strict):
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
     webhooks: WebhookConfig | None = None
     notifications: JobNotificationsConfig | None = None
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
 
     def backend_names(self) -> set[str]:
         return set(self.backends)
@@ -465,17 +560,51 @@ def _semantic_issues(data: dict[str, Any]) -> list[tuple[Path, str, bool]]:
         for j, policy in enumerate(chain):
             if isinstance(policy, str) and policy not in policies:
                 issues.append(((*base, "policy", j), f"unknown policy {policy!r}", False))
-        extra = _list(model.get("paths"))
-        for j, path in enumerate(extra):
-            if not isinstance(path, str):
-                continue
-            if not path.startswith("/") or path.startswith("/endpoints/") or "*" in path[:-1]:
-                issues.append(((*base, "paths", j),
-                               "a path starts with '/', may end with '*', and cannot be under /endpoints/", False))
-            elif path in paths:
-                issues.append(((*base, "paths", j), f"path already belongs to model {paths[path]!r}", False))
-            else:
-                paths[path] = model_name
+        issues += _path_issues(model_name, model, backends, paths)
+    return issues
+
+
+def _path_issues(model_name: str, model: dict[str, Any], backends: dict[str, Any],
+                 owners: dict[str, str]) -> list[tuple[Path, str, bool]]:
+    """A model's extra paths: valid patterns, each owned by one model, control paths on an http backend.
+    ``owners`` (pattern -> model) carries over from the models before, in config order."""
+    issues: list[tuple[Path, str, bool]] = []
+    base: Path = ("models", model_name)
+    lanes = _mapping(model.get("lanes"))
+    control_backend = lanes.get("realtime", lanes.get("serverless"))
+    control_ok = isinstance(control_backend, str) and _backend_kind(backends.get(control_backend)) == "http"
+    control_problem = ("control paths are forwarded to the model's realtime (else serverless) backend, "
+                       "which must be of kind 'http'")
+    declared: set[str] = set()
+    for j, entry in enumerate(_list(model.get("paths"))):
+        raw = entry.get("path") if isinstance(entry, dict) else entry
+        if not isinstance(raw, str):
+            continue
+        where: Path = (*base, "paths", j, "path") if isinstance(entry, dict) else (*base, "paths", j)
+        problem = pattern_problem(raw)
+        if problem is None and raw in declared:
+            problem = "path declared twice for this model"
+        elif problem is None and owners.get(raw, model_name) != model_name:
+            problem = f"path already belongs to model {owners[raw]!r}"
+        elif problem is None and isinstance(entry, dict) and entry.get("control") is True and not control_ok:
+            problem = control_problem
+        if problem is not None:
+            issues.append((where, problem, False))
+        declared.add(raw)
+        owners.setdefault(raw, model_name)
+    protocol = model.get("protocol")
+    if isinstance(protocol, str) and protocol in PROTOCOLS:
+        for rule in preset_rules(protocol, model_name):
+            owner = owners.get(rule.pattern, model_name)
+            if rule.pattern in declared or (owner != model_name and rule.shared):
+                continue  # declared paths replace the preset's; a shared one stays with the first model
+            if owner != model_name:
+                issues.append(((*base, "protocol"), f"{protocol}'s path {rule.pattern} already belongs to "
+                               f"model {owner!r}", False))
+            elif rule.control and not control_ok:
+                issues.append(((*base, "protocol"), f"{protocol}: {control_problem}", False))
+                break
+            owners.setdefault(rule.pattern, model_name)
     return issues
 
 
@@ -519,7 +648,7 @@ def _pydantic_path(loc: tuple[str | int, ...], data: Any) -> Path:
     return tuple(path)
 
 
-_TAGS = {"http", "sagemaker", "sagemaker-batch", "sagemaker-async", "local", "aws"}
+_TAGS = {"http", "sagemaker", "sagemaker-batch", "sagemaker-async", "local", "aws", "fixed", "adaptive"}
 
 
 def _issues_from_validation(

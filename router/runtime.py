@@ -17,6 +17,7 @@ from router.batch.local import LocalRunner
 from router.batch.store import BatchStore
 from router.config import (
     KIND_LANES,
+    AdaptiveConcurrencyConfig,
     BackendConfig,
     BatchConfig,
     LocalStateConfig,
@@ -25,12 +26,16 @@ from router.config import (
     load_config,
 )
 from router.features import FeatureExtractor
+from router.flow.budget import RetryBudget
+from router.flow.limits import GradientSettings
 from router.lanes.jobs import JobLane
-from router.lanes.sync import RetryBudget, SyncLane, Target
+from router.lanes.sync import SyncLane, Target
 from router.metrics import RouterMetrics
 from router.notify import CallbackPolicy, WebhookNotifier
+from router.paths import PathTable
 from router.policy.engine import ModelRoutes, PolicyEngine
 from router.policy.registry import build_policy
+from router.protocols import PathRule
 from router.state import Clock, SaturationTracker, TrackerSettings
 from router.storage import open_stores
 from router.storage.base import ObjectStore, StoreStats
@@ -50,6 +55,7 @@ class ModelEntry:
     routes: ModelRoutes
     max_bytes: int  # the largest payload any of its lanes takes, capped by server.max_body
     max_sync_bytes: int  # the largest a sync lane takes: the most the router ever holds in memory
+    control_backend: str | None = None  # where control paths (health, metadata) go: the realtime, else serverless
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,30 +67,30 @@ class Routing:
     engine: PolicyEngine
     features: FeatureExtractor
     targets: Mapping[str, Target]
-    exact_paths: Mapping[str, str]  # extra path -> model
-    prefix_paths: tuple[tuple[str, str], ...]  # (prefix, model), longest first
+    paths: PathTable  # the models' extra paths
     overflow_priority: int
     callbacks: CallbackPolicy | None = None  # webhooks' allow-list, when webhooks are on
-
-    def model_for_path(self, path: str) -> str | None:
-        model = self.exact_paths.get(path)
-        if model is not None:
-            return model
-        for prefix, name in self.prefix_paths:
-            if path.startswith(prefix):
-                return name
-        return None
+    # Request headers the router keeps to itself on forwarded paths (lower case)
+    strip_headers: frozenset[str] = frozenset()
 
 
 def tracker_settings(cfg: BackendConfig) -> TrackerSettings:
-    sls = cfg.serverless
+    sls, brk, limit = cfg.serverless, cfg.breaker, cfg.max_concurrency
+    adaptive = None
+    if isinstance(limit, AdaptiveConcurrencyConfig):
+        adaptive = GradientSettings(initial=limit.initial, min=limit.min, max=limit.max)
     return TrackerSettings(
-        max_concurrency=cfg.max_concurrency,
-        breaker_failures=cfg.breaker.failures,
-        breaker_open_s=cfg.breaker.open_for,
+        max_concurrency=limit if isinstance(limit, int) else limit.max,
+        breaker_failures=brk.failures,
+        breaker_open_s=brk.open_for,
         serverless=sls is not None,
         idle_after_s=sls.idle_after if sls else 0.0,
         cold_start_s=sls.cold_start if sls else 0.0,
+        adaptive=adaptive,
+        breaker_failure_rate=brk.failure_rate,
+        breaker_min_requests=brk.min_requests,
+        breaker_window_s=brk.window,
+        breaker_probe_share=brk.probe_share,
     )
 
 
@@ -104,8 +110,7 @@ def build_routing(
             targets[name] = Target(backends[name], t)
     tracker.retain(cfg.backends)
     models: dict[str, ModelEntry] = {}
-    exact: dict[str, str] = {}
-    prefixes: list[tuple[str, str]] = []
+    rules: list[PathRule] = []
     for name, m in cfg.models.items():
         lanes = {Lane(k): v for k, v in m.lanes.items()}
         limits = {lane: m.limit(lane) for lane in lanes}
@@ -120,13 +125,9 @@ def build_routing(
         )
         sync_limits = [v for lane, v in limits.items() if lane not in JOB_LANES]
         models[name] = ModelEntry(name, routes, min(cfg.server.max_body, max(limits.values(), default=0)),
-                                  min(cfg.server.max_body, max(sync_limits, default=0)))
-        for path in m.paths:
-            if path.endswith("*"):
-                prefixes.append((path[:-1], name))
-            else:
-                exact[path] = name
-    prefixes.sort(key=lambda p: -len(p[0]))
+                                  min(cfg.server.max_body, max(sync_limits, default=0)),
+                                  lanes.get(Lane.REALTIME, lanes.get(Lane.SERVERLESS)))
+        rules += m.path_rules(name)
 
     def on_skip(model: str, policy: str, why: str) -> None:
         metrics.policy_skips(model, policy, why).inc()
@@ -137,7 +138,11 @@ def build_routing(
                                 on_clamp=lambda model: metrics.urgency_clamped(model).inc())
     overflow = levels.get(cfg.fallback.overflow_min_urgency, max(levels.values()))
     callbacks = CallbackPolicy(cfg.webhooks.allow) if cfg.webhooks else None
-    return Routing(cfg, models, engine, features, targets, exact, tuple(prefixes), overflow, callbacks)
+    strip = {cfg.urgency.header, cfg.server.api_key_header, *cfg.proxy.strip_headers}
+    if cfg.webhooks:
+        strip.add(cfg.webhooks.header)
+    return Routing(cfg, models, engine, features, targets, PathTable(rules), overflow, callbacks,
+                   frozenset(h.lower() for h in strip))
 
 
 class Runtime:
@@ -156,7 +161,8 @@ class Runtime:
         self.connections = Connections()
         self._backends: dict[str, tuple[BackendConfig, Backend]] = {}
         self.routing = build_routing(cfg, self.tracker, {}, self.metrics)
-        self.sync = SyncLane(RetryBudget(cfg.fallback.retry_budget, cfg.fallback.min_retries_per_second, clock),
+        retry = cfg.fallback
+        self.sync = SyncLane(RetryBudget(retry.retry_budget, retry.min_retries_per_second, clock, retry.retry_burst),
                              self.metrics, self.routing.overflow_priority, clock)
         self.started = False
         self.draining = False  # /readyz is 503 (SIGTERM's drain); requests are still served
@@ -208,8 +214,8 @@ class Runtime:
         self.routing = routing
         self.sync.overflow_priority = routing.overflow_priority
         self._set_notifier(cfg)
-        self.sync.budget.ratio = cfg.fallback.retry_budget
-        self.sync.budget.min_per_s = cfg.fallback.min_retries_per_second
+        retry = cfg.fallback
+        self.sync.budget.reconfigure(retry.retry_budget, retry.min_retries_per_second, retry.retry_burst)
         self.metrics.reloads("ok").inc()
         log.info("config_reloaded", models=sorted(routing.models))
 

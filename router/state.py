@@ -1,8 +1,9 @@
 """Live state of every backend, from the router's own calls, and immutable snapshots of it for policies.
 
-The router's in-flight counts are the primary signal (CloudWatch lags 10-60 s). Per backend:
-in-flight, an AIMD concurrency limit (halved on throttling, +1 per window of successes), latency
-and error EWMAs, a circuit breaker and, for serverless backends, warm/cold with a learned cold start.
+The router's in-flight counts are the primary signal (CloudWatch lags 10-60 s). Per backend: in-flight, a
+concurrency limit (``router.flow.limits``: fixed with AIMD below it, or learned from latency), latency and
+error EWMAs, a circuit breaker (``router.flow.breaker``), the backend's own ORCA load reports
+(``router.flow.orca``) and, for serverless backends, warm/cold with a learned cold start.
 """
 
 from __future__ import annotations
@@ -12,22 +13,47 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from router.flow.breaker import Breaker, BreakerSettings
+from router.flow.limits import ConcurrencyLimit, FixedLimit, GradientLimit, GradientSettings, Outcome
+from router.flow.orca import LoadReport, parse_load_report
 from router.types import BREAKER_FAILURES, BackendState, BreakerState, FailureKind, Lane, Snapshot
 
 Clock = Callable[[], float]
 LATENCY_ALPHA = 0.2
 ERROR_ALPHA = 0.1
 COLD_ALPHA = 0.5
+REPORT_STALE_S = 10.0  # an ORCA report older than this no longer counts toward saturation
 
 
 @dataclass(frozen=True, slots=True)
 class TrackerSettings:
-    max_concurrency: int
-    breaker_failures: int = 5
+    max_concurrency: int  # a fixed limit, or the most an adaptive one may reach
+    breaker_failures: int = 10
     breaker_open_s: float = 10.0
     serverless: bool = False
     idle_after_s: float = 600.0
     cold_start_s: float = 0.0
+    adaptive: GradientSettings | None = None  # None: max_concurrency is a fixed limit (AIMD below it)
+    breaker_failure_rate: float = 0.8
+    breaker_min_requests: int = 20
+    breaker_window_s: float = 10.0
+    breaker_probe_share: float = 0.1
+
+    @property
+    def breaker(self) -> BreakerSettings:
+        return BreakerSettings(self.breaker_failures, self.breaker_failure_rate, self.breaker_min_requests,
+                               self.breaker_window_s, self.breaker_open_s, self.breaker_probe_share)
+
+
+def build_limit(settings: TrackerSettings, now: float) -> ConcurrencyLimit:
+    if settings.adaptive is None:
+        return FixedLimit(settings.max_concurrency)
+    return GradientLimit(settings.adaptive, now)
+
+
+# How each failure counts for the concurrency limit: only throttling and timeouts speak of load.
+LIMIT_OUTCOMES: dict[FailureKind, Outcome] = {FailureKind.THROTTLED: Outcome.THROTTLED,
+                                              FailureKind.TIMEOUT: Outcome.DROPPED}
 
 
 class BackendTracker:
@@ -35,20 +61,20 @@ class BackendTracker:
 
     __slots__ = (
         "_cold_call",
-        "_last_decrease",
-        "_limit",
-        "_opened_at",
-        "_probe_inflight",
+        "_report",
+        "_report_at",
+        "_report_header",
         "breaker",
         "clock",
         "cold_start_s",
-        "consecutive_failures",
         "error_rate",
         "inflight",
         "last_active",
         "latency_s",
+        "limiter",
         "name",
         "on_free",
+        "reported_utilization",
         "settings",
     )
 
@@ -57,14 +83,14 @@ class BackendTracker:
         self.settings = settings
         self.clock = clock
         self.inflight = 0
-        self._limit = float(settings.max_concurrency)
+        self.limiter = build_limit(settings, clock())
         self.latency_s = 0.0
         self.error_rate = 0.0
-        self.breaker = BreakerState.CLOSED
-        self.consecutive_failures = 0
-        self._opened_at = 0.0
-        self._probe_inflight = False
-        self._last_decrease = -math.inf
+        self.breaker = Breaker(settings.breaker)
+        self.reported_utilization: float | None = None
+        self._report_at = -math.inf
+        self._report_header: str | None = None
+        self._report: LoadReport | None = None
         self.cold_start_s = settings.cold_start_s
         self.last_active = -math.inf  # a serverless backend starts cold
         self._cold_call = False
@@ -75,47 +101,49 @@ class BackendTracker:
 
     @property
     def capacity(self) -> int:
-        return max(1, int(self._limit))
-
-    def _breaker_now(self, now: float) -> BreakerState:
-        if self.breaker is BreakerState.OPEN and now - self._opened_at >= self.settings.breaker_open_s:
-            self.breaker = BreakerState.HALF_OPEN
-        return self.breaker
+        return max(1, int(self.limiter.limit))
 
     def cold(self, now: float) -> bool:
         s = self.settings
         return s.serverless and self.inflight == 0 and now - self.last_active > s.idle_after_s
 
     def admits(self, now: float) -> bool:
-        """Whether the breaker lets a call through now (half-open: one probe at a time)."""
-        state = self._breaker_now(now)
-        if state is BreakerState.OPEN:
-            return False
-        return not (state is BreakerState.HALF_OPEN and self._probe_inflight)
+        """Whether the breaker lets a call through now (while open: a share of requests, as probes)."""
+        return self.breaker.admits(now)
+
+    def utilization(self, now: float) -> float | None:
+        """The backend's own last reported utilization, while fresh."""
+        if self.reported_utilization is None or now - self._report_at > REPORT_STALE_S:
+            return None
+        return self.reported_utilization
 
     def state(self, now: float) -> BackendState:
-        breaker = self._breaker_now(now)
+        breaker = self.breaker.current(now)
         capacity = self.capacity
-        if breaker is BreakerState.OPEN or (breaker is BreakerState.HALF_OPEN and self._probe_inflight):
+        reported = self.utilization(now)
+        if breaker is BreakerState.OPEN or (breaker is BreakerState.HALF_OPEN and self.breaker.probing):
             saturation = 1.0
         else:
-            saturation = min(1.0, self.inflight / capacity)
+            saturation = min(1.0, max(self.inflight / capacity, reported or 0.0))
         s = self.settings
-        return BackendState(self.name, self.inflight, capacity, s.max_concurrency, saturation, self.latency_s,
-                            self.error_rate, breaker, s.serverless, self.cold(now), self.cold_start_s)
+        return BackendState(self.name, self.inflight, capacity, self.limiter.ceiling, saturation, self.latency_s,
+                            self.error_rate, breaker, s.serverless, self.cold(now), self.cold_start_s,
+                            reported_utilization=reported)
 
     # --- recording ------------------------------------------------------------------------------
 
     def start(self, now: float) -> None:
-        """A call begins; pair with exactly one ``succeeded`` or ``failed``."""
+        """A call begins; pair with exactly one ``succeeded``, ``failed`` or ``abandoned``."""
         self._cold_call = self.cold(now)
-        if self.breaker is BreakerState.HALF_OPEN:
-            self._probe_inflight = True
+        self.breaker.on_start(now)
         self.inflight += 1
         self.last_active = now
 
-    def succeeded(self, now: float, elapsed_s: float) -> None:
-        self._finish(now)
+    def succeeded(self, now: float, elapsed_s: float, load_report: str | None = None) -> None:
+        """A call answered after ``elapsed_s``; ``load_report`` is its ``endpoint-load-metrics`` header, if any."""
+        limiter = self.limiter
+        if load_report is not None:
+            self._record_report(now, load_report)
         if self._cold_call:
             # A cold call says nothing about warm latency; with no warm latency yet it says nothing at all.
             if self.latency_s > 0.0:
@@ -124,52 +152,70 @@ class BackendTracker:
         else:
             self.latency_s = elapsed_s if self.latency_s == 0.0 else (
                 self.latency_s + LATENCY_ALPHA * (elapsed_s - self.latency_s))
+            limiter.on_sample(now, elapsed_s, self.inflight, Outcome.SUCCESS)
         self._cold_call = False
         self.error_rate -= ERROR_ALPHA * self.error_rate
-        self.consecutive_failures = 0
-        self.breaker = BreakerState.CLOSED
-        self._limit = min(float(self.settings.max_concurrency), self._limit + 1.0 / self._limit)
+        self.breaker.on_result(now, healthy=True)
+        self._finish(now)  # also wakes waiters when the limit grew
 
     def failed(self, now: float, kind: FailureKind) -> None:
-        self._finish(now)
         self._cold_call = False
         if kind in (FailureKind.MODEL_ERROR, FailureKind.VALIDATION):
             # The backend answered; it just did not like this input. Not a health signal.
-            self.consecutive_failures = 0
-            if self.breaker is BreakerState.HALF_OPEN:
-                self.breaker = BreakerState.CLOSED
+            self.breaker.on_result(now, healthy=True)
+            self._finish(now)
             return
+        self.limiter.on_sample(now, 0.0, self.inflight, LIMIT_OUTCOMES.get(kind, Outcome.IGNORED))
         self.error_rate += ERROR_ALPHA * (1.0 - self.error_rate)
-        if kind is FailureKind.THROTTLED:
-            # One halving per service time, so a burst of 429s from one overload is one decrease.
-            if now - self._last_decrease >= max(self.latency_s, 0.05):
-                self._limit = max(1.0, self._limit / 2.0)
-                self._last_decrease = now
-        elif kind is FailureKind.NOT_READY:
-            self.last_active = -math.inf  # it told us it is cold
         if kind in BREAKER_FAILURES:
-            self.consecutive_failures += 1
-            if self.breaker is BreakerState.HALF_OPEN or (
-                    self.consecutive_failures >= self.settings.breaker_failures):
-                self.breaker = BreakerState.OPEN
-                self._opened_at = now
+            self.breaker.on_result(now, healthy=False)
+        self._finish(now)
+        if kind is FailureKind.NOT_READY:
+            self.last_active = -math.inf  # it told us it is cold
 
     def abandoned(self, now: float) -> None:
         """A call given up by the client: frees its slot without judging the backend."""
-        self._finish(now)
         self._cold_call = False
+        self._finish(now)
 
     def reconfigure(self, settings: TrackerSettings) -> None:
         """New settings from a reload; calls in flight keep counting against this tracker."""
-        self.settings = settings
-        self._limit = min(self._limit, float(settings.max_concurrency))
+        old, self.settings = self.settings, settings
+        before = self.capacity
+        limiter = self.limiter
+        if isinstance(limiter, FixedLimit) and settings.adaptive is None:
+            limiter.resize(settings.max_concurrency)
+        elif isinstance(limiter, GradientLimit) and settings.adaptive is not None:
+            limiter.resize(settings.adaptive)
+        else:  # fixed <-> auto: start the new kind afresh
+            self.limiter = build_limit(settings, self.clock())
+        if settings.breaker != old.breaker:
+            self.breaker.reconfigure(settings.breaker)
         if not settings.serverless:
             self.cold_start_s = 0.0
+        if self.capacity > before and self.on_free is not None:
+            self.on_free()
+
+    def _record_report(self, now: float, header: str) -> None:
+        if header == self._report_header:  # a steady backend repeats itself: parse each text once
+            report = self._report
+        else:
+            report = self._report = parse_load_report(header)
+            self._report_header = header
+        if report is None:
+            return  # malformed: ignored, never the client's problem
+        utilization = report.utilization
+        if utilization is not None:
+            self.reported_utilization = utilization
+            self._report_at = now
+        waiting = report.waiting
+        if waiting is not None:
+            self.limiter.on_queue_report(now, waiting)
 
     def _finish(self, now: float) -> None:
         self.inflight = max(0, self.inflight - 1)
-        self._probe_inflight = False
         self.last_active = now
+        self.breaker.on_end()
         if self.on_free is not None:
             self.on_free()
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from router.app import create_app
 from router.backends.sagemaker import SageMakerClients
@@ -73,6 +74,14 @@ async def job_end(http: aiohttp.ClientSession, base: str, job_id: str, timeout_s
             if job["status"] in ("succeeded", "failed", "expired"):
                 return job
             await asyncio.sleep(0.02)
+
+
+async def start_app(app: web.Application) -> tuple[web.AppRunner, str]:
+    """A real aiohttp server for ``app`` on a free port of 127.0.0.1: its runner (to clean up) and base URL."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
 def free_port() -> int:

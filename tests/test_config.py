@@ -163,3 +163,62 @@ def test_check_command_accepts_a_valid_file(tmp_path: Path, capsys: pytest.Captu
     good.write_text(MINIMAL)
     assert main(["check", "--config", str(good)]) == 0
     assert "ok (1 models, 1 backends, 0 policies)" in capsys.readouterr().out
+
+
+def test_max_concurrency_takes_auto_an_integer_or_bounds_and_the_runtime_builds_the_matching_limit() -> None:
+    from router.config import AdaptiveConcurrencyConfig
+    from router.runtime import tracker_settings
+
+    text = """\
+backends:
+  a: {kind: http, url: "http://127.0.0.1:9/i", max_concurrency: auto}
+  b: {kind: http, url: "http://127.0.0.1:9/i", max_concurrency: {initial: 2, max: 50}}
+  c: {kind: http, url: "http://127.0.0.1:9/i", max_concurrency: 12}
+models:
+  m: {lanes: {realtime: a}}
+"""
+    cfg = parse_config(text, "cfg.yaml", {})
+    a, b, c = (cfg.backends[n] for n in "abc")
+    assert a.max_concurrency == AdaptiveConcurrencyConfig(initial=4, min=1, max=1000)
+    sa, sb, sc = tracker_settings(a), tracker_settings(b), tracker_settings(c)
+    assert sb.adaptive is not None
+    assert (sb.max_concurrency, sb.adaptive.initial, sb.adaptive.min, sb.adaptive.max) == (50, 2, 1, 50)
+    assert sa.adaptive is not None
+    assert sa.max_concurrency == 1000
+    assert (sc.max_concurrency, sc.adaptive) == (12, None)
+
+
+def test_bad_max_concurrency_values_are_each_reported_at_file_line_col() -> None:
+    text = """\
+backends:
+  a: {kind: http, url: "http://127.0.0.1:9/i", max_concurrency: fast}
+  b: {kind: http, url: "http://127.0.0.1:9/i", max_concurrency: {initial: 9, max: 4}}
+  c: {kind: http, url: "http://127.0.0.1:9/i", max_concurrency: {initial: 0, step: 2}}
+  d: {kind: http, url: "http://127.0.0.1:9/i", max_concurrency: true}
+models:
+  m: {lanes: {realtime: a}}
+"""
+    assert issues_of(text) == [
+        "cfg.yaml:2:65: backends.a.max_concurrency: max_concurrency must be auto, an integer or "
+        "{initial, min, max}, got 'fast'",
+        "cfg.yaml:3:65: backends.b.max_concurrency: initial (9) must be between min (1) and max (4)",
+        "cfg.yaml:4:75: backends.c.max_concurrency.initial: Input should be greater than or equal to 1",
+        "cfg.yaml:4:78: backends.c.max_concurrency.step: unknown key",
+        "cfg.yaml:5:65: backends.d.max_concurrency: max_concurrency must be auto, an integer or "
+        "{initial, min, max}, not a boolean",
+    ]
+
+
+def test_breaker_and_retry_budget_settings_have_documented_defaults_and_the_old_keys_still_load() -> None:
+    cfg = parse_config(MINIMAL, "cfg.yaml", {})
+    brk, retry = cfg.backends["rt"].breaker, cfg.fallback
+    assert (brk.failures, brk.failure_rate, brk.min_requests, brk.window, brk.open_for, brk.probe_share) == (
+        10, 0.8, 20, 10.0, 10.0, 0.1)
+    assert (retry.retry_budget, retry.retry_burst, retry.min_retries_per_second) == (0.15, 10.0, 0.0)
+    old = MINIMAL.replace('url: "http://127.0.0.1:9/invocations"',
+                          'url: "http://127.0.0.1:9/invocations", breaker: {failures: 5, open_for: 30s}')
+    old += "fallback: {retry_budget: 0.2, min_retries_per_second: 5}\n"
+    cfg = parse_config(old, "cfg.yaml", {})
+    assert (cfg.backends["rt"].breaker.failures, cfg.fallback.min_retries_per_second) == (5, 5.0)
+    assert issues_of(MINIMAL + "fallback: {retry_burst: 0}\n") == [
+        "cfg.yaml:6:25: fallback.retry_burst: Input should be greater than or equal to 1"]

@@ -236,3 +236,76 @@ async def test_the_command_line_sets_the_overload_status(http: aiohttp.ClientSes
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_queue_mode_processes_n_at_a_time_and_queues_the_rest_instead_of_refusing(
+    http: aiohttp.ClientSession
+) -> None:
+    async with ModelServer(latency_s=0.1, max_concurrency=2, overload_mode="queue", orca=True) as srv:
+        calls = [asyncio.create_task(invoke(http, srv)) for _ in range(5)]
+        await until_inflight(srv, 2)
+        for _ in range(400):
+            if srv.queued == 3:
+                break
+            await asyncio.sleep(0.005)
+        assert (srv.inflight, srv.queued) == (2, 3)
+        assert await asyncio.gather(*calls) == [200] * 5
+        assert (srv.peak_inflight, srv.refused, srv.served_ok) == (2, 0, 5)
+        async with http.post(srv.url + "/invocations", data=ROW, headers=CSV) as resp:
+            assert resp.headers["endpoint-load-metrics"] == (
+                "TEXT application_utilization=0.500, named_metrics.num_requests_waiting=0")
+
+
+async def test_a_queued_client_that_leaves_gives_up_its_place(http: aiohttp.ClientSession) -> None:
+    async with ModelServer(latency_s=0.2, max_concurrency=1, overload_mode="queue") as srv:
+        first = asyncio.create_task(invoke(http, srv))
+        await until_inflight(srv, 1)
+        leaver = asyncio.create_task(invoke(http, srv))
+        for _ in range(400):
+            if srv.queued == 1:
+                break
+            await asyncio.sleep(0.005)
+        leaver.cancel()
+        for _ in range(400):
+            if srv.queued == 0:
+                break
+            await asyncio.sleep(0.005)
+        assert srv.queued == 0
+        assert await first == 200
+        assert await invoke(http, srv) == 200
+        assert srv.inflight == 0
+
+
+async def test_control_endpoint_switches_overload_mode_orca_and_random_failures(
+    server: ModelServer, http: aiohttp.ClientSession
+) -> None:
+    control = {"overload_mode": "queue", "orca": True, "fail_rate": 1.0, "max_concurrency": 4}
+    async with http.post(server.url + "/control", json=control) as resp:
+        state = await resp.json()
+    assert (state["overload_mode"], state["orca"], state["fail_rate"]) == ("queue", True, 1.0)
+    assert await invoke(http, server) == 500
+    for bad in ({"overload_mode": "drop"}, {"orca": "yes"}):
+        async with http.post(server.url + "/control", json=bad) as resp:
+            assert resp.status == 400
+    assert server.overload_mode == "queue"
+
+
+async def test_the_command_line_sets_queue_mode(http: aiohttp.ClientSession) -> None:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "router.demo.model_server", "--port", str(port), "--max-concurrency", "3",
+        "--overload-mode", "queue", "--orca", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        state = None
+        for _ in range(200):
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/control") as r:
+                    state = await r.json()
+                    break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+        assert state is not None
+        assert (state["overload_mode"], state["orca"], state["max_concurrency"]) == ("queue", True, 3)
+    finally:
+        proc.terminate()
+        await proc.wait()

@@ -1,5 +1,10 @@
 """The tracker: AIMD capacity, the circuit breaker, warm/cold. Time comes from a fake clock."""
 
+from __future__ import annotations
+
+import pytest
+
+from router.flow.limits import GradientSettings
 from router.state import BackendTracker, SaturationTracker, TrackerSettings
 from router.types import BreakerState, FailureKind, Lane
 
@@ -137,3 +142,79 @@ def test_reload_keeps_live_numbers_and_applies_new_limits() -> None:
     assert snap.lane(Lane.REALTIME) is not None
     assert snap.lane(Lane.REALTIME).saturation == 0.5  # type: ignore[union-attr]
     assert snap.lane(Lane.SERVERLESS) is None
+
+
+def test_latency_ewma_moves_a_fifth_of_the_way_to_each_sample() -> None:
+    clock = Clock()
+    t = tracker(clock)
+    call(t, clock, elapsed=0.1)
+    assert t.latency_s == 0.1  # the first sample is taken as it is
+    call(t, clock, elapsed=0.2)
+    assert t.latency_s == pytest.approx(0.12)
+    call(t, clock, elapsed=0.2)
+    assert t.latency_s == pytest.approx(0.136)
+
+
+def test_error_rate_ewma_rises_a_tenth_per_failure_and_decays_a_tenth_per_success() -> None:
+    clock = Clock()
+    t = tracker(clock, breaker_failures=100)
+    call(t, clock, fail=FailureKind.SERVER_ERROR)
+    assert t.error_rate == pytest.approx(0.1)
+    call(t, clock, fail=FailureKind.TIMEOUT)
+    assert t.error_rate == pytest.approx(0.19)
+    call(t, clock)
+    assert t.error_rate == pytest.approx(0.171)
+    call(t, clock)
+    assert t.error_rate == pytest.approx(0.1539)
+
+
+def test_auto_limit_starts_at_initial_and_capacity_shows_the_learned_limit() -> None:
+    clock = Clock()
+    t = tracker(clock, max_concurrency=50, adaptive=GradientSettings(initial=3, max=50))
+    assert (t.capacity, t.state(clock.now).max_capacity) == (3, 50)
+    for _ in range(500):  # 3 calls at a time, flat 20 ms: the limit grows
+        for _ in range(t.capacity):
+            t.start(clock.now)
+        clock.now += 0.02
+        for _ in range(t.inflight):
+            t.succeeded(clock.now, 0.02)
+    assert t.capacity == 50
+    assert t.state(clock.now).capacity == 50
+
+
+def test_a_fresh_orca_report_raises_saturation_and_a_stale_or_malformed_one_does_not() -> None:
+    clock = Clock()
+    t = tracker(clock)
+    t.start(clock.now)
+    t.succeeded(clock.now, 0.01, "TEXT application_utilization=0.9")
+    assert t.state(clock.now).saturation == 0.9  # nothing in flight: the backend's own word
+    assert t.state(clock.now).reported_utilization == 0.9
+    t.start(clock.now)
+    t.succeeded(clock.now, 0.01, "not a report")
+    assert t.state(clock.now).saturation == 0.9  # the last good report still holds
+    clock.now += 10.5
+    assert t.state(clock.now).saturation == 0.0
+    assert t.state(clock.now).reported_utilization is None
+
+
+def test_waiting_requests_reported_by_the_backend_shrink_an_auto_limit() -> None:
+    clock = Clock()
+    t = tracker(clock, max_concurrency=100, adaptive=GradientSettings(initial=20, max=100))
+    for _ in range(50):
+        for _ in range(t.capacity):
+            t.start(clock.now)
+        clock.now += 0.02
+        for _ in range(t.inflight):
+            t.succeeded(clock.now, 0.02, "TEXT named_metrics.num_requests_waiting=8")
+    assert t.capacity < 20
+
+
+def test_a_reload_from_fixed_to_auto_starts_learning_and_wakes_waiters_when_the_limit_grows() -> None:
+    clock = Clock()
+    tracked = SaturationTracker(clock)
+    t = tracked.track("b", TrackerSettings(max_concurrency=2))
+    woken: list[int] = []
+    t.on_free = lambda: woken.append(t.capacity)
+    tracked.track("b", TrackerSettings(max_concurrency=100, adaptive=GradientSettings(initial=10, max=100)))
+    assert t.capacity == 10
+    assert woken == [10]

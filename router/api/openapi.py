@@ -2,12 +2,14 @@
 
 Written by hand: the data plane is plain ASGI, outside any framework's route table. Every documented path is
 checked against the routes the app really serves (tests/test_openapi.py), and schemathesis fuzzes the router
-from this document, so a status code, header or body shape that drifts from it fails the tests. The extra
-paths models declare in the config are added as they are in force (prefix paths, ``/x/*``, cannot be).
+from this document, so a status code, header or body shape that drifts from it fails the tests. The paths
+models declare (and their protocols' presets) are added as they are in force (prefix paths, ``/x/*``, cannot
+be); what their model servers answer passes through unchanged, so those list a default answer.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from router.config import RouterConfig
@@ -82,6 +84,18 @@ def _invocation(summary: str) -> dict[str, Any]:
             "504": _error("the backend did not answer in time"),
         },
     }
+
+
+def _extra_path(model: str, control: bool, with_body: bool) -> dict[str, Any]:
+    """A path a model declares (or its protocol's preset): forwarded as it came, answered as its server answers."""
+    what = "control endpoint (health, readiness, metadata)" if control else "inference path"
+    summary = f"Model {model}'s {what}, forwarded as it came"
+    operation: dict[str, Any] = _invocation(summary) if with_body else {
+        "summary": summary, "tags": ["data plane"], "responses": {}}
+    # the model server's own answers (its errors too) pass through unchanged: any status it uses
+    operation["responses"] = {**operation["responses"], "default": {
+        "description": "the model server's answer, as it gave it", "content": {"*/*": {"schema": {}}}}}
+    return operation
 
 
 def _job_id() -> dict[str, Any]:
@@ -217,9 +231,17 @@ def openapi_document(cfg: RouterConfig) -> dict[str, Any]:
                                                  **admin_errors}}},
     }
     for name, model in cfg.models.items():
-        for path in model.paths:
-            if not path.endswith("*"):
-                paths[path] = {"post": _invocation(f"Model {name}'s extra path, forwarded as it came")}
+        for rule in model.path_rules(name):
+            if rule.pattern.endswith("*") or rule.pattern in paths:  # a prefix; a preset's path another model has
+                continue
+            item: dict[str, Any] = {}
+            params = re.findall(r"\{(\w+)\}", rule.pattern)
+            if params:
+                item["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                                      for p in params]
+            for method in sorted(rule.methods - {"HEAD"}):
+                item[method.lower()] = _extra_path(name, rule.control, method == "POST")
+            paths[rule.pattern] = item
     return {
         "openapi": "3.0.3",
         "info": {"title": "inference-router", "version": "1",

@@ -4,6 +4,11 @@
 answered the same way and echoed in ``X-Model-Path`` so routers can prove paths pass through
 unchanged. Latency, concurrency limits, serverless cold starts and failures are plain mutable
 attributes (for in-process tests) and settable via ``POST /control`` (for other processes).
+
+Above ``max_concurrency`` the server either refuses (``overload_mode: refuse``, answering
+``overload_status``) or, as real model servers do, queues the request until one of the N slots is free
+(``overload_mode: queue``, first come first served). With ``orca`` on, every answer carries an ORCA load
+report (``endpoint-load-metrics: TEXT application_utilization=..., named_metrics.num_requests_waiting=...``).
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import signal
 import time
+from collections import deque
 from types import TracebackType
 from typing import Any
 
@@ -27,7 +34,10 @@ log = structlog.get_logger()
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 # SageMaker real-time endpoints accept payloads up to 6 MB.
 MAX_BODY = 6 * 1024 * 1024
-_KNOBS = ("latency_s", "max_concurrency", "overload_status", "idle_after_s", "cold_start_s", "fail_status")
+_KNOBS = ("latency_s", "max_concurrency", "overload_status", "idle_after_s", "cold_start_s", "fail_status",
+          "fail_rate")
+_FLAGS = ("overload_mode", "orca")
+OVERLOAD_MODES = ("refuse", "queue")
 
 
 def _json_response(status: int, body: dict[str, Any]) -> web.Response:
@@ -53,7 +63,13 @@ class ModelServer:
         idle_after_s: float | None = None,
         cold_start_s: float = 0.0,
         fail_status: int | None = None,
+        overload_mode: str = "refuse",
+        fail_rate: float = 0.0,
+        orca: bool = False,
+        seed: int | None = None,
     ) -> None:
+        if overload_mode not in OVERLOAD_MODES:
+            raise ValueError(f"overload_mode must be one of {OVERLOAD_MODES}, got {overload_mode!r}")
         self.host = host
         self.port = port
         self.model = model if model is not None else FraudModel.load()
@@ -63,7 +79,13 @@ class ModelServer:
         self.idle_after_s = idle_after_s
         self.cold_start_s = cold_start_s
         self.fail_status = fail_status
+        self.overload_mode = overload_mode  # above max_concurrency: "refuse" (overload_status) or "queue"
+        self.fail_rate = fail_rate  # this share of requests fails with 500, at random
+        self.orca = orca  # answer with an ORCA load report
+        self._random = random.Random(seed)  # decides fail_rate failures; seeded, a test's sequence is fixed
         self.requests = 0
+        self.refused = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self.inflight = 0
         self.peak_inflight = 0
         self.served_ok = 0
@@ -85,13 +107,19 @@ class ModelServer:
         """Make the next n model requests fail with `status`."""
         self._fail_queue.extend([status] * n)
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for one of the ``max_concurrency`` slots (queue mode)."""
+        return len(self._waiters)
+
     def reset_counters(self) -> None:
-        self.requests = self.served_ok = self.cold_starts = 0
+        self.requests = self.served_ok = self.cold_starts = self.refused = 0
         self.peak_inflight = self.inflight
 
     def state(self) -> dict[str, Any]:
         """Knobs and counters, as GET /control answers them."""
-        names = (*_KNOBS, "requests", "inflight", "peak_inflight", "served_ok", "cold_starts")
+        names = (*_KNOBS, *_FLAGS, "requests", "inflight", "queued", "peak_inflight", "served_ok", "refused",
+                 "cold_starts")
         return {k: getattr(self, k) for k in names} | {"pending_failures": len(self._fail_queue)}
 
     async def start(self) -> str:
@@ -143,7 +171,7 @@ class ModelServer:
             return _json_response(400, {"message": "control body must be JSON"})
         if not isinstance(body, dict):
             return _json_response(400, {"message": "control body must be a JSON object"})
-        allowed = {*_KNOBS, "fail_next", "fail_next_status", "reset_counters"}
+        allowed = {*_KNOBS, *_FLAGS, "fail_next", "fail_next_status", "reset_counters"}
         unknown = sorted(set(body) - allowed)
         if unknown:
             return _json_response(400, {"message": f"unknown control keys {unknown}; allowed {sorted(allowed)}"})
@@ -154,6 +182,14 @@ class ModelServer:
                 if not (_is_count(value) or (value is None and nullable)):
                     return _json_response(400, {"message": f"{key}: expected a non-negative number"})
                 setattr(self, key, value)
+        if "overload_mode" in body:
+            if body["overload_mode"] not in OVERLOAD_MODES:
+                return _json_response(400, {"message": f"overload_mode: expected one of {list(OVERLOAD_MODES)}"})
+            self.overload_mode = body["overload_mode"]
+        if "orca" in body:
+            if not isinstance(body["orca"], bool):
+                return _json_response(400, {"message": "orca: expected true or false"})
+            self.orca = body["orca"]
         if body.get("fail_next"):
             self.fail_next(int(body["fail_next"]), int(body.get("fail_next_status", 503)))
         if body.get("reset_counters"):
@@ -166,13 +202,19 @@ class ModelServer:
         self.last_headers = CIMultiDictProxy(request.headers.copy())
         self.last_path = request.raw_path
         if self.max_concurrency is not None and self.inflight >= self.max_concurrency:
-            return _json_response(self.overload_status, {"message": "too many requests"})
-        self.inflight += 1
+            if self.overload_mode != "queue":
+                self.refused += 1
+                return _json_response(self.overload_status, {"message": "too many requests"})
+            await self._wait_for_slot()  # the slot is handed over by the request that frees it
+        else:
+            self.inflight += 1
         self.peak_inflight = max(self.peak_inflight, self.inflight)
         try:
             await self._maybe_cold_start()
             # Decide failure on arrival so "the next n requests" is exact under concurrency.
             fail = self._fail_queue.pop(0) if self._fail_queue else self.fail_status
+            if fail is None and self.fail_rate > 0.0 and self._random.random() < self.fail_rate:
+                fail = 500
             body = await request.read()
             if self.latency_s > 0:
                 await asyncio.sleep(self.latency_s)
@@ -188,12 +230,41 @@ class ModelServer:
                 else:
                     self.served_ok += 1
                     response = web.Response(body=payload, content_type=ctype)
+            report = self.load_report() if self.orca else None  # as it stands while this request holds a slot
         finally:
-            self.inflight -= 1
+            self._release_slot()
             self._last_done = time.monotonic()
         if request.path != "/invocations":
             response.headers["X-Model-Path"] = request.raw_path
+        if report is not None:
+            response.headers["endpoint-load-metrics"] = report
         return response
+
+    def load_report(self) -> str:
+        """This server's ORCA load report (TEXT format): busy share of its slots and its queue length."""
+        slots = self.max_concurrency
+        busy = self.inflight / slots if slots else 0.0
+        return f"TEXT application_utilization={busy:.3f}, named_metrics.num_requests_waiting={self.queued}"
+
+    async def _wait_for_slot(self) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release_slot()  # handed a slot just as the client left: pass it on
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    def _release_slot(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes to the oldest waiter: in-flight stays the same
+                return
+        self.inflight -= 1
 
     async def _maybe_cold_start(self) -> None:
         if self.idle_after_s is None:
@@ -218,7 +289,7 @@ class ModelServer:
 
 async def _serve(args: argparse.Namespace) -> None:
     knobs = {"latency_s": args.latency, "max_concurrency": args.max_concurrency,
-             "overload_status": args.overload_status}
+             "overload_status": args.overload_status, "overload_mode": args.overload_mode, "orca": args.orca}
     serverless = {"idle_after_s": args.idle_after, "cold_start_s": args.cold_start}
     server = ModelServer(host=args.host, port=args.port, **knobs, **serverless)
     stop = asyncio.Event()
@@ -237,6 +308,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-concurrency", type=int, default=None, help="answer --overload-status above this")
     parser.add_argument("--overload-status", type=int, default=429, choices=(429, 503),
                         help="the status answered above --max-concurrency")
+    parser.add_argument("--overload-mode", default="refuse", choices=OVERLOAD_MODES,
+                        help="above --max-concurrency: refuse (answer --overload-status) or queue (wait for a slot)")
+    parser.add_argument("--orca", action="store_true", help="answer with ORCA load reports (endpoint-load-metrics)")
     parser.add_argument("--idle-after", type=float, default=None, help="serverless: idle seconds before cold")
     parser.add_argument("--cold-start", type=float, default=0.0, help="serverless: cold start seconds")
     args = parser.parse_args(argv)

@@ -16,35 +16,13 @@ from dataclasses import dataclass, replace
 
 import structlog
 
+from router.flow.budget import RetryBudget
+from router.lanes.streams import TrackedStream
 from router.metrics import RouterMetrics
 from router.state import BackendTracker, Clock
-from router.types import Backend, BackendError, FailureKind, Hop, Invocation, InvocationResult, Route
+from router.types import Backend, BackendError, CallerGone, FailureKind, Hop, Invocation, InvocationResult, Route
 
 log = structlog.get_logger("router.sync")
-
-
-class RetryBudget:
-    """Token bucket: each request deposits ``ratio`` tokens, time adds ``min_per_s``; a retry costs one."""
-
-    def __init__(self, ratio: float, min_per_s: float, clock: Clock = time.monotonic) -> None:
-        self.ratio = ratio
-        self.min_per_s = min_per_s
-        self.capacity = max(10.0, min_per_s * 10.0)
-        self.tokens = self.capacity
-        self._clock = clock
-        self._last = clock()
-
-    def deposit(self) -> None:
-        self.tokens = min(self.capacity, self.tokens + self.ratio)
-
-    def withdraw(self) -> bool:
-        now = self._clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.min_per_s)
-        self._last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +136,7 @@ class SyncLane:
             tracker.failed(self.clock(), exc.kind)
             self.metrics.backend_calls(tracker.name, exc.kind.value).inc()
             raise
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, CallerGone):
             tracker.abandoned(self.clock())  # the client left: release the slot, blame no one
             raise
         except Exception:
@@ -166,6 +144,9 @@ class SyncLane:
             tracker.failed(self.clock(), FailureKind.UNAVAILABLE)
             self.metrics.backend_calls(tracker.name, "internal").inc()
             raise BackendError(FailureKind.UNAVAILABLE, f"{tracker.name} failed unexpectedly") from None
-        tracker.succeeded(self.clock(), self.clock() - now)
+        if result.stream is not None:  # a streamed answer holds its slot until its last byte
+            return replace(result, stream=TrackedStream(result.stream, tracker, self.metrics, now,
+                                                        self.clock(), result.load_metrics))
+        tracker.succeeded(self.clock(), self.clock() - now, result.load_metrics)
         self.metrics.backend_calls(tracker.name, "ok").inc()
         return result
