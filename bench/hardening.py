@@ -10,8 +10,8 @@
 - ``headers``: ``--header-conns`` (16) connections each send ``--header-mib`` (64) MiB of a header that never
   ends. The router's VmRSS is sampled every 20 ms; reports its growth (goal: <= 10 MB) and what each
   connection got (431) after sending how much.
-- ``slowbody``: ``--slow-bodies`` (100) requests send their 20-byte body at one byte a second. Reports the
-  statuses (goal: 408 each, within ``server.body_timeout`` + 1 s).
+- ``slowbody``: ``--slow-bodies`` (100) requests send their 20-byte chunked body at one byte a second.
+  Reports the statuses (goal: 408 each, within ``server.body_timeout`` + 2 s).
 
 The router is ``inference-router serve`` (or, with ``--plain-http``, ``router_variant.py --plain-http``: uvicorn's
 own protocol, as before the limits) in front of a local nginx, as in ``overhead.py``; the attackers run in this
@@ -189,19 +189,22 @@ async def huge_headers(port: int, pid: int, args: argparse.Namespace) -> dict[st
 
 
 async def _slow_body(port: int) -> tuple[int, float]:
+    """A chunked body, one byte a chunk a second: the router must read it whole before it can route it."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     body = b"0.1,0.2,0.3,0.4,0.5\n"
-    writer.write(REQUEST_LINE + f"Content-Length: {len(body)}\r\n\r\n".encode())
+    writer.write(REQUEST_LINE + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
     started_at = time.monotonic()
     answer = asyncio.create_task(reader.read())
     with contextlib.suppress(OSError):
         for byte in body:
             if answer.done():
                 break
-            writer.write(bytes([byte]))
+            writer.write(b"1\r\n" + bytes([byte]) + b"\r\n")
             await writer.drain()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(answer), 1.0)
+        if not answer.done():
+            writer.write(b"0\r\n\r\n")  # the body's end, 20 s later: a router without limits serves it now
     data = await _answer(answer, writer)
     return _status(data), time.monotonic() - started_at
 
