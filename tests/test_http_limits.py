@@ -177,3 +177,14 @@ async def test_connections_past_the_maximum_are_503_and_the_others_are_served() 
         assert status == 200  # the connections within the maximum are served
         for _, w in held:
             w.close()
+
+
+async def test_an_answer_given_before_the_body_ended_is_not_followed_by_a_408(router: RunningRouter) -> None:
+    reader, writer = await connect(router)
+    writer.write(HEAD.replace(b"/fraud/", b"/nope/") + b"Content-Length: 20\r\n\r\n")  # 404 without reading
+    trickle = asyncio.create_task(send_slowly(writer, ROW, pause_s=0.1))
+    status, data = await answer(reader)  # the answer, then the connection closed once the body stalled
+    trickle.cancel()
+    writer.close()
+    assert status == 404
+    assert data.count(b"HTTP/1.1 ") == 1

@@ -186,7 +186,7 @@ def limited_protocol(limits: Callable[[], HttpLimits], on_reject: Callable[[str]
             self._rejected = True
             self._cancel_timer()
             cycle = self.cycle
-            answered = cycle is not None and cycle.response_started  # (an app may answer before the body ended)
+            answered = cycle is not None and cycle.response_started  # an app may answer before the body ended
             if cycle is not None and not cycle.response_complete:
                 cycle.disconnected = True
                 cycle.message_event.set()
