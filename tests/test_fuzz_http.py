@@ -12,6 +12,7 @@ import socket
 import struct
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
@@ -185,27 +186,31 @@ def api(target: FuzzTarget) -> schemathesis.BaseSchema:
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
+def fuzz_operation(target: FuzzTarget, operation: Any, mode: GenerationMode, examples: int) -> None:
+    """Call ``operation`` with ``examples`` generated cases of ``mode``; each answer must be as documented."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if operation.path.startswith("/admin/") else {}
+
+    @settings(max_examples=examples, deadline=None, derandomize=EXAMPLES is None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def call(case: schemathesis.Case) -> None:
+        response = case.call(base_url=target.url, headers={**admin, "Connection": "close"}, timeout=15)
+        STATUSES[response.status_code] += 1
+        case.validate_response(response, checks=CHECKS)
+
+    try:
+        call()
+    except Unsatisfiable:  # nothing of the operation can be invalid (no parameters, no body)
+        assert mode is GenerationMode.NEGATIVE
+
+
 def test_fuzz_the_openapi_document_no_500_and_every_answer_as_documented(target: FuzzTarget,
                                                                          api: schemathesis.BaseSchema) -> None:
     """Every operation, with data that fits the document and data that does not."""
-    examples = EXAMPLES // 100 if EXAMPLES else 8
     operations = [result.ok() for result in api.get_all_operations()]
     assert {"POST /endpoints/{EndpointName}/invocations", "GET /jobs/{job_id}", "POST /admin/explain",
             "POST /v2/models/fraud/infer"} <= {op.label for op in operations}
     for operation in operations:
-        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if operation.path.startswith("/admin/") else {}
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-
-            @settings(max_examples=examples, deadline=None, derandomize=EXAMPLES is None, database=None,
-                      suppress_health_check=list(HealthCheck))
-            @given(case=operation.as_strategy(generation_mode=mode))
-            def call(case: schemathesis.Case, admin: dict[str, str] = admin) -> None:
-                response = case.call(base_url=target.url, headers={**admin, "Connection": "close"}, timeout=15)
-                STATUSES[response.status_code] += 1
-                case.validate_response(response, checks=CHECKS)
-
-            try:
-                call()
-            except Unsatisfiable:  # nothing of the operation can be invalid (no parameters, no body)
-                assert mode is GenerationMode.NEGATIVE
+            fuzz_operation(target, operation, mode, EXAMPLES // 100 if EXAMPLES else 8)
     assert target.tracebacks() == []
