@@ -18,9 +18,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from router.api.dataplane import DataPlane
+from router.api.errors import EXCEPTION_HANDLERS, error_response
 from router.api.jobs import JOB_HANDLERS
 from router.api.openapi import openapi_document
 from router.features import RequestError
+from router.readiness import readiness
 from router.runtime import Runtime
 
 log = structlog.get_logger("router.app")
@@ -51,17 +53,9 @@ def healthz() -> dict[str, str]:
 
 @get("/readyz", sync_to_thread=False)
 def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-    runtime: Runtime = request.app.state.runtime
-    routing = runtime.routing
-    missing = sorted(set(routing.config.backends) - set(routing.targets))
-    lanes = {health.lane: health.report() for health in runtime.storage_health()}  # job lanes that cannot progress
-    if runtime.job_lane is not None:
-        lanes["async"]["workers"] = runtime.job_lane.workers_alive
-    ready = runtime.started and not runtime.draining and not missing and not any(
-        lane["stalled"] for lane in lanes.values())
-    body = {"status": "ready" if ready else "not_ready", "draining": runtime.draining,
-            "models": sorted(routing.models), "backends_missing": missing, "job_lanes": lanes}
-    return Response(body, status_code=200 if ready else 503)
+    """200 ``ready`` or ``degraded``, 503 ``not_ready``: see router.readiness for what each means."""
+    answer = readiness(request.app.state.runtime)
+    return Response(answer.body, status_code=200 if answer.ready else 503)
 
 
 @get("/metrics", sync_to_thread=False)
@@ -100,7 +94,8 @@ async def admin_reload(request: Request[Any, Any, Any]) -> Response[dict[str, An
     runtime: Runtime = request.app.state.runtime
     errors = await runtime.reload_from_file()
     if errors:
-        return Response({"status": "rejected", "errors": errors}, status_code=400)
+        return error_response(400, f"config rejected ({len(errors)} errors); the previous config stays in force",
+                              "ValidationError", {"status": "rejected", "errors": errors})
     return Response({"status": "reloaded", "models": sorted(runtime.routing.models)}, status_code=200)
 
 
@@ -155,6 +150,7 @@ def create_app(runtime: Runtime, *, tune_gc: bool = False) -> DataPlane:
         on_shutdown=[shutdown],
         logging_config=None,
         openapi_config=None,
+        exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.runtime = runtime
     return DataPlane(app, runtime)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -25,17 +27,20 @@ from router.config import (
     SageMakerBatchBackendConfig,
     load_config,
 )
-from router.features import FeatureExtractor
+from router.config_state import ConfigFile, config_hash, router_version
+from router.features import ANONYMOUS, FeatureExtractor
+from router.flow.admission import Admissions, QueueSettings
 from router.flow.budget import RetryBudget
 from router.flow.limits import GradientSettings
 from router.lanes.jobs import JobLane
 from router.lanes.sync import SyncLane, Target
-from router.metrics import RouterMetrics
+from router.metrics import ConfigInfo, RouterMetrics
 from router.notify import CallbackPolicy, WebhookNotifier
 from router.paths import PathTable
 from router.policy.engine import ModelRoutes, PolicyEngine
 from router.policy.registry import build_policy
 from router.protocols import PathRule
+from router.readiness import BackendChecks
 from router.state import Clock, SaturationTracker, TrackerSettings
 from router.storage import open_stores
 from router.storage.base import ObjectStore, StoreStats
@@ -72,6 +77,11 @@ class Routing:
     callbacks: CallbackPolicy | None = None  # webhooks' allow-list, when webhooks are on
     # Request headers the router keeps to itself on forwarded paths (lower case)
     strip_headers: frozenset[str] = frozenset()
+    weights: Mapping[str, float] = field(default_factory=dict)  # tenant -> fair-share weight in admission queues
+    level_names: Mapping[int, str] = field(default_factory=dict)  # urgency priority -> level name
+
+    def weight(self, tenant: str) -> float:
+        return self.weights.get(tenant, 1.0)
 
 
 def tracker_settings(cfg: BackendConfig) -> TrackerSettings:
@@ -99,16 +109,20 @@ def build_routing(
     tracker: SaturationTracker,
     backends: Mapping[str, Backend],
     metrics: RouterMetrics,
+    admissions: Admissions | None = None,
 ) -> Routing:
-    """The routing table for ``cfg``; trackers for its backends are created or reconfigured."""
+    """The routing table for ``cfg``; trackers and admission queues for its backends are created or reconfigured."""
     levels = cfg.urgency.levels
     policies = {name: build_policy(name, p.type, p.params, levels) for name, p in cfg.policies.items()}
+    admissions = admissions if admissions is not None else Admissions(metrics)
     targets = {}
     for name, bcfg in cfg.backends.items():
         t = tracker.track(name, tracker_settings(bcfg))
+        a = admissions.track(name, t, QueueSettings(bcfg.queue.max_depth, bcfg.queue.max_wait))
         if name in backends:
-            targets[name] = Target(backends[name], t)
+            targets[name] = Target(backends[name], t, a)
     tracker.retain(cfg.backends)
+    admissions.retain(cfg.backends)
     models: dict[str, ModelEntry] = {}
     rules: list[PathRule] = []
     for name, m in cfg.models.items():
@@ -123,6 +137,7 @@ def build_routing(
                              fallback=tuple(Lane(f) for f in default.fallback)),
             async_without_prefer=m.async_without_prefer,
         )
+        metrics.retry_budget_exhausted(name)  # from 0, so increase() sees the first
         sync_limits = [v for lane, v in limits.items() if lane not in JOB_LANES]
         models[name] = ModelEntry(name, routes, min(cfg.server.max_body, max(limits.values(), default=0)),
                                   min(cfg.server.max_body, max(sync_limits, default=0)),
@@ -141,8 +156,13 @@ def build_routing(
     strip = {cfg.urgency.header, cfg.server.api_key_header, *cfg.proxy.strip_headers}
     if cfg.webhooks:
         strip.add(cfg.webhooks.header)
+    weights = {c.tenant: c.weight for c in cfg.callers}
+    weights.setdefault(ANONYMOUS, 1.0)
+    names: dict[int, str] = {}
+    for level, priority in sorted(levels.items(), key=lambda kv: kv[1]):
+        names.setdefault(priority, level)
     return Routing(cfg, models, engine, features, targets, PathTable(rules), overflow, callbacks,
-                   frozenset(h.lower() for h in strip))
+                   frozenset(h.lower() for h in strip), MappingProxyType(weights), MappingProxyType(names))
 
 
 class Runtime:
@@ -154,13 +174,23 @@ class Runtime:
         self.clock = clock
         self.metrics = metrics or RouterMetrics()
         self.tracker = SaturationTracker(clock)
+        self.admissions = Admissions(self.metrics)
         self.metrics.watch_backends(lambda: self.tracker)
+        self.metrics.watch_queues(lambda: self.admissions.depths(self.routing.level_names))
         self.metrics.watch_jobs(self._job_stats)
         self.metrics.watch_batch(lambda: self.batch_lane.gauges() if self.batch_lane else ())
         self.metrics.watch_storage(lambda: [(h.lane, h.failing_for()) for h in self.storage_health()])
+        self.metrics.watch_config(self._config_info)
+        self.config_file = ConfigFile(self.config_path) if self.config_path else None
+        self.config_hash = config_hash(cfg)
+        self.config_loaded_at = time.time()
+        self.last_reload_ok = True
+        self.version = router_version()
         self.connections = Connections()
+        self.backend_checks = BackendChecks(self.connections)
+        self.metrics.watch_usable(lambda: {n: r.usable for n, r in self.backend_checks.results.items()})
         self._backends: dict[str, tuple[BackendConfig, Backend]] = {}
-        self.routing = build_routing(cfg, self.tracker, {}, self.metrics)
+        self.routing = build_routing(cfg, self.tracker, {}, self.metrics, self.admissions)
         retry = cfg.fallback
         self.sync = SyncLane(RetryBudget(retry.retry_budget, retry.min_retries_per_second, clock, retry.retry_burst),
                              self.metrics, self.routing.overflow_priority, clock)
@@ -173,6 +203,8 @@ class Runtime:
     async def start(self) -> None:
         self.routing = await self._routing_for(self.routing.config)
         cfg = self.routing.config
+        await self.backend_checks.update(cfg.backends)  # /readyz tells the truth from the first answer
+        self.backend_checks.start()
         if any(lane in JOB_LANES for m in self.routing.models.values() for lane in m.routes.lanes):
             objects, jobs = await open_stores(cfg.state)
             self.job_lane = JobLane(objects, jobs, cfg.jobs, self.sync, self._job_target)
@@ -200,7 +232,8 @@ class Runtime:
             backend = build_backend(name, bcfg, self.connections)
             await backend.start()
             backends[name] = (bcfg, backend)
-        routing = build_routing(cfg, self.tracker, {n: b for n, (_, b) in backends.items()}, self.metrics)
+        routing = build_routing(cfg, self.tracker, {n: b for n, (_, b) in backends.items()}, self.metrics,
+                                self.admissions)
         retired = [b for name, (c, b) in self._backends.items() if backends.get(name, (None, None))[1] is not b]
         self._backends = backends
         for backend in retired:
@@ -210,12 +243,15 @@ class Runtime:
     async def reload(self, cfg: RouterConfig) -> None:
         """Swap to ``cfg`` in one assignment; requests in flight finish on the routing they started with."""
         routing = await self._routing_for(cfg) if self.started else build_routing(
-            cfg, self.tracker, {}, self.metrics)
+            cfg, self.tracker, {}, self.metrics, self.admissions)
         self.routing = routing
+        if self.started:
+            await self.backend_checks.update(cfg.backends)
         self.sync.overflow_priority = routing.overflow_priority
         self._set_notifier(cfg)
         retry = cfg.fallback
         self.sync.budget.reconfigure(retry.retry_budget, retry.min_retries_per_second, retry.retry_burst)
+        self.config_hash, self.config_loaded_at, self.last_reload_ok = config_hash(cfg), time.time(), True
         self.metrics.reloads("ok").inc()
         log.info("config_reloaded", models=sorted(routing.models))
 
@@ -226,17 +262,20 @@ class Runtime:
         try:
             cfg = load_config(self.config_path)
         except ConfigError as exc:
+            self.last_reload_ok = False
             self.metrics.reloads("invalid").inc()
             errors = [str(i) for i in exc.issues]
             log.warning("config_reload_rejected", errors=errors)
             return errors
         except Exception as exc:  # a loader bug: still an answer and a count, never an unhandled exception
+            self.last_reload_ok = False
             self.metrics.reloads("failed").inc()
             log.exception("config_reload_failed")
             return [f"{self.config_path}:1:1: the config could not be loaded: {type(exc).__name__}"]
         try:
             await self.reload(cfg)
         except Exception as exc:  # e.g. a backend that cannot start: keep serving on the old config
+            self.last_reload_ok = False
             self.metrics.reloads("failed").inc()
             log.exception("config_reload_failed")
             return [f"reload failed: {exc}"]
@@ -267,6 +306,10 @@ class Runtime:
         lanes: list[JobLane | BatchLane | None] = [self.job_lane, self.batch_lane]
         return [lane.health for lane in lanes if lane is not None]
 
+    def _config_info(self) -> ConfigInfo:
+        applied = None if self.config_file is None else self.config_file.current_hash() == self.config_hash
+        return ConfigInfo(self.version, self.config_hash, self.last_reload_ok, self.config_loaded_at, applied)
+
     def _job_stats(self) -> StoreStats | None:
         stats = self.job_lane.stats if self.job_lane else None
         if self.batch_lane is None or stats is None:
@@ -285,8 +328,10 @@ class Runtime:
         state = cfg.state
         if state.batch_queue_url is None:  # the config check requires it with a batch lane
             raise ValueError("state.batch_queue_url is required for the batch lane")
+        # the same records prefix as the job lane's store, so one tenant index lists both lanes' jobs
         jobs = SqsJobStore(state.bucket, state.batch_queue_url, dlq_url=state.batch_dlq_url,
-                           prefix=f"{state.prefix}jobs/", region=state.region, endpoint_url=state.endpoint_url)
+                           prefix=f"{state.prefix}jobs/", region=state.region, endpoint_url=state.endpoint_url,
+                           track_queued=False)
         await jobs.start()
 
         def hold() -> int:  # jobs held unflushed: enough for a full batch of every model
@@ -327,6 +372,7 @@ class Runtime:
 
     async def close(self) -> None:
         self.draining = self.closing = True
+        await self.backend_checks.stop()
         if self.batch_lane is not None:
             await self.batch_lane.stop()
             await self.batch_lane.store.close()
@@ -343,7 +389,30 @@ class Runtime:
         """The decision for ``req`` as JSON-ready data, without calling any backend."""
         entry = self.routing.models[req.model]
         snap = self.tracker.snapshot(entry.routes.lanes, entry.routes.limits)
-        return route_json(self.routing.engine.decide(req, snap), req)
+        route = self.routing.engine.decide(req, snap)
+        out = route_json(route, req)
+        out["queue"] = self._queue_positions(route, req)
+        return out
+
+    def _queue_positions(self, route: Route, req: RequestFeatures) -> list[dict[str, Any]]:
+        """Per sync hop: a free slot now, or the position this request would take in its queue and its wait."""
+        now = self.clock()
+        deadline_at = now + req.deadline_ms / 1000.0 if req.deadline_ms else None
+        weight = self.routing.weight(req.caller)
+        out = []
+        for hop in route.hops:
+            admission = self.admissions.by_backend.get(hop.backend)
+            if hop.lane in JOB_LANES or admission is None:
+                continue
+            ahead, wait_s = admission.predict(req.priority, req.caller, weight, deadline_at)
+            budget_s = admission.budget_s(now, deadline_at)
+            out.append({"lane": hop.lane.value, "backend": hop.backend, "room_now": admission.has_room(),
+                        "queue_depth": len(admission.queue), "ahead": ahead,
+                        # None: more urgent traffic takes every slot, the wait has no bound
+                        "predicted_wait_s": round(wait_s, 6) if math.isfinite(wait_s) else None,
+                        "max_wait_s": round(budget_s, 6),
+                        "would_wait": not admission.has_room() and budget_s > 0.0 and wait_s <= budget_s})
+        return out
 
 
 def route_json(route: Route, req: RequestFeatures) -> dict[str, Any]:

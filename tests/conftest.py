@@ -23,6 +23,9 @@ from router.runtime import Runtime
 from router.serving import RouterServer, server_config
 
 configure_logging("json")
+# The readiness check's DescribeEndpoint goes to a closed local port unless a test names a control plane
+# (moto's): endpoints are then unverified, and no test ever asks real AWS.
+NO_REAL_CONTROL_PLANE = {"AWS_ENDPOINT_URL_SAGEMAKER": "http://127.0.0.1:9"}
 
 
 @dataclass
@@ -117,6 +120,6 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake credentials, so botocore signs requests for the local emulator and never finds real ones."""
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_REGION": "us-east-1"}.items():
+                       "AWS_REGION": "us-east-1", **NO_REAL_CONTROL_PLANE}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)

@@ -14,6 +14,7 @@ from typing import Any
 
 from router.config import RouterConfig
 from router.storage.base import JobStatus
+from router.storage.listing import MAX_LIMIT
 
 _JSON = "application/json"
 _REF = "#/components/schemas/"
@@ -103,7 +104,7 @@ def _job_id() -> dict[str, Any]:
 
 
 def _litestar(description: str) -> dict[str, Any]:
-    return _json("HttpError", description)
+    return _json("Error", description, _ERROR_TYPE)
 
 
 def _components() -> dict[str, Any]:
@@ -116,8 +117,6 @@ def _components() -> dict[str, Any]:
                 "message": {"type": "string"}, "request_id": {"type": "string"},
                 "OriginalStatusCode": {"type": "integer"}, "OriginalMessage": {"type": "string"},
                 "LogStreamArn": {"type": "string"}}},
-            "HttpError": {"type": "object", "required": ["status_code", "detail"], "additionalProperties": True,
-                          "properties": {"status_code": {"type": "integer"}, "detail": {"type": "string"}}},
             "JobAccepted": {"type": "object", "required": ["job_id", "lane", "status_url"], "properties": {
                 "job_id": {"type": "string"}, "lane": {"type": "string", "enum": ["async", "batch"]},
                 "status_url": {"type": "string"}, "status": {"type": "string"}}},
@@ -182,6 +181,25 @@ def openapi_document(cfg: RouterConfig) -> dict[str, Any]:
                         ("404", "no model of that name"), ("405", "a POST is needed"),
                         ("413", "the payload exceeds the async lane's limit"),
                         ("503", "storage failing or the async lane not running"))}}}},
+        "/jobs": {"get": {
+            "summary": "The caller's jobs, newest first (an API key or SigV4 caller; not anonymous)",
+            "tags": ["jobs"],
+            "parameters": [
+                {"name": "status", "in": "query", "required": False,
+                 "schema": {"type": "string", "enum": [s.value for s in JobStatus]}},
+                {"name": "model", "in": "query", "required": False, "schema": {"type": "string"}},
+                {"name": "lane", "in": "query", "required": False,
+                 "schema": {"type": "string", "enum": ["async", "batch"]}},
+                {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
+                {"name": "next", "in": "query", "required": False, "schema": {"type": "string"}}],
+            "responses": {
+                "200": {"description": "a page of jobs", "content": {_JSON: {"schema": {
+                    "type": "object", "required": ["jobs", "next"], "properties": {
+                        "jobs": {"type": "array", "items": {"$ref": _REF + "Job"}},
+                        "next": {"type": "string", "nullable": True}}}}}},
+                "400": _litestar("a bad filter, limit or page token"),
+                "403": _litestar("anonymous, or an unknown caller"),
+                "503": _litestar("storage unavailable")}}},
         "/jobs/{job_id}": {
             "parameters": [_job_id()],
             "get": {"summary": "A job's status", "tags": ["jobs"], "responses": {
@@ -195,8 +213,10 @@ def openapi_document(cfg: RouterConfig) -> dict[str, Any]:
             "parameters": [_job_id()],
             "get": {"summary": "A job's result", "tags": ["jobs"], "responses": {
                 "200": {"description": "the model's answer", "content": {"*/*": {"schema": {}}}},
-                "202": _json("Job", "still pending (Retry-After)"), "410": _json("Job", "expired"),
-                "424": _json("Job", "failed"), "403": _litestar("an unknown caller"),
+                "202": _json("Job", "still pending (Retry-After)"),
+                "410": _litestar("expired: the error, with the job's fields"),
+                "424": _litestar("failed: the job's error (its type in x-amzn-ErrorType), with the job's fields"),
+                "403": _litestar("an unknown caller"),
                 "404": _litestar("no such job"), "503": _litestar("storage unavailable")}}},
         "/jobs/{job_id}/error": {
             "parameters": [_job_id()],

@@ -15,6 +15,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,7 @@ from router.storage.base import (
 )
 from router.storage.health import StorageHealth, retry_storage, storage_backoff
 from router.tracecontext import parse_traceparent, start_span
-from router.types import BackendError, Invocation, InvocationResult, Lane
+from router.types import ERROR_TYPES, BackendError, Invocation, InvocationResult, Lane
 
 if TYPE_CHECKING:  # botocore is imported only when SNS notifications are configured
     from router.notify_sns import SnsJobNotifier
@@ -68,8 +69,13 @@ def job_url(job_id: str) -> str:
     return f"/jobs/{job_id}"
 
 
+def rfc3339(epoch_s: float) -> str:
+    """``2026-11-30T12:34:56.789Z``: UTC, milliseconds."""
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def job_json(job: Job, status_url: str | None = None) -> dict[str, Any]:
-    """The jobs API's view of a job (DESIGN.md contract)."""
+    """The jobs API's view of a job (DESIGN.md contract; the RFC 3339 times stand beside the epoch seconds)."""
     out: dict[str, Any] = {
         "job_id": job.job_id,
         "status": job.status.value,
@@ -77,6 +83,8 @@ def job_json(job: Job, status_url: str | None = None) -> dict[str, Any]:
         "model": job.spec.model,
         "created_at": job.created_at,
         "updated_at": job.updated_at,
+        "created_at_rfc3339": rfc3339(job.created_at),
+        "updated_at_rfc3339": rfc3339(job.updated_at),
         "attempts": job.attempts,
         # a batch job that succeeded may still name the records that failed
         "error": dict(job.error) if job.error and (job.status is not JobStatus.SUCCEEDED or job.records) else None,
@@ -361,7 +369,7 @@ class JobLane:
             gone = {"type": "InputMissing", "message": "the job's input is gone"}
             await self._record(job, keeper, "failed", lambda: self.jobs.fail(job.job_id, lease, gone, self.clock()))
             return
-        if not await self.sync.room(target, self._stopping.is_set, poll_s=0.05):
+        if not await self.sync.room(target, self._stopping.is_set):
             with contextlib.suppress(StorageError):  # else its lease runs out: it comes back all the same
                 await self.jobs.release(job.job_id, lease, self.clock())  # draining: the job goes back
             return
@@ -374,7 +382,8 @@ class JobLane:
         try:
             result = await self.sync.call(target, inv, self.sync.clock())
         except BackendError as exc:
-            error = {"type": exc.kind.value, "message": exc.message, "status": exc.original_status or exc.status}
+            error = {"type": ERROR_TYPES[exc.kind], "message": exc.message,
+                     "status": exc.original_status or exc.status}
             if exc.retryable:
                 await self._retry_or_fail(job, lease, error, keeper)
             elif await self._record(job, keeper, "failed", lambda: self.jobs.fail(job.job_id, lease, error,
@@ -446,7 +455,8 @@ class JobLane:
         now = self.clock()
         if job.attempts >= job.spec.max_attempts:
             failed = {**error, "attempts": job.attempts}
-            if await self._record(job, keeper, "failed", lambda: self.jobs.fail(job.job_id, lease, failed, now)):
+            if await self._record(job, keeper, "failed", lambda: self.jobs.fail(job.job_id, lease, failed, now,
+                                                                                   dead_letter=True)):
                 self._finished(job, "failed")
                 log.info("job_failed", job_id=job.job_id, error=error.get("type"), attempts=job.attempts)
             return
