@@ -190,7 +190,8 @@ def openapi_document(cfg: RouterConfig) -> dict[str, Any]:
                 {"name": "model", "in": "query", "required": False, "schema": {"type": "string"}},
                 {"name": "lane", "in": "query", "required": False,
                  "schema": {"type": "string", "enum": ["async", "batch"]}},
-                {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
                 {"name": "next", "in": "query", "required": False, "schema": {"type": "string"}}],
             "responses": {
                 "200": {"description": "a page of jobs", "content": {_JSON: {"schema": {
