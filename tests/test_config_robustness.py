@@ -105,8 +105,9 @@ async def test_reload_of_a_crashing_file_is_400_and_counted_invalid(tmp_path: Pa
             assert errors[0].startswith(f"{path}:{line}:{col}: ")
         assert registry.get_sample_value("router_config_reloads_total", {"result": "invalid"}) == 10
         assert not registry.get_sample_value("router_config_reloads_total", {"result": "failed"})
-        async with http.get(router.url + "/readyz") as r:
-            assert r.status == 200  # the old config is still in force
+        async with http.get(router.url + "/admin/policy",
+                            headers={"Authorization": "Bearer admin-secret-token"}) as r:
+            assert list((await r.json())["models"]) == ["fraud"]  # the old config is still in force
 
 
 async def test_sighup_with_a_crashing_file_logs_the_rejection(tmp_path: Path,
