@@ -7,6 +7,7 @@ import contextlib
 import gc
 import hmac
 import signal
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -21,6 +22,8 @@ from router.api.dataplane import DataPlane
 from router.api.errors import EXCEPTION_HANDLERS, error_response
 from router.api.jobs import JOB_HANDLERS
 from router.api.openapi import openapi_document
+from router.config import Size
+from router.explain import StateOverride
 from router.features import RequestError
 from router.readiness import readiness
 from router.runtime import Runtime
@@ -32,7 +35,8 @@ class ExplainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
     headers: dict[str, str] = Field(default_factory=dict)
-    bytes: int = Field(0, ge=0)
+    bytes: Size = Field(0, ge=0)  # 100, or with units: "6MB"
+    state: dict[str, StateOverride] = Field(default_factory=dict)  # by lane or backend: as explain should see it
 
 
 def _admin_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
@@ -86,7 +90,7 @@ async def admin_explain(request: Request[Any, Any, Any]) -> dict[str, Any]:
         ask = ExplainRequest.model_validate_json(await request.body())
     except ValueError as exc:
         raise ValidationException(str(exc)) from None
-    return explain(runtime, ask.model, ask.headers, ask.bytes)
+    return explain(runtime, ask.model, ask.headers, ask.bytes, ask.state)
 
 
 @post("/admin/reload", guards=[_admin_guard], status_code=200)
@@ -99,16 +103,20 @@ async def admin_reload(request: Request[Any, Any, Any]) -> Response[dict[str, An
     return Response({"status": "reloaded", "models": sorted(runtime.routing.models)}, status_code=200)
 
 
-def explain(runtime: Runtime, model: str, headers: dict[str, str], nbytes: int) -> dict[str, Any]:
-    """The decision for a described request; raises ValidationException for unknown models or bad headers."""
+def explain(runtime: Runtime, model: str, headers: dict[str, str], nbytes: int,
+            state: Mapping[str, StateOverride] | None = None) -> dict[str, Any]:
+    """The decision for a described request; raises ValidationException for unknown models, bad headers, or a
+    state naming a lane or backend the model does not have."""
     if model not in runtime.routing.models:
         raise ValidationException(f"unknown model {model!r}")
     lowered = {k.lower(): v for k, v in headers.items()}
     try:
         features = runtime.routing.features.extract(model, lowered, nbytes)
+        return runtime.explain(features, state)
     except RequestError as exc:
         raise ValidationException(exc.message) from None
-    return runtime.explain(features)
+    except ValueError as exc:
+        raise ValidationException(str(exc)) from None
 
 
 def _install_sighup(runtime: Runtime) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 from contextlib import AsyncExitStack
@@ -82,13 +83,13 @@ Ctrl-C stops everything.
 """
 
 
-async def serve_demo(port: int) -> None:
+async def serve_demo(port: int, log_level: int = logging.INFO) -> None:
     os.environ.setdefault("DEMO_RT_PORT", str(RT_PORT))
     os.environ.setdefault("DEMO_SLS_PORT", str(SLS_PORT))
     os.environ.setdefault("DEMO_ASYNC_PORT", str(ASYNC_PORT))
     path = demo_config_path()
     cfg = load_config(path)
-    configure_logging(cfg.server.log_format)
+    configure_logging(cfg.server.log_format, log_level)
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(ModelServer(port=int(os.environ["DEMO_RT_PORT"]), latency_s=0.005,
                                                     max_concurrency=4, overload_status=503))
@@ -110,10 +111,10 @@ async def serve_demo(port: int) -> None:
         await server.serve()
 
 
-def run_demo(port: int = 8080) -> None:
+def run_demo(port: int = 8080, log_level: int = logging.INFO) -> None:
     try:
         import uvloop
 
-        uvloop.run(serve_demo(port))
+        uvloop.run(serve_demo(port, log_level))
     except ImportError:  # uvloop is optional (not on Windows)
-        asyncio.run(serve_demo(port))
+        asyncio.run(serve_demo(port, log_level))
