@@ -24,11 +24,14 @@ EXIT_WARNINGS = 1  # check --strict: the config works, but not as written
 EXIT_ERRORS = 2
 
 
+class UsageError(Exception):
+    """A command line that cannot run: said on stderr, exit 2."""
+
+
 def _config_path(args: argparse.Namespace) -> str:
     path: str | None = args.config or os.environ.get(CONFIG_ENV) or None
     if path is None:
-        sys.stderr.write(f"inference-router {args.command}: give --config FILE or set {CONFIG_ENV}\n")
-        raise SystemExit(EXIT_ERRORS)
+        raise UsageError(f"inference-router {args.command}: give --config FILE or set {CONFIG_ENV}")
     return path
 
 
@@ -237,7 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.fn(args)
+    try:
+        code: int = args.fn(args)
+    except UsageError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_ERRORS
     return code
 
 

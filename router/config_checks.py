@@ -245,6 +245,8 @@ class View:
 
 
 def _never(key: str, spec: Any, universe: Domain, domain: Domain, narrowed: bool) -> str:
+    if key in ("urgency", "priority") and domain.empty():
+        return f"{key}: no urgency level is {spec}"
     if domain.empty():
         return f"{key}: {spec} contradicts itself"
     if narrowed:

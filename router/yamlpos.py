@@ -215,11 +215,32 @@ def _syntax_issue(text: str, file: str, exc: yaml.YAMLError) -> ConfigIssue:
         mark = exc.problem_mark or opened
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         message = f"YAML syntax: {exc.problem or exc}"
+        left_open = _open_quote_before(text, mark)
+        if left_open is not None:  # a quote left open swallows the lines after it: the mistake is where it opens
+            (q_line, q_col), char = left_open
+            return ConfigIssue(file, q_line, q_col, "", f"YAML syntax: this {char} quote runs on over several lines; "
+                               f"is it closed? (then: {exc.problem or exc}, at line {line}, column {col})")
         if opened is not None and mark is not opened and exc.context and exc.context.startswith("while parsing a flow"):
             what = exc.context.removeprefix("while parsing a ")
             message += f" (in the {what} opened at line {opened.line + 1}, column {opened.column + 1})"
         return ConfigIssue(file, line, col, "", message)
     return ConfigIssue(file, 1, 1, "", f"YAML syntax: {exc}")
+
+
+def _open_quote_before(text: str, mark: Any) -> tuple[tuple[int, int], str] | None:
+    """The first quoted string before ``mark`` that spans several lines (likely a quote left open), if any."""
+    if mark is None:
+        return None
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            start, end = token.start_mark, token.end_mark
+            if (start.line, start.column) >= (mark.line, mark.column):
+                return None
+            if isinstance(token, yaml.ScalarToken) and token.style in ('"', "'") and end.line > start.line:
+                return (start.line + 1, start.column + 1), token.style
+    except yaml.YAMLError:
+        return None
+    return None
 
 
 def _check_depth(text: str, file: str) -> None:
