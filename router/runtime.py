@@ -43,6 +43,7 @@ from router.policy.registry import build_policy
 from router.protocols import PathRule
 from router.readiness import BackendChecks
 from router.state import Clock, SaturationTracker, TrackerSettings
+from router.status import new_recent_decisions
 from router.storage import open_stores
 from router.storage.base import ObjectStore, StoreStats
 from router.storage.health import StorageHealth
@@ -195,6 +196,7 @@ class Runtime:
         retry = cfg.fallback
         self.sync = SyncLane(RetryBudget(retry.retry_budget, retry.min_retries_per_second, clock, retry.retry_burst),
                              self.metrics, self.routing.overflow_priority, clock)
+        self.recent = new_recent_decisions()  # the last requests answered, for the status page
         self.started = False
         self.draining = False  # /readyz is 503 (SIGTERM's drain); requests are still served
         self.closing = False  # the lanes are stopping: no new work is taken
