@@ -14,9 +14,10 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.browser import chromium  # noqa: E402
+from tests.browser import chromium
 
 ROW = "120.5,2,0.8,350,7,30"
+OUT = Path(__file__).resolve().parent / "status-page.png"
 
 
 def free_port() -> int:
@@ -47,8 +48,8 @@ async def main() -> None:
     port = free_port()
     env = {**os.environ, "DEMO_RT_PORT": str(free_port()), "DEMO_SLS_PORT": str(free_port()),
            "DEMO_ASYNC_PORT": str(free_port()), "DEMO_STATE": f"/tmp/demo-screenshot-{port}"}
-    demo = subprocess.Popen([sys.executable, "-m", "router", "--log-level", "warning", "demo", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL)
+    command = [sys.executable, "-m", "router", "--log-level", "warning", "demo", "--port", str(port)]
+    demo = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)  # noqa: ASYNC220 -- a script run by hand
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
@@ -65,7 +66,7 @@ async def main() -> None:
             await page.click("#login-form button")
             await page.wait_for("document.querySelectorAll('#job-list tbody tr').length > 0", timeout_s=30)
             await page.js("document.getElementById('rid').blur()")
-            out = Path(__file__).resolve().parent / "status-page.png"
+            out = OUT
             await page.screenshot(str(out))
             print(out)
     finally:

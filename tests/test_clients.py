@@ -41,7 +41,7 @@ def run_example(url: str) -> tuple[dict[str, Any], str]:
     namespace: dict[str, Any] = {}
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        exec(EXAMPLE.replace('"http://127.0.0.1:8080"', repr(url)), namespace)  # noqa: S102 -- the README's own code
+        exec(EXAMPLE.replace('"http://127.0.0.1:8080"', repr(url)), namespace)
     return namespace, printed.getvalue()
 
 
