@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print the routing decision for a request, without calling any backend")
     p.add_argument("--config", help=config_help)
     p.add_argument("--model", required=True)
-    p.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'")
+    p.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'")
     p.add_argument("--bytes", default="0", help="payload size: 1200, 6MB, 1GiB")
     p.add_argument("--saturation", action="append", default=[], metavar="LANE=0..1",
                    help="a backend's saturation, by lane or backend name (repeatable)")
