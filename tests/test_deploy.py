@@ -206,7 +206,8 @@ def test_the_deploy_files_serve_on_their_configs_listen_address() -> None:
     demo = (ROOT / "router" / "demo" / "demo.yaml").read_text()
     assert parse_config(demo, "demo.yaml", env).server.host == "0.0.0.0"  # reachable from the other containers
     assert compose["ports"] == [f"8080:{_listen_port(demo, env)}"]
-    assert _listen_port(demo, {}) == 8080 and parse_config(demo, "demo.yaml", {}).server.host == "127.0.0.1"
+    assert _listen_port(demo, {}) == 8080
+    assert parse_config(demo, "demo.yaml", {}).server.host == "127.0.0.1"
 
     dockerfile = (ROOT / "Dockerfile").read_text()
     baked = (ROOT / "policies" / "default.yaml").read_text()
