@@ -763,7 +763,11 @@ def parse_config(text: str, file: str = "<config>", env: Mapping[str, str] | Non
     if issues or cfg is None:
         raise ConfigError(_sorted(issues))
     if warnings is not None:
-        warnings += config_warnings(cfg, located, file)
+        try:
+            warnings += config_warnings(cfg, located, file)
+        except Exception as exc:  # the analysis must never stand between a valid config and the router
+            warnings.append(ConfigIssue(file, 1, 1, "", f"the rules could not be analysed ({type(exc).__name__}: "
+                                        f"{exc}); please report it", "warning"))
     return cfg
 
 
