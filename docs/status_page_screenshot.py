@@ -60,7 +60,7 @@ async def main() -> None:
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.05)
         await traffic(base)
-        async with chromium(1400, 1500) as page:
+        async with chromium(1400, 1000) as page:
             await page.goto(base + "/ui")
             await page.type("#token", "demo-admin-token")
             await page.click("#login-form button")
