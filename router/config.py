@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from pathlib import Path as FsPath
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -13,12 +15,15 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    RootModel,
+    SecretStr,
     Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from router.numbers import parse_uint
 from router.protocols import (
     CONTROL_METHODS,
     INFERENCE_METHODS,
@@ -31,7 +36,7 @@ from router.protocols import (
 )
 from router.types import MODEL_LANES, SYNC_LANES, Lane
 from router.units import parse_duration, parse_size
-from router.yamlpos import ConfigError, ConfigIssue, Located, Path, format_path, load_located
+from router.yamlpos import ConfigError, ConfigIssue, Located, Path, decode_text, format_path, load_located
 
 Size = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -53,17 +58,28 @@ class Strict(BaseModel):
 class ServerConfig(Strict):
     listen: str = "127.0.0.1:8080"
     max_body: Size = parse_size("1GiB")  # hard cap on any request body, before per-lane limits
-    admin_token: str | None = None  # admin endpoints answer 403 until one is set
+    admin_token: SecretStr | None = None  # admin endpoints answer 403 until one is set
     api_key_header: str = "X-Api-Key"
     access_log: bool = True  # one JSON line per request
     log_format: Literal["auto", "json", "console"] = "auto"
+    # On SIGTERM /readyz turns 503 at once, the listener keeps serving for drain_delay (load balancers
+    # notice), then closes; requests in flight get drain_timeout to finish, then running jobs jobs.drain_timeout.
+    drain_delay: Duration = 5.0
     drain_timeout: Duration = 30.0
+    # Connection limits (router/api/limits.py); the README's "Operating" section gives the reasons.
+    max_header_bytes: Size = Field(64 * 1024, ge=1024)  # request line + headers; 431 beyond
+    header_timeout: Duration = Field(10.0, gt=0)  # a request's head must arrive within this; 408
+    body_timeout: Duration = Field(10.0, gt=0)  # a body's grace period and longest pause; 408
+    min_body_rate: Size = 1000  # bytes/s a body must average after body_timeout; 408
+    keepalive_timeout: Duration = Field(75.0, gt=0)  # idle keep-alive connections are closed after this
+    max_connections: int = Field(4096, ge=1, le=1_000_000)  # open connections; one more gets 503 and is closed
 
     @field_validator("listen")
     @classmethod
     def _listen_has_port(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        number = parse_uint(port, max_digits=5)
+        if not sep or not host or number is None or not 0 <= number < 65536:
             raise ValueError(f"listen must be HOST:PORT, got {value!r}")
         return value
 
@@ -113,6 +129,9 @@ class JobsConfig(Strict):
     max_backoff: Duration = 60.0
     poll_interval: Duration = 0.2  # how often an idle worker looks for work
     drain_timeout: Duration = 30.0  # on stop: running jobs may finish for this long, the rest go back
+    # A result (or a job's outcome) that storage refuses is retried this long, the model never called again;
+    # then the job fails with a StorageError. /readyz is 503 while the lane's storage keeps failing.
+    storage_retry: Duration = 300.0
     # Finished jobs (records, payloads, results) are deleted this long after they ended; 0 keeps them.
     # Embedded state only: on S3 give the bucket a lifecycle rule instead.
     retention: Duration = Field(7 * 86400.0, ge=0)
@@ -144,11 +163,24 @@ class UrgencyConfig(Strict):
 
 
 class CallerConfig(Strict):
-    api_key: str = Field(min_length=8)
+    """A known caller, identified by an API key (``X-Api-Key``) or by SigV4 (the access key id of an SDK client's
+    signature, checked with its secret), or both."""
+
+    api_key: SecretStr | None = Field(None, min_length=8)
+    aws_access_key_id: str | None = Field(None, pattern=r"^[A-Za-z0-9]{16,128}$")
+    aws_secret_access_key: SecretStr | None = Field(None, min_length=16)
     tenant: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     max_urgency: str | None = None  # default: any level
     # Share of a full backend's slots against other tenants of the same urgency (anonymous callers: 1).
     weight: float = Field(1.0, gt=0.0, le=1000.0)
+
+    @model_validator(mode="after")
+    def _identified(self) -> CallerConfig:
+        if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
+            raise ValueError("aws_access_key_id and aws_secret_access_key go together")
+        if self.api_key is None and self.aws_access_key_id is None:
+            raise ValueError("a caller needs an api_key, or an aws_access_key_id with its aws_secret_access_key")
+        return self
 
 
 class BreakerConfig(Strict):
@@ -234,7 +266,7 @@ class HttpBackendConfig(_BackendBase):
             raise ValueError(f"url must be an http:// or https:// URL, got {value!r}")
         return value
 
-    headers: dict[str, str] = Field(default_factory=dict)  # static headers, e.g. the upstream's auth
+    headers: dict[str, SecretStr] = Field(default_factory=dict)  # static headers, e.g. the upstream's auth
     variant: str | None = None  # X-Amzn-Invoked-Production-Variant; default the backend's name
 
 
@@ -430,7 +462,7 @@ class WebhookConfig(Strict):
     """Completion callbacks for jobs: a client names a URL in ``header``; it must match ``allow``."""
 
     allow: list[str] = Field(min_length=1)  # exact URLs, or prefixes ending in '*'; nothing else is called
-    secret: str = Field(min_length=16)  # HMAC-SHA256 key of the X-Router-Signature header
+    secret: SecretStr = Field(min_length=16)  # HMAC-SHA256 key of the X-Router-Signature header
     header: str = "X-Callback-Url"
     attempts: int = Field(3, ge=1, le=10)
 
@@ -498,16 +530,17 @@ def _semantic_issues(data: dict[str, Any]) -> list[tuple[Path, str, bool]]:
     raw_levels = _mapping(data.get("urgency")).get("levels")
     levels = raw_levels if isinstance(raw_levels, dict) and raw_levels else _DEFAULT_LEVELS
     callers = _list(data.get("callers"))
-    keys: set[str] = set()
+    keys: set[tuple[str, str]] = set()
     for i, caller in enumerate(callers):
         caller = _mapping(caller)
         level = caller.get("max_urgency")
         if isinstance(level, str) and level not in levels:
             issues.append((("callers", i, "max_urgency"), f"unknown urgency level {level!r}", False))
-        key = caller.get("api_key")
-        if isinstance(key, str) and key in keys:
-            issues.append((("callers", i, "api_key"), "api_key is used by another caller", False))
-        keys.add(str(key))
+        for field_name in ("api_key", "aws_access_key_id"):
+            key = caller.get(field_name)
+            if isinstance(key, str) and (field_name, key) in keys:
+                issues.append((("callers", i, field_name), f"{field_name} is used by another caller", False))
+            keys.add((field_name, str(key)))
     overflow = _mapping(data.get("fallback")).get("overflow_min_urgency")
     if isinstance(overflow, str) and overflow not in levels:
         issues.append((("fallback", "overflow_min_urgency"), f"unknown urgency level {overflow!r}", False))
@@ -592,7 +625,7 @@ def _path_issues(model_name: str, model: dict[str, Any], backends: dict[str, Any
 
 def _policy_issues(data: dict[str, Any], located: Located, file: str) -> list[ConfigIssue]:
     """Build every policy from the raw YAML, so each policy's own params errors are reported too."""
-    from router.policy.registry import PolicyBuildError, build_policy
+    from router.policy.registry import PolicyBuildError, build_policy, policy_types
 
     raw_levels = _mapping(data.get("urgency")).get("levels")
     levels = raw_levels if isinstance(raw_levels, dict) and raw_levels else _DEFAULT_LEVELS
@@ -609,7 +642,9 @@ def _policy_issues(data: dict[str, Any], located: Located, file: str) -> list[Co
                 line, col = located.position(where)
                 issues.append(ConfigIssue(file, line, col, format_path(where), message))
         except ValidationError as exc:
-            issues += _issues_from_validation(exc, located, file, (*base, "params"), raw.get("params"))
+            params_model = policy_types().get(raw["type"])
+            issues += _issues_from_validation(exc, located, file, (*base, "params"), raw.get("params"),
+                                              params_model.Params if params_model is not None else None)
     return issues
 
 
@@ -633,17 +668,61 @@ def _pydantic_path(loc: tuple[str | int, ...], data: Any) -> Path:
 _TAGS = {"http", "sagemaker", "sagemaker-batch", "sagemaker-async", "local", "aws", "fixed", "adaptive"}
 
 
+def known_keys(model: Any, path: Path, data: Any) -> list[str]:
+    """The keys the config model accepts at ``path`` of ``data`` (for "did you mean"); [] where unknown."""
+    annotation: Any = model
+    node = data
+    for part in (*path, None):
+        while True:  # unwrap Annotated, Optional and unions (by the "kind" the data names, else the first model)
+            origin, args = get_origin(annotation), get_args(annotation)
+            if origin is Annotated:
+                annotation = args[0]
+            elif origin in (UnionType, Union):
+                models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+                kind = node.get("kind") if isinstance(node, dict) else None
+                chosen = [m for m in models if m.model_fields.get("kind") is not None
+                          and kind in get_args(m.model_fields["kind"].annotation)]
+                annotation = (chosen or models or [args[0]])[0]
+            elif isinstance(annotation, type) and issubclass(annotation, RootModel):
+                annotation = annotation.model_fields["root"].annotation
+            else:
+                break
+        if part is None:
+            break
+        origin, args = get_origin(annotation), get_args(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and isinstance(part, str):
+            field = annotation.model_fields.get(part)
+            if field is None:
+                return []
+            annotation = field.annotation
+        elif origin is dict and args:
+            annotation = args[1]
+        elif origin is list and args:
+            annotation = args[0]
+        else:
+            return []
+        node = node.get(part) if isinstance(node, dict) else node[part] if isinstance(node, list) \
+            and isinstance(part, int) and part < len(node) else None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
+
+
 def _issues_from_validation(
-    exc: ValidationError, located: Located, file: str, prefix: Path = (), data: Any = None
+    exc: ValidationError, located: Located, file: str, prefix: Path = (), data: Any = None, model: Any = None
 ) -> list[ConfigIssue]:
     out = []
     root = located.data if data is None else data
+    model = RouterConfig if model is None else model
     for err in exc.errors(include_url=False):
         rel = _pydantic_path(tuple(err["loc"]), root)
         path = (*prefix, *rel)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+            guess = difflib.get_close_matches(str(path[-1]), known_keys(model, rel[:-1], root), n=1) if rel else []
+            if guess:
+                msg = f"unknown key {path[-1]!r}: did you mean {guess[0]!r}?"
             line, col = located.key_position(path)
         elif err["type"] == "missing":
             msg = "required field is missing"
@@ -656,12 +735,16 @@ def _issues_from_validation(
     return out
 
 
-def parse_config(text: str, file: str = "<config>", env: Mapping[str, str] | None = None) -> RouterConfig:
-    """Validate a config. Raises ConfigError with every issue found, sorted by position."""
-    located = load_located(text, file, env)
+def parse_config(text: str, file: str = "<config>", env: Mapping[str, str] | None = None, *,
+                 warnings: list[ConfigIssue] | None = None) -> RouterConfig:
+    """Validate a config. Raises ConfigError with every issue found, sorted by position. ``warnings``, if given,
+    receives what works but not as written (router.config_checks): dead rules, unreachable lanes."""
+    from router.config_checks import config_warnings, semantic_errors
+
+    located = load_located(text, file, env, keep_going=True)
     data = located.data
     if not isinstance(data, dict):
-        raise ConfigError([ConfigIssue(file, 1, 1, "", "the config must be a YAML mapping")])
+        raise ConfigError([*located.issues, ConfigIssue(file, 1, 1, "", "the config must be a YAML mapping")])
     issues: list[ConfigIssue] = []
     cfg: RouterConfig | None = None
     try:
@@ -672,8 +755,19 @@ def parse_config(text: str, file: str = "<config>", env: Mapping[str, str] | Non
         line, col = located.key_position(path) if at_key else located.position(path)
         issues.append(ConfigIssue(file, line, col, format_path(path), message))
     issues += _policy_issues(data, located, file)
+    issues += semantic_errors(data, located, file)
+    if located.issues:  # a missing ${VAR} became "": what that empty value breaks is the same mistake
+        unset = [i.path for i in located.issues if i.message.startswith("environment variable")]
+        issues = [i for i in issues if not any(i.path == p or i.path.startswith(p + ".") for p in unset)]
+        issues += located.issues
     if issues or cfg is None:
         raise ConfigError(_sorted(issues))
+    if warnings is not None:
+        try:
+            warnings += config_warnings(cfg, located, file)
+        except Exception as exc:  # the analysis must never stand between a valid config and the router
+            warnings.append(ConfigIssue(file, 1, 1, "", f"the rules could not be analysed ({type(exc).__name__}: "
+                                        f"{exc}); please report it", "warning"))
     return cfg
 
 
@@ -681,11 +775,12 @@ def _sorted(issues: list[ConfigIssue]) -> list[ConfigIssue]:
     return sorted(set(issues), key=lambda i: (i.line, i.col, i.path, i.message))
 
 
-def load_config(path: str | FsPath, env: Mapping[str, str] | None = None) -> RouterConfig:
+def load_config(path: str | FsPath, env: Mapping[str, str] | None = None, *,
+                warnings: list[ConfigIssue] | None = None) -> RouterConfig:
     """Read and validate a config file; ConfigError lists every problem as FILE:LINE:COL."""
     p = FsPath(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except OSError as exc:
         raise ConfigError([ConfigIssue(str(path), 1, 1, "", f"cannot read config: {exc.strerror}")]) from None
-    return parse_config(text, str(path), env)
+    return parse_config(decode_text(data, str(path)), str(path), env, warnings=warnings)

@@ -37,6 +37,11 @@ class _Children:
         self._metric = metric
         self._cache: dict[tuple[str, ...], Any] = {}
 
+    @property
+    def metric(self) -> Any:
+        """The labelled metric itself (for reading its samples)."""
+        return self._metric
+
     def __call__(self, *labels: str) -> Any:
         child = self._cache.get(labels)
         if child is None:
@@ -111,6 +116,20 @@ class JobCollector(Collector):
                                  "Jobs that failed after using up their attempts (on SQS: the DLQ's depth)")
         dead.add_metric([], stats.dead_lettered)
         yield from (jobs, queued, oldest, dead)
+
+
+class StorageCollector(Collector):
+    """How long each job lane's storage has been failing (0 while it works), read at scrape time."""
+
+    def __init__(self, failing: Callable[[], Iterable[tuple[str, float]]]) -> None:
+        self._failing = failing
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily("router_storage_failing_seconds",
+                                  "Seconds a job lane's storage has kept failing, 0 while it works", labels=["lane"])
+        for lane, seconds in self._failing():
+            gauge.add_metric([lane], seconds)
+        yield gauge
 
 
 class BatchGauge(NamedTuple):
@@ -241,6 +260,9 @@ class RouterMetrics:
                                             registry=r))
         self.reloads = _Children(Counter("router_config_reloads", "Config reloads by result", ["result"],
                                          registry=r))
+        self.http_rejected = _Children(Counter(
+            "router_http_rejected", "Connections closed by a limit before a request reached the router",
+            ["reason"], registry=r))
         for result in ("ok", "invalid", "failed"):  # from 0, so increase() sees the first of each
             self.reloads(result)
         self.retry_budget_exhausted = _Children(Counter(
@@ -262,6 +284,11 @@ class RouterMetrics:
             buckets=(0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 21600), registry=r))
         self.job_attempts = _Children(Counter("router_job_attempts", "Job attempts by outcome",
                                               ["model", "outcome"], registry=r))
+        self.job_worker_restarts = Counter(
+            "router_job_worker_restarts", "Job workers that ended unexpectedly and were started again", registry=r)
+        self.storage_errors = _Children(Counter(
+            "router_storage_errors", "Storage operations of the job lanes that failed (each retry counts)",
+            ["lane", "store"], registry=r))
 
         self.batch_flushes = _Children(Counter("router_batch_flushes", "Batch buffer flushes by trigger",
                                                ["model", "trigger"], registry=r))
@@ -288,6 +315,10 @@ class RouterMetrics:
 
     def watch_jobs(self, stats: Callable[[], StoreStats | None]) -> None:
         self.registry.register(JobCollector(stats))
+
+    def watch_storage(self, failing: Callable[[], Iterable[tuple[str, float]]]) -> None:
+        """``failing()`` gives (lane, seconds its storage has been failing) at scrape time."""
+        self.registry.register(StorageCollector(failing))
 
     def watch_usable(self, usable: Callable[[], Mapping[str, bool]]) -> None:
         self.registry.register(UsableCollector(usable))

@@ -20,6 +20,8 @@ import aiohttp
 import structlog
 import yarl
 
+from router.numbers import parse_uint
+
 if TYPE_CHECKING:
     from router.config import WebhookConfig
 
@@ -48,9 +50,8 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *,
         return False
     if max_age_s is None:
         return True
-    try:
-        sent = float(timestamp)
-    except ValueError:
+    sent = parse_uint(timestamp)
+    if sent is None:
         return False
     current = time.time() if now is None else now
     return abs(current - sent) <= max_age_s

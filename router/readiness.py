@@ -147,8 +147,20 @@ def readiness(runtime: Runtime) -> Readiness:
     if missing:
         reasons.append(f"backends not built: {', '.join(missing)}")
     reasons += [f"model {m!r} has no backend that can work" for m in down]
+    lanes = job_lanes(runtime)
+    reasons += [f"job lane {lane!r} cannot make progress: its storage has failed for {report['failing_for_s']} s"
+                for lane, report in lanes.items() if report["stalled"]]
     status = "not_ready" if reasons else "degraded" if unusable else "ready"
     body = {"status": status, "reasons": reasons, "draining": runtime.draining, "models": sorted(routing.models),
             "models_down": down, "backends_missing": missing, "backends_unusable": unusable,
-            "backends_unverified": {n: why for n, why in runtime.backend_checks.unverified().items() if n in backends}}
+            "backends_unverified": {n: why for n, why in runtime.backend_checks.unverified().items() if n in backends},
+            "job_lanes": lanes}
     return Readiness(not reasons, body)
+
+
+def job_lanes(runtime: Runtime) -> dict[str, dict[str, Any]]:
+    """Each job lane's storage health (router.storage.health): a lane whose storage keeps failing is stalled."""
+    lanes = {health.lane: health.report() for health in runtime.storage_health()}
+    if runtime.job_lane is not None:
+        lanes["async"]["workers"] = runtime.job_lane.workers_alive
+    return lanes

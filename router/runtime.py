@@ -28,6 +28,7 @@ from router.config import (
     load_config,
 )
 from router.config_state import ConfigFile, config_hash, router_version
+from router.explain import StateOverride, expected_answer, not_consulted, verdict_json, with_state
 from router.features import ANONYMOUS, FeatureExtractor
 from router.flow.admission import Admissions, QueueSettings
 from router.flow.budget import RetryBudget
@@ -37,14 +38,16 @@ from router.lanes.sync import SyncLane, Target
 from router.metrics import ConfigInfo, RouterMetrics
 from router.notify import CallbackPolicy, WebhookNotifier
 from router.paths import PathTable
-from router.policy.engine import ModelRoutes, PolicyEngine
+from router.policy.engine import ModelRoutes, PolicyEngine, Verdict
 from router.policy.registry import build_policy
 from router.protocols import PathRule
 from router.readiness import BackendChecks
 from router.state import Clock, SaturationTracker, TrackerSettings
+from router.status import new_recent_decisions
 from router.storage import open_stores
 from router.storage.base import ObjectStore, StoreStats
-from router.types import JOB_LANES, Backend, Decision, Lane, RequestFeatures, Route
+from router.storage.health import StorageHealth
+from router.types import JOB_LANES, Backend, Decision, Lane, RequestFeatures, Route, Snapshot
 from router.yamlpos import ConfigError
 
 if TYPE_CHECKING:  # botocore is imported only when SNS notifications are configured
@@ -181,6 +184,7 @@ class Runtime:
         self.metrics.watch_queues(lambda: self.admissions.depths(self.routing.level_names))
         self.metrics.watch_jobs(self._job_stats)
         self.metrics.watch_batch(lambda: self.batch_lane.gauges() if self.batch_lane else ())
+        self.metrics.watch_storage(lambda: [(h.lane, h.failing_for()) for h in self.storage_health()])
         self.metrics.watch_config(self._config_info)
         self.config_file = ConfigFile(self.config_path) if self.config_path else None
         self.config_hash = config_hash(cfg)
@@ -195,8 +199,10 @@ class Runtime:
         retry = cfg.fallback
         self.sync = SyncLane(RetryBudget(retry.retry_budget, retry.min_retries_per_second, clock, retry.retry_burst),
                              self.metrics, self.routing.overflow_priority, clock)
+        self.recent = new_recent_decisions()  # the last requests answered, for the status page
         self.started = False
-        self.draining = False
+        self.draining = False  # /readyz is 503 (SIGTERM's drain); requests are still served
+        self.closing = False  # the lanes are stopping: no new work is taken
         self.job_lane: JobLane | None = None
         self.batch_lane: BatchLane | None = None
 
@@ -267,6 +273,11 @@ class Runtime:
             errors = [str(i) for i in exc.issues]
             log.warning("config_reload_rejected", errors=errors)
             return errors
+        except Exception as exc:  # a loader bug: still an answer and a count, never an unhandled exception
+            self.last_reload_ok = False
+            self.metrics.reloads("failed").inc()
+            log.exception("config_reload_failed")
+            return [f"{self.config_path}:1:1: the config could not be loaded: {type(exc).__name__}"]
         try:
             await self.reload(cfg)
         except Exception as exc:  # e.g. a backend that cannot start: keep serving on the old config
@@ -280,7 +291,7 @@ class Runtime:
         if self.job_lane is not None:
             hooks = cfg.webhooks
             self.job_lane.events.notifier = WebhookNotifier(
-                self.connections.http, hooks.secret, attempts=hooks.attempts) if hooks else None
+                self.connections.http, hooks.secret.get_secret_value(), attempts=hooks.attempts) if hooks else None
             self.job_lane.events.topic = self._job_topic(cfg)
 
     def _job_topic(self, cfg: RouterConfig) -> SnsJobNotifier | None:
@@ -295,6 +306,11 @@ class Runtime:
         region, url = topic.region or state.region, topic.endpoint_url or state.endpoint_url
         clients = self.connections.sagemaker()
         return SnsJobNotifier(lambda: clients.get(region, url, "sns"), topic.sns_topic_arn, attempts=topic.attempts)
+
+    def storage_health(self) -> list[StorageHealth]:
+        """The storage health of each job lane that runs here."""
+        lanes: list[JobLane | BatchLane | None] = [self.job_lane, self.batch_lane]
+        return [lane.health for lane in lanes if lane is not None]
 
     def _config_info(self) -> ConfigInfo:
         applied = None if self.config_file is None else self.config_file.current_hash() == self.config_hash
@@ -361,7 +377,7 @@ class Runtime:
         return self.routing.targets.get(name) if name else None
 
     async def close(self) -> None:
-        self.draining = True
+        self.draining = self.closing = True
         await self.backend_checks.stop()
         if self.batch_lane is not None:
             await self.batch_lane.stop()
@@ -375,17 +391,28 @@ class Runtime:
         await self.connections.close()
         log.info("router_stopped")
 
-    def explain(self, req: RequestFeatures) -> dict[str, Any]:
-        """The decision for ``req`` as JSON-ready data, without calling any backend."""
+    def explain(self, req: RequestFeatures, state: Mapping[str, StateOverride] | None = None) -> dict[str, Any]:
+        """The decision for ``req`` as JSON-ready data, without calling any backend: every policy's verdict in
+        chain order and the answer the client would get; ``state`` describes backends as they are not (yet)."""
         entry = self.routing.models[req.model]
         snap = self.tracker.snapshot(entry.routes.lanes, entry.routes.limits)
-        route = self.routing.engine.decide(req, snap)
+        if state:
+            snap = with_state(snap, state)
+        verdicts: list[Verdict] = []
+        route = self.routing.engine.decide(req, snap, verdicts)
         out = route_json(route, req)
-        out["queue"] = self._queue_positions(route, req)
+        out["queue"] = self._queue_positions(route, req, snap if state else None)
+        chain = [p.name for p in entry.routes.chain]
+        out["policies"] = [verdict_json(v) for v in verdicts] + not_consulted(chain, verdicts)
+        out["answer"] = expected_answer(route, req, out["queue"], max_bytes=entry.max_bytes,
+                                        overflow_priority=self.routing.overflow_priority,
+                                        deferral=self.routing.engine.deferral(req))
         return out
 
-    def _queue_positions(self, route: Route, req: RequestFeatures) -> list[dict[str, Any]]:
-        """Per sync hop: a free slot now, or the position this request would take in its queue and its wait."""
+    def _queue_positions(self, route: Route, req: RequestFeatures,
+                         described: Snapshot | None = None) -> list[dict[str, Any]]:
+        """Per sync hop: a free slot now, or the position this request would take in its queue and its wait.
+        With a ``described`` snapshot (explain's state), its backends are read instead of the live queues."""
         now = self.clock()
         deadline_at = now + req.deadline_ms / 1000.0 if req.deadline_ms else None
         weight = self.routing.weight(req.caller)
@@ -394,14 +421,20 @@ class Runtime:
             admission = self.admissions.by_backend.get(hop.backend)
             if hop.lane in JOB_LANES or admission is None:
                 continue
-            ahead, wait_s = admission.predict(req.priority, req.caller, weight, deadline_at)
+            state = described.backends.get(hop.backend) if described is not None else None
+            if state is not None:
+                room, depth = state.available, state.queue_depth
+                ahead, wait_s = depth, state.wait_for(req.priority)
+            else:
+                room, depth = admission.has_room(), len(admission.queue)
+                ahead, wait_s = admission.predict(req.priority, req.caller, weight, deadline_at)
             budget_s = admission.budget_s(now, deadline_at)
-            out.append({"lane": hop.lane.value, "backend": hop.backend, "room_now": admission.has_room(),
-                        "queue_depth": len(admission.queue), "ahead": ahead,
+            out.append({"lane": hop.lane.value, "backend": hop.backend, "room_now": room,
+                        "queue_depth": depth, "ahead": ahead,
                         # None: more urgent traffic takes every slot, the wait has no bound
                         "predicted_wait_s": round(wait_s, 6) if math.isfinite(wait_s) else None,
                         "max_wait_s": round(budget_s, 6),
-                        "would_wait": not admission.has_room() and budget_s > 0.0 and wait_s <= budget_s})
+                        "would_wait": not room and budget_s > 0.0 and wait_s <= budget_s})
         return out
 
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import uvicorn
 from aiohttp import web
 
 from router.app import create_app
@@ -22,6 +21,7 @@ from router.config import parse_config
 from router.demo.model_server import ModelServer
 from router.logging import configure_logging
 from router.runtime import Runtime
+from router.serving import RouterServer, server_config
 
 configure_logging("json")
 # The readiness check's DescribeEndpoint goes to a closed local port unless a test names a control plane
@@ -62,9 +62,7 @@ async def serve_router(yaml_text: str, env: Mapping[str, str] | None = None,
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(runtime), lifespan="on", log_config=None, access_log=False,
-                            server_header=False)  # as `serve` runs it: forwarded answers keep the server's own
-    server = uvicorn.Server(config)
+    server = RouterServer(server_config(create_app(runtime), runtime), runtime)  # the limits and drain of serve
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(10):

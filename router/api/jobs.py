@@ -47,10 +47,14 @@ async def _job_for(request: Request[Any, Any, Any], job_id: FromPath[str]) -> tu
 
 
 def _tenant(request: Request[Any, Any, Any]) -> str:
-    """The caller's tenant, from its API key; 403 for an unknown key."""
+    """The caller's tenant, from its API key or SigV4 signature; 403 for an unknown key or a bad signature."""
     runtime: Runtime = request.app.state.runtime
+    headers = {k.lower(): v for k, v in request.headers.items()}
     try:
-        caller = runtime.routing.features.caller({k.lower(): v for k, v in request.headers.items()})
+        caller = runtime.routing.features.caller(headers)
+        signed = runtime.routing.features.signed_request(request.scope, headers)
+        if signed is not None:  # a tenant named by SigV4 must prove it: these requests have no body
+            signed.verify_body(b"")
     except RequestError as exc:
         raise PermissionDeniedException(exc.message) from None
     return caller.tenant
