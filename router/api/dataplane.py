@@ -148,6 +148,7 @@ class DataPlane:
     async def _serve(self, scope: Any, receive: Any, send: Any, name: str, *, extra: bool,
                      sagemaker_async: bool = False) -> None:
         started = time.perf_counter()
+        arrival = time.time()  # wall clock, for traces: `simulate` replays access logs in arrival order
         runtime = self.runtime
         routing = runtime.routing
         metrics = runtime.metrics
@@ -249,7 +250,11 @@ class DataPlane:
                          backend=backend, reason=reason, status=status, duration_ms=round(elapsed * 1000.0, 3),
                          caller=features.caller if features else None,
                          urgency=features.urgency if features else None,
-                         bytes=features.payload_bytes if features else None)
+                         bytes=features.payload_bytes if features else None, arrival=round(arrival, 6),
+                         content_type=features.content_type if features else None,
+                         deadline_ms=features.deadline_ms if features else None,
+                         respond_async=features.accepts_async if features else None,
+                         wait_s=features.wait_s if features else None)
             request_trace_id.reset(trace_token)
 
     # --- jobs -----------------------------------------------------------------------------------
