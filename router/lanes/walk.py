@@ -197,8 +197,10 @@ def _wait(full: list[Hop], targets: Mapping[str, WalkTarget], ticket: Ticket, cl
             continue
         if _has_room(target):
             return hop  # a slot freed while the walk went on, and nobody waits for it
-        if door is None:
-            continue  # queueing off
+        if door is None:  # no admission queue: nothing to wait in
+            if refused is None:
+                refused = (hop, "saturated", 1.0)
+            continue
         budget_s = door.budget_s(now, deadline_at)
         _ahead, wait_s = door.predict(ticket.priority, ticket.tenant, ticket.weight, deadline_at)
         if budget_s <= 0.0 or wait_s > budget_s:

@@ -1,0 +1,420 @@
+"""One config's simulation: a trace through the router's own decision code on a virtual clock.
+
+Per request, as ``router.api.dataplane`` does it: the real ``FeatureExtractor`` turns the trace's fields
+into features, the real ``SaturationTracker`` (its limits and breakers on the virtual clock) gives the
+snapshot, the real ``PolicyEngine`` decides, and the sync lane's own walk (``router.lanes.walk``) calls,
+falls back, waits and gives up. Only the backends are models (``router.sim.backends``), and the job lanes'
+queues (``router.sim.jobs``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from router.config import (
+    RouterConfig,
+    SageMakerAsyncBackendConfig,
+    SageMakerBatchBackendConfig,
+    SimulateConfig,
+)
+from router.cost import BackendCost, costs
+from router.features import RequestError
+from router.flow.budget import RetryBudget
+from router.lanes.walk import Call, Failed, Served, Ticket, Wait, walk
+from router.metrics import RouterMetrics
+from router.runtime import build_routing
+from router.sim.backends import AsyncEndpoint, BatchTransform, Instances, Modelled, Serverless, ServiceTime
+from router.sim.jobs import AsyncLane, BatchLane
+from router.sim.loop import EventLoop
+from router.sim.result import BackendUse, Result
+from router.sim.trace import TraceRequest
+from router.state import BackendTracker, SaturationTracker
+from router.types import JOB_LANES, BackendError, FailureKind, Hop, Lane
+
+# Why a sync route took no request that a job lane could take instead (defer instead of reject).
+CAPACITY_REASONS = frozenset({"saturated", "full", "evicted", "timeout", "wait_exceeds_deadline"})
+_O_SHED, _O_FAILED, _O_REJECTED = 4, 5, 6
+_OUTCOME_COL = {"realtime": 0, "serverless": 1, "async": 2, "batch": 3}
+
+
+class MissingServiceTime(ValueError):
+    """Backends the simulator has no service time for (no trace observations, no simulate.service_time)."""
+
+
+class _Door:
+    """A backend's free slots for the walk and the job lanes: a slot is free when in-flight plus reserved is
+    under the tracker's capacity; job work waits for the room sync traffic leaves."""
+
+    __slots__ = ("background", "loop", "reserved", "tracker")
+
+    def __init__(self, tracker: BackendTracker, loop: EventLoop) -> None:
+        self.tracker = tracker
+        self.loop = loop
+        self.reserved = 0
+        self.background: deque[tuple[Callable[[Any], None], Any]] = deque()
+        tracker.on_free = self.dispatch
+
+    def has_room(self) -> bool:
+        t = self.tracker
+        return t.inflight + self.reserved < t.capacity
+
+    def wait_background(self, fn: Callable[[Any], None], arg: Any) -> None:
+        t = self.tracker
+        if not self.background and self.has_room() and t.admits(self.loop.now):
+            fn(arg)
+        else:
+            self.background.append((fn, arg))
+
+    def dispatch(self) -> None:
+        t = self.tracker
+        while self.background and t.inflight + self.reserved < t.capacity and t.admits(self.loop.now):
+            self.reserved += 1
+            self.loop.at(self.loop.now, self._grant, self.background.popleft())
+
+    def _grant(self, item: tuple[Callable[[Any], None], Any]) -> None:
+        self.reserved -= 1
+        item[0](item[1])
+
+
+class _Target:
+    __slots__ = ("admission", "backend", "door", "tracker")
+
+    def __init__(self, tracker: BackendTracker, door: _Door, backend: Modelled) -> None:
+        self.tracker = tracker
+        self.door = door
+        self.admission = None  # the admission queue arrives with flow control's queue
+        self.backend = backend
+
+
+class _Request:
+    __slots__ = ("arrival", "deadline_at", "features", "gen", "job_hop", "lane", "req")
+
+    def __init__(self, req: TraceRequest, arrival: float) -> None:
+        self.req = req
+        self.arrival = arrival
+        self.deadline_at: float | None = None
+        self.gen: Any = None
+        self.job_hop: Hop | None = None
+        self.features: Any = None
+        self.lane = ""
+
+
+class _Call:
+    __slots__ = ("asked", "done", "hop", "request", "target")
+
+    def __init__(self, request: _Request, hop: Hop, target: _Target, asked: float) -> None:
+        self.request = request
+        self.hop = hop
+        self.target = target
+        self.asked = asked
+        self.done = False
+
+
+def service_time_of(name: str, sim: SimulateConfig | None, fitted: Mapping[str, ServiceTime]) -> ServiceTime | None:
+    if sim is not None and sim.service_time is not None:
+        return ServiceTime(sim.service_time, sim.service_p99)
+    return fitted.get(name)
+
+
+class Simulation:
+    """One config on a virtual clock. ``fitted``: service times learned from the trace, by backend."""
+
+    def __init__(self, cfg: RouterConfig, name: str = "config", fitted: Mapping[str, ServiceTime] | None = None,
+                 seed: int = 1) -> None:
+        self.cfg = cfg
+        self.name = name
+        self.loop = loop = EventLoop()
+        self.rng = random.Random(seed)
+        self.result = Result(name)
+        self.tracker = SaturationTracker(loop.clock)
+        self.routing = build_routing(cfg, self.tracker, {}, RouterMetrics())
+        retry = cfg.fallback
+        self.budget = RetryBudget(retry.retry_budget, retry.min_retries_per_second, loop.clock, retry.retry_burst)
+        self.costs: dict[str, BackendCost] = costs(cfg)
+        fitted = dict(fitted or {})
+        missing = [n for n, b in cfg.backends.items() if service_time_of(n, b.simulate, fitted) is None]
+        if missing:
+            raise MissingServiceTime(
+                f"no service time for backend(s) {', '.join(sorted(missing))}: no answered call of theirs in the "
+                "trace (a synthetic trace has none); set backends.<name>.simulate.service_time")
+        self.targets: dict[str, _Target] = {}
+        for bname, bcfg in cfg.backends.items():
+            tracker = self.tracker.trackers[bname]
+            model = self._model(bname, bcfg, fitted)
+            self.targets[bname] = _Target(tracker, _Door(tracker, loop), model)
+        self.overflow = self.routing.overflow_priority
+        self._keys = {c.tenant: c.api_key for c in reversed(cfg.callers)}
+        self._key_header = cfg.server.api_key_header.lower()
+        self._urgency_header = cfg.urgency.header.lower()
+        self._levels = set(cfg.urgency.levels)
+        self.jobs = AsyncLane(loop, self.rng, cfg.jobs, self._room, self._job_call, self._job_done)
+        batch_models = {m: c for m, c in cfg.models.items() if "batch" in c.lanes}
+        batch_backends = {m: c.lanes["batch"] for m, c in batch_models.items()}
+        transform = {n for n, b in cfg.backends.items() if isinstance(b, SageMakerBatchBackendConfig)}
+        per_record = {n: (b.simulate.per_record if b.simulate else 0.0) for n, b in cfg.backends.items()}
+        self.batch = BatchLane(loop, {m: c.batch for m, c in batch_models.items()}, batch_backends, transform,
+                               per_record, self._room, self._job_call, self._job_done)
+
+    # --- backends -------------------------------------------------------------------------------
+
+    def _model(self, name: str, bcfg: Any, fitted: Mapping[str, ServiceTime]) -> Modelled:
+        sim: SimulateConfig = bcfg.simulate or SimulateConfig()
+        service = service_time_of(name, sim, fitted)
+        assert service is not None
+        cost = self.costs.get(name)
+        limit = bcfg.max_concurrency
+        router_limit = limit if isinstance(limit, int) else limit.max
+        loop, rng = self.loop, self.rng
+        if isinstance(bcfg, SageMakerBatchBackendConfig):
+            return BatchTransform(name, loop, rng, service, cost, bcfg.instance_count, sim.startup, sim.fail_rate)
+        if isinstance(bcfg, SageMakerAsyncBackendConfig):
+            instances = (sim.autoscale.max if sim.autoscale else cost.instances if cost else 1)
+            return AsyncEndpoint(name, loop, rng, service, cost, instances, sim.per_instance or 1,
+                                 sim.scale_to_zero_after, sim.startup, sim.fail_rate)
+        if bcfg.serverless is not None:
+            return Serverless(name, loop, rng, service, cost,
+                              sim.max_concurrency or (limit if isinstance(limit, int) else 20),
+                              sim.cold_start if sim.cold_start is not None else bcfg.serverless.cold_start,
+                              sim.idle_after if sim.idle_after is not None else bcfg.serverless.idle_after,
+                              shared=sim.cold_starts == "endpoint",
+                              provisioned=cost.provisioned if cost else 0, fail_rate=sim.fail_rate)
+        instances = cost.instances if cost else 1
+        if sim.autoscale is not None:
+            instances = max(sim.autoscale.min, min(sim.autoscale.max, max(1, instances)))
+        per_instance = sim.per_instance or max(1, router_limit // max(1, instances))
+        return Instances(name, loop, rng, service, cost, max(1, instances), per_instance,
+                         queue=sim.overload == "queue", autoscale=sim.autoscale, fail_rate=sim.fail_rate)
+
+    # --- the walk's counters --------------------------------------------------------------------
+
+    def fallback(self, model: str, from_backend: str, to_backend: str, reason: str) -> None:
+        self.result.fallbacks += 1
+
+    def budget_exhausted(self, model: str) -> None:
+        self._reason("retry_budget_exhausted")
+
+    def _reason(self, why: str) -> None:
+        reasons = self.result.reasons
+        reasons[why] = reasons.get(why, 0) + 1
+
+    # --- requests -------------------------------------------------------------------------------
+
+    def run(self, requests: Iterable[TraceRequest], progress: Callable[[int], None] | None = None) -> Result:
+        loop = self.loop
+        arrive = self._arrive
+        n = 0
+        for req in requests:
+            if req.t > loop.now:
+                loop.run_until(req.t)
+            arrive(req)
+            n += 1
+            if progress is not None and not n & 0x3FFF:
+                progress(n)
+        end = loop.now
+        loop.run_until(math.inf)
+        return self._finish(n, end)
+
+    def _arrive(self, req: TraceRequest) -> None:
+        now = self.loop.now
+        r = _Request(req, now)
+        result = self.result
+        routing = self.routing
+        headers = {"content-type": req.content_type}
+        if req.urgency is not None and req.urgency in self._levels:
+            headers[self._urgency_header] = req.urgency
+        key = self._keys.get(req.caller)
+        if key is not None:
+            headers[self._key_header] = key
+        if req.deadline_ms is not None:
+            headers["x-deadline-ms"] = str(req.deadline_ms)
+            result.with_deadline += 1
+        if req.accepts_async:
+            headers["prefer"] = "respond-async" if req.wait_s is None else f"respond-async, wait={int(req.wait_s)}"
+        entry = routing.models.get(req.model)
+        if entry is None:
+            return self._end(r, _O_REJECTED, "unknown_model")
+        try:
+            features = routing.features.extract(req.model, headers, req.payload_bytes)
+        except RequestError as exc:
+            return self._end(r, _O_REJECTED, exc.error_type)
+        r.features = features
+        if features.deadline_ms is not None:
+            r.deadline_at = now + features.deadline_ms / 1000.0
+        self._sample_queues(now)
+        route = routing.engine.decide(features, self.tracker.snapshot(entry.routes.lanes, entry.routes.limits))
+        decision = route.decision
+        if decision.lane is Lane.SHED:
+            return self._end(r, _O_SHED, decision.reason)
+        if getattr(decision, "deferred_from", None) is not None:
+            result.deferred += 1
+        if not route.hops:
+            return self._end(r, _O_REJECTED, "too_large")
+        first = route.hops[0]
+        if first.lane in JOB_LANES:
+            return self._accept(r, first)
+        hops = tuple(h for h in route.hops if h.lane not in JOB_LANES)
+        r.job_hop = next((h for h in route.hops if h.lane in JOB_LANES), None)
+        r.gen = walk(req.model, hops, Ticket(features.priority, features.caller), self.targets,
+                     self.budget, self.overflow, self.loop.clock, self, r.deadline_at)
+        self._drive(r, None)
+
+    def _sample_queues(self, now: float) -> None:
+        series = self.result.series
+        series.peak(now, 1, self.jobs.queued)
+        series.peak(now, 2, self.batch.buffered)
+
+    def _drive(self, r: _Request, outcome: Any) -> None:
+        try:
+            step = r.gen.send(outcome)
+        except StopIteration as stop:
+            self._walked(r, stop.value)
+            return
+        if type(step) is Call:
+            self._call(r, step)
+        else:
+            assert isinstance(step, Wait)
+            raise NotImplementedError("queueing arrives with the admission queue")
+
+    def _call(self, r: _Request, step: Call) -> None:
+        hop = step.hop
+        target = self.targets[hop.backend]
+        tracker = target.tracker
+        now = step.now
+        tracker.start(now)
+        call = _Call(r, hop, target, now)
+        limit = self.cfg.backends[hop.backend].timeout
+        if r.deadline_at is not None:
+            limit = min(limit, r.deadline_at - now)
+        self.loop.at(now + limit, self._timed_out, call)
+        target.backend.call(0.0, self._answered, call)
+
+    def _answered(self, call: _Call, seconds: float, failure: FailureKind | None) -> None:
+        if call.done:
+            return
+        call.done = True
+        now = self.loop.now
+        tracker = call.target.tracker
+        if failure is None:
+            tracker.succeeded(now, now - call.asked)
+            self._drive(call.request, None)
+        else:
+            tracker.failed(now, failure)
+            self._drive(call.request, BackendError(failure, failure.value))
+
+    def _timed_out(self, call: _Call) -> None:
+        if call.done:
+            return
+        call.done = True
+        call.target.tracker.failed(self.loop.now, FailureKind.TIMEOUT)
+        self._drive(call.request, BackendError(FailureKind.TIMEOUT, "timeout"))
+
+    def _walked(self, r: _Request, outcome: Served | Failed) -> None:
+        if type(outcome) is Served:
+            lane = outcome.hop.lane.value
+            now = self.loop.now
+            self._end(r, _OUTCOME_COL[lane], None, now - r.arrival)
+            return
+        assert isinstance(outcome, Failed)
+        job = r.job_hop
+        if job is not None and (outcome.error is None or outcome.error.retryable):
+            self.result.fallbacks += 1
+            return self._accept(r, job, deferred=outcome.reason in CAPACITY_REASONS)
+        if outcome.reason in CAPACITY_REASONS:
+            deferral = getattr(self.routing.engine, "deferral", None)
+            hop = deferral(r.features) if deferral is not None else None
+            if hop is not None:
+                return self._accept(r, hop, deferred=True)
+        self._end(r, _O_FAILED, outcome.reason)
+
+    # --- job lanes ------------------------------------------------------------------------------
+
+    def _accept(self, r: _Request, hop: Hop, deferred: bool = False) -> None:
+        if deferred:
+            self.result.deferred += 1
+        r.lane = hop.lane.value
+        if hop.lane is Lane.ASYNC:
+            self.jobs.submit(r, hop.backend, r.features.priority)
+        else:
+            self.batch.submit(r, r.req.model, r.req.payload_bytes)
+
+    def _room(self, backend: str, fn: Callable[[Any], None], arg: Any) -> None:
+        self.targets[backend].door.wait_background(fn, arg)
+
+    def _job_call(self, backend: str, extra_s: float, done: Callable[[Any, FailureKind | None], None],
+                  token: Any) -> None:
+        target = self.targets[backend]
+        now = self.loop.now
+        target.tracker.start(now)
+
+        def answered(_: Any, seconds: float, failure: FailureKind | None) -> None:
+            t = self.loop.now
+            if failure is None:
+                target.tracker.succeeded(t, seconds)
+            else:
+                target.tracker.failed(t, failure)
+            done(token, failure)
+
+        target.backend.call(extra_s, answered, None)
+
+    def _job_done(self, r: _Request, failed: bool) -> None:
+        self._end(r, _OUTCOME_COL[r.lane] if not failed else _O_FAILED, "job_failed" if failed else None,
+                  self.loop.now - r.arrival)
+
+    # --- accounting -----------------------------------------------------------------------------
+
+    def _end(self, r: _Request, col: int, reason: str | None, latency: float | None = None) -> None:
+        result = self.result
+        name = _NAMES[col]
+        result.outcomes[name] += 1
+        result.series.add(r.arrival, col)
+        if latency is not None:
+            result.latency[name].add(latency)
+        if reason is not None:
+            self._reason(reason)
+        if r.deadline_at is not None and (latency is None or r.arrival + latency > r.deadline_at):
+            result.deadline_misses += 1
+
+    def _finish(self, n: int, end: float) -> Result:
+        result = self.result
+        result.requests = n
+        span = result.span_s = max(end, 1e-9)
+        total = 0.0
+        for name, target in self.targets.items():
+            model = target.backend
+            fixed = model.fixed_cost(span)
+            cost = fixed + model.call_cost
+            total += cost
+            slots = model.slot_seconds(span)
+            use = BackendUse(name, model.cost.billing.value if model.cost else "unpriced", model.calls,
+                             model.cold_starts, model.refused, model.busy_s / slots if slots > 0 else 0.0, cost,
+                             getattr(model, "peak_instances", None))
+            result.backends[name] = use
+            self._spread_cost(fixed, model.call_cost, span)
+        result.cost = total
+        return result
+
+    def _spread_cost(self, fixed: float, per_call: float, span: float) -> None:
+        series = self.result.series
+        buckets = len(series.buckets)
+        if not buckets:
+            return
+        width = series.width
+        col = series.sums.index("cost")
+        for i, row in enumerate(series.buckets):
+            share = min(width, max(0.0, span - i * width)) / span
+            row[col] += (fixed + per_call) * share
+
+
+_NAMES = ("realtime", "serverless", "async", "batch", "shed", "failed", "rejected")
+
+
+def simulate(cfg: RouterConfig, requests: Iterable[TraceRequest], name: str = "config",
+             fitted: Mapping[str, ServiceTime] | None = None, seed: int = 1,
+             progress: Callable[[int], None] | None = None) -> Result:
+    """Run ``requests`` through ``cfg`` on a virtual clock."""
+    return Simulation(cfg, name, fitted, seed).run(requests, progress)
+
