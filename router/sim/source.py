@@ -50,7 +50,8 @@ class Source:
     def requests(self, stats: TraceStats | None = None) -> Iterator[TraceRequest]:
         if self.trace is not None:
             return read_trace(self.trace, stats)
-        assert self.kind is not None and self.mix is not None
+        assert self.kind is not None
+        assert self.mix is not None
         return synthetic(self.kind, self.rps, self.duration_s, self.mix, self.seed)
 
     @property
