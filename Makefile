@@ -4,8 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
+# Third-party model servers for the interop tests (tests/interop): a venv of their own, their pins clash with ours
+INTEROP := .venv-interop
+INTEROP_STAMP := $(INTEROP)/.installed
 
-.PHONY: demo test lint bench check-config clean prometheus
+.PHONY: demo test lint bench check-config clean prometheus interop
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +22,14 @@ $(DEV_STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@ $(RUNTIME_STAMP)
 
+$(INTEROP_STAMP): tests/interop/requirements.txt
+	$(PYTHON) -m venv $(INTEROP)
+	$(INTEROP)/bin/python -m pip install -q --upgrade pip
+	$(INTEROP)/bin/python -m pip install -q -r tests/interop/requirements.txt
+	touch $@
+
+interop: $(INTEROP_STAMP)
+
 demo: $(RUNTIME_STAMP)
 	$(BIN)/inference-router demo
 
@@ -29,7 +40,7 @@ prometheus:
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
 	  >/dev/null; } || echo "prometheus not installed: its tests will be skipped (apt-get install prometheus)"
 
-test: $(DEV_STAMP) prometheus
+test: $(DEV_STAMP) prometheus interop
 	$(BIN)/python -m pytest -q
 
 lint: $(DEV_STAMP)
@@ -44,4 +55,4 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/overhead.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(INTEROP) .pytest_cache .mypy_cache .ruff_cache

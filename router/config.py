@@ -19,6 +19,16 @@ from pydantic import (
     model_validator,
 )
 
+from router.protocols import (
+    CONTROL_METHODS,
+    INFERENCE_METHODS,
+    PROTOCOLS,
+    HttpMethod,
+    PathRule,
+    ProtocolName,
+    pattern_problem,
+    preset_rules,
+)
 from router.types import MODEL_LANES, SYNC_LANES, Lane
 from router.units import parse_duration, parse_size
 from router.yamlpos import ConfigError, ConfigIssue, Located, Path, format_path, load_located
@@ -394,12 +404,28 @@ class BatchConfig(Strict):
     oversized: Literal["reject", "split"] = "reject"
 
 
+class PathConfig(Strict):
+    """An extra URL of a model, forwarded as it came: a path (``{name}`` matches one segment, a final ``*`` any
+    rest), its methods, and whether it is a control endpoint (health, readiness, metadata)."""
+
+    path: str
+    methods: list[HttpMethod] | None = Field(None, min_length=1)  # default: POST; GET and HEAD for control
+    control: bool = False  # forwarded to the real-time backend without routing, counting or taking a slot
+
+
+# A bare string is an inference path taking POST
+PathEntry = Annotated[PathConfig, BeforeValidator(lambda v: {"path": v} if isinstance(v, str) else v)]
+
+
 class ModelConfig(Strict):
     lanes: dict[ModelLane, str]
     limits: dict[ModelLane, Size] = Field(default_factory=dict)
     default: RouteConfig | None = None  # when every policy abstains; default: first sync lane
     policy: list[str] = Field(default_factory=list)
-    paths: list[str] = Field(default_factory=list)  # extra URLs, e.g. /v2/models/fraud/infer or /v1/fraud/*
+    # The paths (and methods) clients of this model server protocol call, e.g. KServe V2's health, metadata, infer
+    protocol: ProtocolName | None = None
+    # extra URLs, e.g. /v2/models/fraud/infer, /v1/fraud/* or {path: /v2/models/fraud/ready, control: true}
+    paths: list[PathEntry] = Field(default_factory=list)
     # Answer 202 + a job even without Prefer: respond-async (for clients built for an async API).
     async_without_prefer: bool = False
     batch: BatchConfig = Field(default_factory=BatchConfig)
@@ -412,6 +438,13 @@ class ModelConfig(Strict):
             return min(limit, self.batch.max_bytes)
         return limit
 
+    def path_rules(self, name: str) -> list[PathRule]:
+        """The protocol's paths, then the declared ones; a declared path replaces the protocol's same path."""
+        declared = [_declared_rule(name, p, self.protocol) for p in self.paths]
+        mine = {r.pattern for r in declared}
+        preset = preset_rules(self.protocol, name) if self.protocol else []
+        return [r for r in preset if r.pattern not in mine] + declared
+
     def default_route(self) -> RouteConfig:
         if self.default is not None:
             return self.default
@@ -419,6 +452,11 @@ class ModelConfig(Strict):
         if not present:
             present = [lane.value for lane in MODEL_LANES if lane.value in self.lanes]
         return RouteConfig.model_validate({"lane": present[0], "fallback": present[1:]})
+
+
+def _declared_rule(model: str, entry: PathConfig, protocol: str | None) -> PathRule:
+    methods = frozenset(entry.methods) if entry.methods else (CONTROL_METHODS if entry.control else INFERENCE_METHODS)
+    return PathRule(model, entry.path, methods, control=entry.control, protocol=protocol)
 
 
 class PolicyConfig(Strict):
@@ -462,6 +500,13 @@ class PricesConfig(Strict):
     serverless_gb_second: float | None = Field(None, ge=0.0)
 
 
+class ProxyConfig(Strict):
+    """Requests forwarded as they came (extra paths): which request headers the router keeps to itself. The
+    urgency header, the API key header and the webhooks' callback header are always kept back too."""
+
+    strip_headers: list[str] = Field(default_factory=lambda: ["Prefer", "X-Deadline-Ms"])
+
+
 class RouterConfig(Strict):
     server: ServerConfig = ServerConfig()
     state: StateConfig = Field(default_factory=LocalStateConfig)
@@ -474,6 +519,7 @@ class RouterConfig(Strict):
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
     webhooks: WebhookConfig | None = None
     notifications: JobNotificationsConfig | None = None
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     prices: PricesConfig = Field(default_factory=PricesConfig)
 
     def backend_names(self) -> set[str]:
@@ -553,17 +599,51 @@ def _semantic_issues(data: dict[str, Any]) -> list[tuple[Path, str, bool]]:
             for j, policy in enumerate(_list(model.get(key))):
                 if isinstance(policy, str) and policy not in policies:
                     issues.append(((*base, key, j), f"unknown policy {policy!r}", False))
-        extra = _list(model.get("paths"))
-        for j, path in enumerate(extra):
-            if not isinstance(path, str):
-                continue
-            if not path.startswith("/") or path.startswith("/endpoints/") or "*" in path[:-1]:
-                issues.append(((*base, "paths", j),
-                               "a path starts with '/', may end with '*', and cannot be under /endpoints/", False))
-            elif path in paths:
-                issues.append(((*base, "paths", j), f"path already belongs to model {paths[path]!r}", False))
-            else:
-                paths[path] = model_name
+        issues += _path_issues(model_name, model, backends, paths)
+    return issues
+
+
+def _path_issues(model_name: str, model: dict[str, Any], backends: dict[str, Any],
+                 owners: dict[str, str]) -> list[tuple[Path, str, bool]]:
+    """A model's extra paths: valid patterns, each owned by one model, control paths on an http backend.
+    ``owners`` (pattern -> model) carries over from the models before, in config order."""
+    issues: list[tuple[Path, str, bool]] = []
+    base: Path = ("models", model_name)
+    lanes = _mapping(model.get("lanes"))
+    control_backend = lanes.get("realtime", lanes.get("serverless"))
+    control_ok = isinstance(control_backend, str) and _backend_kind(backends.get(control_backend)) == "http"
+    control_problem = ("control paths are forwarded to the model's realtime (else serverless) backend, "
+                       "which must be of kind 'http'")
+    declared: set[str] = set()
+    for j, entry in enumerate(_list(model.get("paths"))):
+        raw = entry.get("path") if isinstance(entry, dict) else entry
+        if not isinstance(raw, str):
+            continue
+        where: Path = (*base, "paths", j, "path") if isinstance(entry, dict) else (*base, "paths", j)
+        problem = pattern_problem(raw)
+        if problem is None and raw in declared:
+            problem = "path declared twice for this model"
+        elif problem is None and owners.get(raw, model_name) != model_name:
+            problem = f"path already belongs to model {owners[raw]!r}"
+        elif problem is None and isinstance(entry, dict) and entry.get("control") is True and not control_ok:
+            problem = control_problem
+        if problem is not None:
+            issues.append((where, problem, False))
+        declared.add(raw)
+        owners.setdefault(raw, model_name)
+    protocol = model.get("protocol")
+    if isinstance(protocol, str) and protocol in PROTOCOLS:
+        for rule in preset_rules(protocol, model_name):
+            owner = owners.get(rule.pattern, model_name)
+            if rule.pattern in declared or (owner != model_name and rule.shared):
+                continue  # declared paths replace the preset's; a shared one stays with the first model
+            if owner != model_name:
+                issues.append(((*base, "protocol"), f"{protocol}'s path {rule.pattern} already belongs to "
+                               f"model {owner!r}", False))
+            elif rule.control and not control_ok:
+                issues.append(((*base, "protocol"), f"{protocol}: {control_problem}", False))
+                break
+            owners.setdefault(rule.pattern, model_name)
     return issues
 
 

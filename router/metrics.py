@@ -138,6 +138,12 @@ class RouterMetrics:
                                           ["model", "lane", "backend", "code"], registry=r))
         self.duration = _Children(Histogram("router_request_duration_seconds", "Time to answer, by lane",
                                             ["model", "lane"], buckets=LATENCY_BUCKETS, registry=r))
+        self.first_byte = _Children(Histogram(
+            "router_time_to_first_byte_seconds", "From a request's arrival to the first byte of its answer's body "
+            "(the first event of a streamed answer)", ["model", "lane"], buckets=LATENCY_BUCKETS, registry=r))
+        self.control_requests = _Children(Counter(
+            "router_control_requests", "Control requests (health, readiness, metadata) forwarded on extra paths",
+            ["model", "code"], registry=r))
         self.decisions = _Children(Counter("router_decisions", "Routing decisions",
                                            ["model", "lane", "reason"], registry=r))
         self.fallbacks = _Children(Counter("router_fallbacks", "Moves along a fallback chain",

@@ -32,8 +32,10 @@ from router.lanes.jobs import JobLane
 from router.lanes.sync import SyncLane, Target
 from router.metrics import RouterMetrics
 from router.notify import CallbackPolicy, WebhookNotifier
+from router.paths import PathTable
 from router.policy.engine import ModelRoutes, PolicyEngine
 from router.policy.registry import build_policy
+from router.protocols import PathRule
 from router.state import Clock, SaturationTracker, TrackerSettings
 from router.storage import open_stores
 from router.storage.base import ObjectStore, StoreStats
@@ -52,6 +54,7 @@ class ModelEntry:
     routes: ModelRoutes
     max_bytes: int  # the largest payload any of its lanes takes, capped by server.max_body
     max_sync_bytes: int  # the largest a sync lane takes: the most the router ever holds in memory
+    control_backend: str | None = None  # where control paths (health, metadata) go: the realtime, else serverless
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,19 +66,11 @@ class Routing:
     engine: PolicyEngine
     features: FeatureExtractor
     targets: Mapping[str, Target]
-    exact_paths: Mapping[str, str]  # extra path -> model
-    prefix_paths: tuple[tuple[str, str], ...]  # (prefix, model), longest first
+    paths: PathTable  # the models' extra paths
     overflow_priority: int
     callbacks: CallbackPolicy | None = None  # webhooks' allow-list, when webhooks are on
-
-    def model_for_path(self, path: str) -> str | None:
-        model = self.exact_paths.get(path)
-        if model is not None:
-            return model
-        for prefix, name in self.prefix_paths:
-            if path.startswith(prefix):
-                return name
-        return None
+    # Request headers the router keeps to itself on forwarded paths (lower case)
+    strip_headers: frozenset[str] = frozenset()
 
 
 def tracker_settings(cfg: BackendConfig) -> TrackerSettings:
@@ -114,8 +109,7 @@ def build_routing(
             targets[name] = Target(backends[name], t)
     tracker.retain(cfg.backends)
     models: dict[str, ModelEntry] = {}
-    exact: dict[str, str] = {}
-    prefixes: list[tuple[str, str]] = []
+    rules: list[PathRule] = []
     for name, m in cfg.models.items():
         lanes = {Lane(k): v for k, v in m.lanes.items()}
         limits = {lane: m.limit(lane) for lane in lanes}
@@ -130,13 +124,9 @@ def build_routing(
         )
         sync_limits = [v for lane, v in limits.items() if lane not in JOB_LANES]
         models[name] = ModelEntry(name, routes, min(cfg.server.max_body, max(limits.values(), default=0)),
-                                  min(cfg.server.max_body, max(sync_limits, default=0)))
-        for path in m.paths:
-            if path.endswith("*"):
-                prefixes.append((path[:-1], name))
-            else:
-                exact[path] = name
-    prefixes.sort(key=lambda p: -len(p[0]))
+                                  min(cfg.server.max_body, max(sync_limits, default=0)),
+                                  lanes.get(Lane.REALTIME, lanes.get(Lane.SERVERLESS)))
+        rules += m.path_rules(name)
 
     def on_skip(model: str, policy: str, why: str) -> None:
         metrics.policy_skips(model, policy, why).inc()
@@ -147,7 +137,11 @@ def build_routing(
                                 on_clamp=lambda model: metrics.urgency_clamped(model).inc())
     overflow = levels.get(cfg.fallback.overflow_min_urgency, max(levels.values()))
     callbacks = CallbackPolicy(cfg.webhooks.allow) if cfg.webhooks else None
-    return Routing(cfg, models, engine, features, targets, exact, tuple(prefixes), overflow, callbacks)
+    strip = {cfg.urgency.header, cfg.server.api_key_header, *cfg.proxy.strip_headers}
+    if cfg.webhooks:
+        strip.add(cfg.webhooks.header)
+    return Routing(cfg, models, engine, features, targets, PathTable(rules), overflow, callbacks,
+                   frozenset(h.lower() for h in strip))
 
 
 class Runtime:

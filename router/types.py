@@ -5,7 +5,7 @@ Everything in the router depends on this module; it depends on nothing of the ro
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
@@ -181,9 +181,39 @@ class Invocation:
     timeout_s: float | None = None  # at most this long, on top of the backend's own timeout
     job_timeout_s: float | None = None  # a job's budget: replaces the backend's (sync) timeout
     headers: Mapping[str, str] = field(default_factory=dict)  # extra headers to pass (e.g. traceparent)
-    # A large job payload read from storage as it is sent (``body`` is then empty): called once per attempt.
+    # A payload sent as it is read (``body`` is then empty): a large job payload from storage, or a client's body
+    # on its way in. Called once per attempt.
     stream: Callable[[], AsyncIterator[bytes]] | None = None
     size: int | None = None  # the streamed payload's length
+    # Set for a request forwarded as it came (a model's extra paths): its method, and in ``forward_headers`` its
+    # end-to-end headers (hop-by-hop and the router's own removed). None: an InvokeEndpoint-style call.
+    method: str | None = None
+    forward_headers: Sequence[tuple[str, str]] = ()
+    # InvokeEndpointWithResponseStream: the answer comes back as a stream, returned once its first byte is here
+    response_stream: bool = False
+
+
+class CallerGone(Exception):
+    """The client went away (disconnected, or stopped reading): a call cut short for it is nobody's failure."""
+
+
+class StreamBroken(Exception):
+    """A streamed answer broke off mid-way. ``code`` is SageMaker's ModelStreamError ErrorCode
+    (``StreamBroken``, ``ModelInvocationTimeExceeded``...) or ``InternalStreamFailure``."""
+
+    def __init__(self, kind: FailureKind, code: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.code = code
+        self.message = message
+
+
+class AnswerStream(Protocol):
+    """An answer's body still arriving from the backend, read once to its end; ``aclose`` releases it early."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
 
 
 async def whole_body(inv: Invocation) -> Invocation:
@@ -202,6 +232,12 @@ class InvocationResult:
     custom_attributes: str | None = None
     content_encoding: str | None = None  # the body's encoding (gzip...), forwarded to a client that accepted it
     load_metrics: str | None = None  # the backend's ORCA load report (endpoint-load-metrics header), if it sent one
+    # A forwarded answer's end-to-end headers as they came (hop-by-hop removed), ready for ASGI; None for an
+    # InvokeEndpoint-style result, whose headers the router builds from the fields above.
+    headers: Sequence[tuple[bytes, bytes]] | None = None
+    # The body as it arrives (``body`` is then empty): read it to the end, or ``aclose`` it. The call's slot
+    # stays taken until then.
+    stream: AnswerStream | None = None
 
 
 class BackendError(Exception):
@@ -215,6 +251,7 @@ class BackendError(Exception):
         status: int | None = None,
         original_status: int | None = None,
         original_message: str | None = None,
+        answer: InvocationResult | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -222,6 +259,7 @@ class BackendError(Exception):
         self.status = status
         self.original_status = original_status
         self.original_message = original_message
+        self.answer = answer  # the upstream's own error answer, for a forwarded request to pass on unchanged
 
     @property
     def retryable(self) -> bool:

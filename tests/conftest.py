@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 import uvicorn
+from aiohttp import web
 
 from router.app import create_app
 from router.backends.sagemaker import SageMakerClients
@@ -42,7 +43,8 @@ async def serve_router(yaml_text: str, env: Mapping[str, str] | None = None,
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(runtime), lifespan="on", log_config=None, access_log=False)
+    config = uvicorn.Config(create_app(runtime), lifespan="on", log_config=None, access_log=False,
+                            server_header=False)  # as `serve` runs it: forwarded answers keep the server's own
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -74,6 +76,14 @@ async def job_end(http: aiohttp.ClientSession, base: str, job_id: str, timeout_s
             if job["status"] in ("succeeded", "failed", "expired"):
                 return job
             await asyncio.sleep(0.02)
+
+
+async def start_app(app: web.Application) -> tuple[web.AppRunner, str]:
+    """A real aiohttp server for ``app`` on a free port of 127.0.0.1: its runner (to clean up) and base URL."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
 def free_port() -> int:

@@ -10,6 +10,10 @@ is what botocore needs to raise ``ThrottlingException``, ``ModelError`` and frie
         emu.inject("fraud", "throttle", times=2)
         client = session.create_client("sagemaker-runtime", endpoint_url=emu.url, ...)
 
+InvokeEndpointWithResponseStream (``POST /endpoints/{name}/invocations-response-stream``) relays the
+container's answer chunk by chunk as ``PayloadPart`` events (application/vnd.amazon.eventstream), and with
+:meth:`SageMakerRuntimeEmulator.break_stream` ends a stream after its first part with a ``ModelStreamError``.
+
 InvokeEndpointAsync (``POST /endpoints/{name}/async-invocations``) works on endpoints added with an
 :class:`AsyncConfig`, against S3 and SNS on a moto server (``aws_endpoint_url``): it answers 202 with
 the InferenceId and the output / failure locations, then in the background reads the input from S3,
@@ -32,6 +36,8 @@ from typing import Any, Literal
 import aiohttp
 from aiobotocore.session import get_session
 from aiohttp import web
+
+from router import eventstream
 
 Fault = Literal["throttle", "model_error", "not_ready", "unavailable"]
 
@@ -87,6 +93,7 @@ class _Endpoint:
     delay_s: float = 0.0
     faults: deque[str] = field(default_factory=deque)
     async_config: AsyncConfig | None = None
+    broken_streams: int = 0  # response streams still to end with a ModelStreamError after their first part
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
@@ -134,6 +141,10 @@ class SageMakerRuntimeEmulator:
             raise ValueError(f"unknown fault {fault!r}; one of {sorted(_FAULTS)}")
         self._endpoints[name].faults.extend([fault] * times)
 
+    def break_stream(self, name: str, times: int = 1) -> None:
+        """End the next ``times`` response streams of ``name`` with a ModelStreamError after their first part."""
+        self._endpoints[name].broken_streams += times
+
     def set_delay(self, name: str, seconds: float) -> None:
         """Wait ``seconds`` before answering each call to ``name`` (faults included)."""
         self._endpoints[name].delay_s = seconds
@@ -148,6 +159,7 @@ class SageMakerRuntimeEmulator:
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_post("/endpoints/{name}/invocations", self._invoke)
         app.router.add_post("/endpoints/{name}/async-invocations", self._invoke_async)
+        app.router.add_post("/endpoints/{name}/invocations-response-stream", self._invoke_stream)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -279,6 +291,61 @@ class SageMakerRuntimeEmulator:
         if custom is not None:
             reply_headers[CUSTOM_ATTRIBUTES] = custom
         return web.Response(status=200, body=answer, headers=reply_headers)
+
+    # --- InvokeEndpointWithResponseStream ------------------------------------------------------------
+
+    async def _invoke_stream(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        body = await request.read()
+        headers = request.headers
+        self.calls.append(EmulatorCall(endpoint=name, headers=dict(headers), body=body,
+                                       content_type=headers.get("Content-Type"), accept=headers.get(ASYNC_ACCEPT),
+                                       custom_attributes=headers.get(CUSTOM_ATTRIBUTES),
+                                       target_variant=headers.get(TARGET_VARIANT),
+                                       inference_id=headers.get(INFERENCE_ID)))
+        endpoint = self._endpoints.get(name)
+        if endpoint is None:
+            return self._error(400, "ValidationError", f"Endpoint {name} of account {self.account} not found.")
+        if endpoint.delay_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), endpoint.delay_s)
+        if endpoint.faults:
+            fault = endpoint.faults.popleft()
+            if fault == "model_error":
+                return self._model_error(name, endpoint.variant, 500, "injected model failure")
+            status, error_type, message = _FAULTS[fault]
+            return self._error(status, error_type, message)
+        assert self._session is not None
+        out = {"Content-Type": headers.get("Content-Type", "application/octet-stream")}
+        if ASYNC_ACCEPT in headers:
+            out["Accept"] = headers[ASYNC_ACCEPT]
+        try:
+            upstream = await self._session.post(f"{endpoint.container}/invocations", data=body, headers=out)
+        except aiohttp.ClientError:
+            return self._model_error(name, endpoint.variant, 502, "unable to reach the model container")
+        async with upstream:
+            if not 200 <= upstream.status < 300:
+                text = (await upstream.read()).decode("utf-8", "replace")
+                return self._model_error(name, endpoint.variant, upstream.status, text)
+            resp = web.StreamResponse(headers={
+                "Content-Type": "application/vnd.amazon.eventstream",
+                "X-Amzn-SageMaker-Content-Type": upstream.headers.get("Content-Type", "application/octet-stream"),
+                "x-Amzn-Invoked-Production-Variant": endpoint.variant, "x-amzn-RequestId": str(uuid.uuid4())})
+            await resp.prepare(request)
+            breaking = endpoint.broken_streams > 0
+            if breaking:
+                endpoint.broken_streams -= 1
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await resp.write(eventstream.payload_part(chunk))
+                    if breaking:
+                        await resp.write(eventstream.model_stream_error("injected failure mid-stream",
+                                                                        "ModelInvocationTimeExceeded"))
+                        break
+            except aiohttp.ClientError:
+                await resp.write(eventstream.model_stream_error("the container's answer broke off", "StreamBroken"))
+            await resp.write_eof()
+            return resp
 
     # --- InvokeEndpointAsync ------------------------------------------------------------------------
 

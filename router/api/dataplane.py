@@ -1,5 +1,6 @@
-"""The data plane: ``POST /endpoints/{name}/invocations`` (SageMaker InvokeEndpoint), models' extra paths,
-and ``POST /endpoints/{name}/async-invocations`` (InvokeEndpointAsync).
+"""The data plane: ``POST /endpoints/{name}/invocations`` (SageMaker InvokeEndpoint), models' extra paths
+(forwarded as they came, answers streamed back), and ``POST /endpoints/{name}/async-invocations``
+(InvokeEndpointAsync).
 
 A plain ASGI class in front of the Litestar app: it answers data-plane paths itself (the hot path,
 no per-request framework work) and hands every other request to Litestar. It only translates HTTP
@@ -11,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from random import getrandbits  # request ids need uniqueness, not secrecy; uuid4 costs a syscall
 from typing import Any
 
@@ -18,18 +20,39 @@ import msgspec
 import structlog
 
 from router.api.errors import ErrorAnswer, from_failure
+from router.api.forward import (
+    AnswerCut,
+    RequestBody,
+    first_chunk,
+    send_error,
+    send_event_stream,
+    send_forwarded,
+)
 from router.batch.lane import BatchLane
 from router.batch.records import RecordError, record_format
 from router.config import AwsStateConfig
 from router.features import RequestError
+from router.headers import request_headers
 from router.lanes.jobs import JobLane, job_url
 from router.lanes.sync import SyncFailure
 from router.logging import request_trace_id
 from router.metrics import UNKNOWN_MODEL
+from router.paths import MethodRules
+from router.protocols import PathRule
 from router.runtime import ModelEntry, Runtime
 from router.storage.base import Job, JobStatus, ObjectTooLarge, StorageError, StoredObject
 from router.tracecontext import TraceContext, start_span
-from router.types import JOB_LANES, Hop, Invocation, InvocationResult, Lane, RequestFeatures, Route
+from router.types import (
+    JOB_LANES,
+    BackendError,
+    CallerGone,
+    Hop,
+    Invocation,
+    InvocationResult,
+    Lane,
+    RequestFeatures,
+    Route,
+)
 
 log = structlog.get_logger("router.access")
 
@@ -41,8 +64,7 @@ _JSON = (b"content-type", b"application/json")
 _encode = msgspec.json.Encoder().encode
 
 
-class ClientDisconnected(Exception):
-    pass
+ClientDisconnected = CallerGone  # the client went away while the router read its body
 
 
 async def read_prefix(receive: Any, limit: int) -> tuple[bytes, bool]:
@@ -110,6 +132,14 @@ def _upstream_headers(headers: dict[str, str], trace: TraceContext) -> dict[str,
     return out
 
 
+def _identify(scope: Any) -> tuple[dict[str, str], str, TraceContext]:
+    """A request's headers (names in lower case), its id (the client's if well-formed) and its trace span."""
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    rid = headers.get("x-request-id")
+    request_id = rid if rid is not None and _REQUEST_ID.match(rid) else f"{getrandbits(128):032x}"
+    return headers, request_id, start_span(headers.get("traceparent"), headers.get("tracestate"))
+
+
 def _origin(scope: Any, headers: dict[str, str]) -> str:
     host = headers.get("host") or "{}:{}".format(*scope.get("server") or ("127.0.0.1", 80))
     return f"{scope.get('scheme', 'http')}://{host}"
@@ -136,38 +166,58 @@ class DataPlane:
             if path.startswith(_PREFIX):
                 name, _, tail = path[len(_PREFIX):].partition("/")
                 if tail == "invocations" and name:
-                    return await self._serve(scope, receive, send, name, extra=False)
+                    return await self._serve(scope, receive, send, name)
                 if tail == "async-invocations" and name:
-                    return await self._serve(scope, receive, send, name, extra=False, sagemaker_async=True)
+                    return await self._serve(scope, receive, send, name, sagemaker_async=True)
+                if tail == "invocations-response-stream" and name:
+                    return await self._serve(scope, receive, send, name, response_stream=True)
             else:
-                model = self.runtime.routing.model_for_path(path)
-                if model is not None:
-                    return await self._serve(scope, receive, send, model, extra=True)
+                paths = self.runtime.routing.paths
+                rules = paths.match(path) if paths else None
+                if rules is not None:
+                    return await self._extra(scope, receive, send, rules)
         await self.app(scope, receive, send)
 
-    async def _serve(self, scope: Any, receive: Any, send: Any, name: str, *, extra: bool,
-                     sagemaker_async: bool = False) -> None:
+    async def _extra(self, scope: Any, receive: Any, send: Any, rules: MethodRules) -> None:
+        """A model's extra path: inference is routed like an invocation, control goes straight to the model."""
+        rule = rules.get(scope["method"])
+        if rule is None:
+            rule = next(iter(rules.values()))
+            await self._serve(scope, receive, send, rule.model, proxy=rule,
+                              refuse=RequestError(405, "ValidationError", f"{scope['method']} is not "
+                                                  f"forwarded on this path; it takes {', '.join(sorted(rules))}"),
+                              allow=", ".join(sorted(rules)))
+        elif rule.control:
+            await self._control(scope, receive, send, rule)
+        else:
+            await self._serve(scope, receive, send, rule.model, proxy=rule)
+
+    async def _serve(self, scope: Any, receive: Any, send: Any, name: str, *, proxy: PathRule | None = None,
+                     sagemaker_async: bool = False, response_stream: bool = False,
+                     refuse: RequestError | None = None, allow: str | None = None) -> None:
         started = time.perf_counter()
         arrival = time.time()  # wall clock, for traces: `simulate` replays access logs in arrival order
         runtime = self.runtime
         routing = runtime.routing
         metrics = runtime.metrics
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        rid = headers.get("x-request-id")
-        request_id = rid if rid is not None and _REQUEST_ID.match(rid) else f"{getrandbits(128):032x}"
-        trace = start_span(headers.get("traceparent"), headers.get("tracestate"))
+        headers, request_id, trace = _identify(scope)
         trace_token = request_trace_id.set(trace.trace_id)
         entry = routing.models.get(name)
         model_label = name if entry is not None else UNKNOWN_MODEL
+        protocol = proxy.protocol if proxy is not None else None
         lane = backend = reason = "none"
         status = 500
         features = None
+        first_byte: float | None = None
         try:
             if entry is None:
                 raise RequestError(404, "ValidationError", "Endpoint not found: no model of that name is configured")
-            if scope["method"] != "POST":
+            if refuse is not None:
+                raise refuse
+            if proxy is None and scope["method"] != "POST":
+                allow = "POST"
                 raise RequestError(405, "ValidationError", "use POST for invocations")
-            if extra and _has_dot_segment(scope["path"]):
+            if proxy is not None and _has_dot_segment(scope["path"]):
                 raise RequestError(400, "ValidationError", "'.' and '..' path segments are not forwarded")
             if runtime.draining:
                 raise RequestError(503, "ServiceUnavailable", "the router is shutting down", retry_after_s=1.0)
@@ -195,6 +245,8 @@ class DataPlane:
                                    else "ServiceUnavailable",
                                    f"request shed by policy {decision.policy!r} ({reason}); retry later",
                                    retry_after_s=decision.retry_after_s)
+            if response_stream:  # answered in this exchange or not at all: no job lanes
+                route = Route(decision, tuple(h for h in route.hops if h.lane not in JOB_LANES))
             if not route.hops:
                 raise RequestError(413, "ValidationError", "request body exceeds every lane's limit")
             first = route.hops[0]
@@ -203,8 +255,10 @@ class DataPlane:
                 body_source = prefix if declared is None and complete else await self._job_body(receive, prefix,
                                                                                                   declared)
                 raise _Accepted(await self._accept(headers, entry, features, first, body_source, trace), first)
-            body = prefix if declared is None else await read_body(receive, entry.max_sync_bytes)
-            inv = self._invocation(scope, headers, body, extra, trace)
+            body = prefix if declared is None else await self._sync_body(receive, declared, entry.max_sync_bytes)
+            inv = self._invocation(scope, headers, body, proxy, trace)
+            if response_stream:  # the model's Accept travels in a header of its own on this API
+                inv = replace(inv, accept=headers.get("x-amzn-sagemaker-accept"), response_stream=True)
             deadline_at = (runtime.clock() + features.deadline_ms / 1000.0) if features.deadline_ms else None
             sync_hops = tuple(h for h in route.hops if h.lane not in JOB_LANES)
             job_hop = next((h for h in route.hops if h.lane in JOB_LANES), None)
@@ -216,35 +270,59 @@ class DataPlane:
                     raise
                 last = exc.hop.backend if exc.hop else sync_hops[-1].backend
                 metrics.fallbacks(name, last, job_hop.backend, exc.reason).inc()
-                raise _Accepted(await self._accept(headers, entry, features, job_hop, body, trace),
+                job_body = body.stream() if isinstance(body, RequestBody) else body
+                raise _Accepted(await self._accept(headers, entry, features, job_hop, job_body, trace),
                                 job_hop) from None
             lane, backend = outcome.hop.lane.value, outcome.hop.backend
             status = outcome.result.status
-            await self._answer(send, outcome.result, request_id, lane, backend, reason)
+            own = _router_headers(request_id, lane, backend, reason)
+            if response_stream:
+                first_byte = await send_event_stream(send, receive, outcome.result, own)
+            elif proxy is not None:
+                if status == 404 and proxy.pattern.endswith("*"):
+                    model_label = UNKNOWN_MODEL  # under a prefix, a 404 says the URL named no model the server has
+                first_byte = await send_forwarded(send, receive, outcome.result, own)
+            else:
+                first_byte = time.perf_counter()
+                await self._answer(send, outcome.result, own)
         except _Accepted as accepted:
             lane, backend = accepted.hop.lane.value, accepted.hop.backend
             status = await self._answer_job(send, accepted.job, features, request_id, lane, backend, reason)
         except RequestError as exc:
             status = exc.status
-            await self._error(send, ErrorAnswer(exc.status, exc.error_type, exc.message, exc.retry_after_s),
-                              request_id, lane, backend, reason)
+            await send_error(send, ErrorAnswer(exc.status, exc.error_type, exc.message, exc.retry_after_s,
+                                               allow=allow if exc.status == 405 else None),
+                             _router_headers(request_id, lane, backend, reason), request_id, protocol)
         except SyncFailure as exc:
-            answer = from_failure(exc)
-            status = answer.status
             if exc.hop is not None:
                 lane, backend = exc.hop.lane.value, exc.hop.backend
-            await self._error(send, answer, request_id, lane, backend, reason)
-        except ClientDisconnected:
+            own = _router_headers(request_id, lane, backend, reason)
+            passed = _passed_on(exc.error) if proxy is not None else None
+            if passed is not None:  # the model server's own error, unchanged (SageMaker's translation is not
+                status = passed.status  # for clients of another protocol)
+                if status == 404 and proxy is not None and proxy.pattern.endswith("*"):
+                    model_label = UNKNOWN_MODEL
+                first_byte = await send_forwarded(send, receive, passed, own)
+            else:
+                answer = from_failure(exc)
+                status = answer.status
+                await send_error(send, answer, own, request_id, protocol)
+        except CallerGone:
             status = 499  # nginx's code for a client that went away; nothing can be sent
+        except AnswerCut as exc:
+            log.warning("answer_cut", request_id=request_id, model=model_label, backend=backend, error=str(exc))
         except Exception:
             log.exception("request_failed", request_id=request_id, model=model_label)
             status = 500
-            await self._error(send, ErrorAnswer(500, "InternalFailure", "internal error in the router"),
-                              request_id, lane, backend, reason)
+            await send_error(send, ErrorAnswer(500, "InternalFailure", "internal error in the router"),
+                             _router_headers(request_id, lane, backend, reason), request_id, protocol)
         finally:
-            elapsed = time.perf_counter() - started
+            now = time.perf_counter()
+            elapsed = now - started
             metrics.requests(model_label, lane, backend, str(status)).inc()
             metrics.duration(model_label, lane).observe(elapsed)
+            if first_byte is not None:
+                metrics.first_byte(model_label, lane).observe(first_byte - started)
             if routing.config.server.access_log:
                 log.info("request", request_id=request_id, trace_id=trace.trace_id, model=model_label, lane=lane,
                          backend=backend, reason=reason, status=status, duration_ms=round(elapsed * 1000.0, 3),
@@ -256,6 +334,49 @@ class DataPlane:
                          respond_async=features.accepts_async if features else None,
                          wait_s=features.wait_s if features else None)
             request_trace_id.reset(trace_token)
+
+    async def _control(self, scope: Any, receive: Any, send: Any, rule: PathRule) -> None:
+        """A control endpoint (health, readiness, metadata): to the model's real-time backend as it came, without
+        routing, a slot or an inference count; counted in ``router_control_requests_total``."""
+        started = time.perf_counter()
+        runtime = self.runtime
+        routing = runtime.routing
+        headers, request_id, trace = _identify(scope)
+        entry = routing.models[rule.model]
+        backend = entry.control_backend or "none"
+        target = routing.targets.get(backend)
+        own = _router_headers(request_id, "control", backend, "control")
+        status = 500
+        try:
+            if target is None:
+                raise RequestError(503, "ServiceUnavailable", "the model's backend is not running", retry_after_s=1.0)
+            body = await read_body(receive, entry.max_sync_bytes)
+            result = await target.backend.invoke(self._invocation(scope, headers, body, rule, trace))
+            status = result.status
+            await send_forwarded(send, receive, result, own)
+        except BackendError as exc:
+            passed = _passed_on(exc)
+            if passed is not None:
+                status = passed.status
+                await send_forwarded(send, receive, passed, own)
+            else:
+                status = 504 if exc.retryable and exc.kind.value == "timeout" else 503
+                await send_error(send, ErrorAnswer(status, "ServiceUnavailable", exc.message), own, request_id,
+                                 rule.protocol)
+        except RequestError as exc:
+            status = exc.status
+            await send_error(send, ErrorAnswer(exc.status, exc.error_type, exc.message, exc.retry_after_s), own,
+                             request_id, rule.protocol)
+        except CallerGone:
+            status = 499
+        except AnswerCut as exc:
+            log.warning("answer_cut", request_id=request_id, model=rule.model, backend=backend, error=str(exc))
+        finally:
+            runtime.metrics.control_requests(rule.model, str(status)).inc()
+            if routing.config.server.access_log:
+                log.info("request", request_id=request_id, trace_id=trace.trace_id, model=rule.model, lane="control",
+                         backend=backend, reason="control", status=status,
+                         duration_ms=round((time.perf_counter() - started) * 1000.0, 3))
 
     # --- jobs -----------------------------------------------------------------------------------
 
@@ -338,8 +459,8 @@ class DataPlane:
                 except StorageError:
                     body = None
                 if body is not None:
-                    await self._answer(send, InvocationResult(body, finished.result_content_type), request_id,
-                                       lane, backend, reason)
+                    await self._answer(send, InvocationResult(body, finished.result_content_type),
+                                       _router_headers(request_id, lane, backend, reason))
                     return 200
             job = finished or job
         url = job_url(job.job_id)
@@ -438,27 +559,43 @@ class DataPlane:
         return int(declared)
 
     @staticmethod
-    def _invocation(scope: Any, headers: dict[str, str], body: bytes, extra: bool, trace: TraceContext) -> Invocation:
-        path = None
-        if extra:
+    async def _sync_body(receive: Any, declared: int, limit: int) -> bytes | RequestBody:
+        """A sync lane's body: bytes when it came in one piece, else read while the backend call sends it."""
+        if declared > limit:
+            raise RequestError(413, "ValidationError", f"request body exceeds this model's limit of {limit} bytes")
+        chunk, complete = await first_chunk(receive)
+        return chunk if complete else RequestBody(receive, chunk, declared)
+
+    def _invocation(self, scope: Any, headers: dict[str, str], body: bytes | RequestBody, proxy: PathRule | None,
+                    trace: TraceContext) -> Invocation:
+        stream = body.stream if isinstance(body, RequestBody) else None
+        size = body.size if isinstance(body, RequestBody) else None
+        data = b"" if isinstance(body, RequestBody) else body
+        if proxy is not None:  # as it came: method, path, query, end-to-end headers
             raw = scope.get("raw_path") or scope["path"].encode()
             query = scope.get("query_string") or b""
-            path = raw.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+            return Invocation(
+                body=data, stream=stream, size=size, method=scope["method"],
+                path=raw.decode("latin-1") + ("?" + query.decode("latin-1") if query else ""),
+                forward_headers=request_headers(scope["headers"], self.runtime.routing.strip_headers),
+                content_type=headers.get("content-type"), accept=headers.get("accept"),
+                headers=trace.headers(),
+            )
         return Invocation(
-            body=body,
+            body=data,
+            stream=stream,
+            size=size,
             content_type=headers.get("content-type"),
             accept=headers.get("accept"),
             custom_attributes=headers.get("x-amzn-sagemaker-custom-attributes"),
             target_variant=headers.get("x-amzn-sagemaker-target-variant"),
             inference_id=headers.get("x-amzn-sagemaker-inference-id"),
-            path=path,
             headers=_upstream_headers(headers, trace),
         )
 
     @staticmethod
-    async def _answer(send: Any, result: InvocationResult, request_id: str, lane: str, backend: str,
-                      reason: str) -> None:
-        out = _router_headers(request_id, lane, backend, reason)
+    async def _answer(send: Any, result: InvocationResult, out: Headers) -> None:
+        """An InvokeEndpoint answer, in SageMaker Runtime's shape."""
         out.append((b"content-type", (result.content_type or "application/octet-stream").encode("latin-1")))
         if result.invoked_variant:
             out.append((b"x-amzn-invoked-production-variant", result.invoked_variant.encode("latin-1")))
@@ -469,12 +606,14 @@ class DataPlane:
         await send({"type": "http.response.start", "status": result.status, "headers": out})
         await send({"type": "http.response.body", "body": result.body})
 
-    @staticmethod
-    async def _error(send: Any, answer: ErrorAnswer, request_id: str, lane: str, backend: str, reason: str) -> None:
-        out = _router_headers(request_id, lane, backend, reason)
-        out.append(_JSON)
-        out.append((b"x-amzn-errortype", answer.error_type.encode()))
-        if answer.retry_after_s is not None:
-            out.append((b"retry-after", str(max(1, round(answer.retry_after_s))).encode()))
-        await send({"type": "http.response.start", "status": answer.status, "headers": out})
-        await send({"type": "http.response.body", "body": answer.body(request_id)})
+
+def _passed_on(error: BackendError | None) -> InvocationResult | None:
+    """A backend's error as the client of a forwarded path gets it: the model server's own answer, or for a
+    SageMaker backend the model's original status and message; None when there was no answer (timeout...)."""
+    if error is None:
+        return None
+    if error.answer is not None:
+        return error.answer
+    if error.original_status is not None and error.original_message is not None:
+        return InvocationResult(error.original_message.encode(), "text/plain; charset=utf-8", error.original_status)
+    return None

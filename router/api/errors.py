@@ -21,6 +21,7 @@ class ErrorAnswer:
     retry_after_s: float | None = None
     original_status: int | None = None
     original_message: str | None = None
+    allow: str | None = None  # the methods a 405's path takes
 
     def body(self, request_id: str) -> bytes:
         doc: dict[str, object] = {"message": self.message, "request_id": request_id}

@@ -29,7 +29,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from router.types import BackendError, FailureKind, Invocation, InvocationResult, whole_body
+from router.types import BackendError, FailureKind, Invocation, InvocationResult, StreamBroken, whole_body
 
 DEFAULT_REGION = "us-east-1"
 # SageMaker ends every InvokeEndpoint at 60 s; the socket timeout is only a safety net above the
@@ -242,6 +242,8 @@ class SageMakerBackend:
         return params
 
     async def invoke(self, inv: Invocation) -> InvocationResult:
+        if inv.response_stream:
+            return await self._invoke_stream(inv)
         inv = await whole_body(inv)  # InvokeEndpoint takes at most 6 MB: the bytes up front
         timeout = min(self._timeout_s, math.inf if inv.timeout_s is None else inv.timeout_s)
         if inv.job_timeout_s is not None:  # a job's budget (InvokeEndpoint itself still ends at 60 s)
@@ -264,3 +266,78 @@ class SageMakerBackend:
             invoked_variant=resp.get("InvokedProductionVariant"),
             custom_attributes=resp.get("CustomAttributes"),
         )
+
+    async def _invoke_stream(self, inv: Invocation) -> InvocationResult:
+        """InvokeEndpointWithResponseStream; returns once the first PayloadPart is here (until then a failure
+        is an ordinary one the sync lane may fall back from), the rest relayed as it comes."""
+        inv = await whole_body(inv)
+        timeout = min(self._timeout_s, math.inf if inv.timeout_s is None else inv.timeout_s)
+        with call_errors(self.name, timeout, "InvokeEndpointWithResponseStream"):
+            async with asyncio.timeout(timeout):
+                client = await self._clients.get(self._region, self._endpoint_url)
+                token = _trace_headers.set(inv.headers)
+                try:
+                    resp = await client.invoke_endpoint_with_response_stream(**self._params(inv))
+                finally:
+                    _trace_headers.reset(token)
+                stream = EndpointStream(self.name, resp["Body"])
+                try:
+                    await stream.peek()
+                except BaseException:
+                    await stream.aclose()
+                    raise
+        return InvocationResult(b"", resp.get("ContentType"), 200, resp.get("InvokedProductionVariant"),
+                                resp.get("CustomAttributes"), stream=stream)
+
+
+class EndpointStream:
+    """The PayloadParts of an InvokeEndpointWithResponseStream answer as bytes; its error events raise
+    :class:`StreamBroken` (``ModelStreamError`` is the model's failure, ``InternalStreamFailure`` SageMaker's)."""
+
+    def __init__(self, name: str, events: Any) -> None:
+        self._name = name
+        self._events = events
+        self._iter = events.__aiter__()
+        self._first: bytes | None = None
+
+    async def peek(self) -> None:
+        """Read the first part now (a failure before it is raised as a plain call error)."""
+        self._first = await self._next()
+
+    async def _next(self) -> bytes | None:
+        try:
+            while True:
+                event = await self._iter.__anext__()
+                part = event.get("PayloadPart")
+                if part is not None:
+                    data: bytes = part.get("Bytes", b"")
+                    return data
+        except StopAsyncIteration:
+            return None
+
+    async def __aiter__(self) -> Any:
+        try:
+            if self._first:
+                yield self._first
+            if self._first is None:
+                return
+            while (data := await self._next()) is not None:
+                yield data
+        except ClientError as exc:
+            error = (exc.response or {}).get("Error") or {}
+            code, text = str(error.get("Code") or "ModelStreamError"), str(error.get("Message") or "")
+            if code == "InternalStreamFailure":
+                raise StreamBroken(FailureKind.UNAVAILABLE, code, f"{self._name}: {text}") from None
+            # botocore keeps the event's type and message only: the ErrorCode is not known here
+            raise StreamBroken(FailureKind.MODEL_ERROR, "StreamBroken", text) from None
+        except (TimeoutError, ReadTimeoutError):
+            raise StreamBroken(FailureKind.TIMEOUT, "ModelInvocationTimeExceeded",
+                               f"{self._name} sent nothing for too long") from None
+        except (ConnectionClosedError, HTTPClientError, aiohttp.ClientError) as exc:
+            raise StreamBroken(FailureKind.CONNECTION, "StreamBroken",
+                               f"{self._name}'s stream broke off: {type(exc).__name__}") from None
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        self._events.close()

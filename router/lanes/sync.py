@@ -17,9 +17,10 @@ from dataclasses import dataclass, replace
 import structlog
 
 from router.flow.budget import RetryBudget
+from router.lanes.streams import TrackedStream
 from router.metrics import RouterMetrics
 from router.state import BackendTracker, Clock
-from router.types import Backend, BackendError, FailureKind, Hop, Invocation, InvocationResult, Route
+from router.types import Backend, BackendError, CallerGone, FailureKind, Hop, Invocation, InvocationResult, Route
 
 log = structlog.get_logger("router.sync")
 
@@ -135,7 +136,7 @@ class SyncLane:
             tracker.failed(self.clock(), exc.kind)
             self.metrics.backend_calls(tracker.name, exc.kind.value).inc()
             raise
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, CallerGone):
             tracker.abandoned(self.clock())  # the client left: release the slot, blame no one
             raise
         except Exception:
@@ -143,6 +144,9 @@ class SyncLane:
             tracker.failed(self.clock(), FailureKind.UNAVAILABLE)
             self.metrics.backend_calls(tracker.name, "internal").inc()
             raise BackendError(FailureKind.UNAVAILABLE, f"{tracker.name} failed unexpectedly") from None
+        if result.stream is not None:  # a streamed answer holds its slot until its last byte
+            return replace(result, stream=TrackedStream(result.stream, tracker, self.metrics, now,
+                                                        self.clock(), result.load_metrics))
         tracker.succeeded(self.clock(), self.clock() - now, result.load_metrics)
         self.metrics.backend_calls(tracker.name, "ok").inc()
         return result
