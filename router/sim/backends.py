@@ -2,7 +2,9 @@
 the calls the router makes, on the virtual clock.
 
 Every model takes ``call(extra_s, done, token)`` and later runs ``done(token, seconds, failure)``: how long
-the call took as the router saw it and its failure (None when answered). Each keeps what its cost needs
+the call took as the router saw it and its failure (None when answered). ``call`` returns that duration when
+it is known at once (None when the call waits inside the backend), so the router's timeout needs no event
+of its own when the answer comes first. Each keeps what its cost needs
 (instance-seconds, GB-seconds, jobs) and its utilisation.
 """
 
@@ -92,7 +94,7 @@ class Modelled:
     def capacity(self) -> int:
         raise NotImplementedError
 
-    def call(self, extra_s: float, done: Done, token: Any) -> None:
+    def call(self, extra_s: float, done: Done, token: Any) -> float | None:
         raise NotImplementedError
 
     def slot_seconds(self, span_s: float) -> float:
@@ -106,9 +108,10 @@ class Modelled:
     def _failure(self) -> FailureKind | None:
         return FailureKind.SERVER_ERROR if self.fail_rate and self.rng.random() < self.fail_rate else None
 
-    def _refuse(self, kind: FailureKind, done: Done, token: Any) -> None:
+    def _refuse(self, kind: FailureKind, done: Done, token: Any) -> float:
         self.refused += 1
         self.loop.after(REFUSE_S, lambda _: done(token, REFUSE_S, kind))
+        return REFUSE_S
 
 
 class Instances(Modelled):
@@ -123,7 +126,7 @@ class Instances(Modelled):
         self.instances = instances
         self.per_instance = per_instance
         self.queue = queue
-        self.waiting: deque[tuple[float, Done, Any]] = deque()
+        self.waiting: deque[tuple[float, Done, Any, float]] = deque()
         self.meter = InstanceMeter(instances)
         self.autoscale = autoscale
         self._pending = 0  # instances launched, not serving yet
@@ -137,28 +140,29 @@ class Instances(Modelled):
     def capacity(self) -> int:
         return self.instances * self.per_instance
 
-    def call(self, extra_s: float, done: Done, token: Any) -> None:
+    def call(self, extra_s: float, done: Done, token: Any) -> float | None:
         self.calls += 1
         if self.inflight < self.instances * self.per_instance:
-            self._start(extra_s, done, token, self.loop.now)
-        elif self.queue:
-            self.waiting.append((extra_s, done, token))
-        else:
-            self._refuse(FailureKind.UNAVAILABLE, done, token)
+            return self._start(extra_s, done, token, self.loop.now)
+        if self.queue:
+            self.waiting.append((extra_s, done, token, self.loop.now))
+            return None
+        return self._refuse(FailureKind.UNAVAILABLE, done, token)
 
-    def _start(self, extra_s: float, done: Done, token: Any, asked: float) -> None:
+    def _start(self, extra_s: float, done: Done, token: Any, asked: float) -> float:
         self.inflight += 1
         service = self.service.sample(self.rng) + extra_s
         self.busy_s += service
         self.loop.after(service, self._end, (done, token, asked))
+        return service
 
     def _end(self, arg: tuple[Done, Any, float]) -> None:
         done, token, asked = arg
         self.inflight -= 1
         now = self.loop.now
         if self.waiting and self.inflight < self.instances * self.per_instance:
-            extra, d, t = self.waiting.popleft()
-            self._start(extra, d, t, now)
+            extra, d, t, a = self.waiting.popleft()
+            self._start(extra, d, t, a)
         done(token, now - asked, self._failure())
 
     # --- autoscaling (target tracking on the busy share of the slots) -----------------------------
@@ -188,8 +192,8 @@ class Instances(Modelled):
         self.instances += add
         self.peak_instances = max(self.peak_instances, self.instances)
         while self.waiting and self.inflight < self.instances * self.per_instance:
-            extra, d, t = self.waiting.popleft()
-            self._start(extra, d, t, self.loop.now)
+            extra, d, t, a = self.waiting.popleft()
+            self._start(extra, d, t, a)
 
     def fixed_cost(self, span_s: float) -> float:
         if self.cost is None:
@@ -225,11 +229,10 @@ class Serverless(Modelled):
     def capacity(self) -> int:
         return self.max_concurrency
 
-    def call(self, extra_s: float, done: Done, token: Any) -> None:
+    def call(self, extra_s: float, done: Done, token: Any) -> float | None:
         self.calls += 1
         if self.inflight >= self.max_concurrency:
-            self._refuse(FailureKind.THROTTLED, done, token)
-            return
+            return self._refuse(FailureKind.THROTTLED, done, token)
         now = self.loop.now
         cold_s = 0.0
         if self.shared:
@@ -257,6 +260,7 @@ class Serverless(Modelled):
             self.call_cost += cost
             self.gb_seconds += self.cost.memory_gb * service
         self.loop.after(cold_s + service, self._end, (done, token, now))
+        return cold_s + service
 
     def _end(self, arg: tuple[Done, Any, float]) -> None:
         done, token, asked = arg
@@ -290,7 +294,7 @@ class AsyncEndpoint(Modelled):
     def capacity(self) -> int:
         return self.max_instances * self.per_instance
 
-    def call(self, extra_s: float, done: Done, token: Any) -> None:
+    def call(self, extra_s: float, done: Done, token: Any) -> float | None:
         self.calls += 1
         now = self.loop.now
         self.waiting.append((extra_s, done, token, now))
@@ -304,6 +308,7 @@ class AsyncEndpoint(Modelled):
             if self.instances == 0:
                 self.cold_starts += 1
             self.loop.after(self.startup_s, self._ready)
+        return None
 
     def _ready(self, _: Any) -> None:
         self._starting -= 1
@@ -356,7 +361,7 @@ class BatchTransform(Modelled):
     def capacity(self) -> int:
         return self.instances
 
-    def call(self, extra_s: float, done: Done, token: Any) -> None:
+    def call(self, extra_s: float, done: Done, token: Any) -> float | None:
         self.calls += 1
         self.jobs += 1
         self.inflight += 1
@@ -366,6 +371,7 @@ class BatchTransform(Modelled):
         if self.cost is not None:
             self.call_cost += self.cost.transform_job(seconds, self.instances)
         self.loop.after(seconds, self._end, (done, token, self.loop.now))
+        return seconds
 
     def _end(self, arg: tuple[Done, Any, float]) -> None:
         done, token, asked = arg

@@ -22,6 +22,7 @@ from router.types import RETRYABLE, FailureKind
 JobDone = Callable[[Any, bool], None]
 CallFn = Callable[[str, float, Callable[[Any, FailureKind | None], None], Any], None]
 RoomFn = Callable[[str, Callable[[Any], None], Any], None]
+DepthFn = Callable[[float, int], None]  # (now, depth) whenever a queue's depth changed
 
 
 @dataclass(slots=True)
@@ -38,8 +39,9 @@ class AsyncLane:
     backoff up to ``max_attempts``. An idle worker notices new work within ``poll_interval``."""
 
     def __init__(self, loop: EventLoop, rng: random.Random, cfg: JobsConfig, room: RoomFn, call: CallFn,
-                 done: JobDone) -> None:
+                 done: JobDone, depth: DepthFn | None = None) -> None:
         self.loop = loop
+        self.depth = depth
         self.rng = rng
         self.cfg = cfg
         self.room = room
@@ -58,6 +60,8 @@ class AsyncLane:
 
     def _push(self, job: _Job) -> None:
         heapq.heappush(self._queue, (-job.priority, next(self._seq), job))
+        if self.depth is not None:
+            self.depth(self.loop.now, len(self._queue))
         if self.idle:
             self.idle -= 1
             self.loop.after(self.rng.random() * self.cfg.poll_interval, self._take)
@@ -110,8 +114,10 @@ class BatchLane:
 
     def __init__(self, loop: EventLoop, settings: dict[str, BatchConfig], backends: dict[str, str],
                  transform: set[str], per_record: dict[str, float], room: RoomFn, call: CallFn, done: JobDone,
-                 runs: int = 2) -> None:
+                 runs: int = 2, depth: DepthFn | None = None) -> None:
         self.loop = loop
+        self.depth = depth
+        self.buffered = 0  # records in every buffer
         self.settings = settings
         self.backends = backends  # model -> batch backend
         self.transform = transform  # backends that are Batch Transform
@@ -123,10 +129,6 @@ class BatchLane:
         self._buffers: dict[str, _Buffer] = {}
         self._flushed: deque[_Run] = deque()
 
-    @property
-    def buffered(self) -> int:
-        return sum(b.records for b in self._buffers.values())
-
     def submit(self, token: Any, model: str, payload_bytes: int) -> None:
         buf = self._buffers.get(model)
         if buf is None:
@@ -135,6 +137,9 @@ class BatchLane:
         buf.tokens.append(token)
         buf.records += 1
         buf.bytes += payload_bytes
+        self.buffered += 1
+        if self.depth is not None:
+            self.depth(now, self.buffered)
         if buf.oldest is None:
             buf.oldest = now
         self._check(buf)
@@ -160,6 +165,7 @@ class BatchLane:
         size = int(buf.bytes * share)
         buf.records -= take
         buf.bytes -= size
+        self.buffered -= take
         buf.oldest = self.loop.now if buf.tokens else None
         buf.check_at = math.inf
         backend = self.backends[buf.model]

@@ -151,13 +151,16 @@ class Simulation:
         self._key_header = cfg.server.api_key_header.lower()
         self._urgency_header = cfg.urgency.header.lower()
         self._levels = set(cfg.urgency.levels)
-        self.jobs = AsyncLane(loop, self.rng, cfg.jobs, self._room, self._job_call, self._job_done)
+        series = self.result.series
+        self.jobs = AsyncLane(loop, self.rng, cfg.jobs, self._room, self._job_call, self._job_done,
+                              depth=lambda t, n: series.peak(t, 1, n))
         batch_models = {m: c for m, c in cfg.models.items() if "batch" in c.lanes}
         batch_backends = {m: c.lanes["batch"] for m, c in batch_models.items()}
         transform = {n for n, b in cfg.backends.items() if isinstance(b, SageMakerBatchBackendConfig)}
         per_record = {n: (b.simulate.per_record if b.simulate else 0.0) for n, b in cfg.backends.items()}
         self.batch = BatchLane(loop, {m: c.batch for m, c in batch_models.items()}, batch_backends, transform,
-                               per_record, self._room, self._job_call, self._job_done)
+                               per_record, self._room, self._job_call, self._job_done,
+                               depth=lambda t, n: series.peak(t, 2, n))
 
     # --- backends -------------------------------------------------------------------------------
 
@@ -244,7 +247,6 @@ class Simulation:
         r.features = features
         if features.deadline_ms is not None:
             r.deadline_at = now + features.deadline_ms / 1000.0
-        self._sample_queues(now)
         route = routing.engine.decide(features, self.tracker.snapshot(entry.routes.lanes, entry.routes.limits))
         decision = route.decision
         if decision.lane is Lane.SHED:
@@ -261,11 +263,6 @@ class Simulation:
         r.gen = walk(req.model, hops, Ticket(features.priority, features.caller), self.targets,
                      self.budget, self.overflow, self.loop.clock, self, r.deadline_at)
         self._drive(r, None)
-
-    def _sample_queues(self, now: float) -> None:
-        series = self.result.series
-        series.peak(now, 1, self.jobs.queued)
-        series.peak(now, 2, self.batch.buffered)
 
     def _drive(self, r: _Request, outcome: Any) -> None:
         try:
@@ -289,8 +286,9 @@ class Simulation:
         limit = self.cfg.backends[hop.backend].timeout
         if r.deadline_at is not None:
             limit = min(limit, r.deadline_at - now)
-        self.loop.at(now + limit, self._timed_out, call)
-        target.backend.call(0.0, self._answered, call)
+        seconds = target.backend.call(0.0, self._answered, call)
+        if seconds is None or seconds > limit:
+            self.loop.at(now + limit, self._timed_out, call)
 
     def _answered(self, call: _Call, seconds: float, failure: FailureKind | None) -> None:
         if call.done:
