@@ -266,12 +266,11 @@ def evaluate(candidates: Sequence[Candidate], trace: str, fitted: dict[str, Serv
 
 def pareto(candidates: Sequence[Candidate], slo: Slo) -> list[Candidate]:
     """Candidates no other is both cheaper (or as cheap) and faster than: by cost per day, then latency."""
-    done = [c for c in candidates if c.result is not None]
-    done.sort(key=lambda c: (c.result.cost_per_day, slo.latency(c.result)))  # type: ignore[union-attr]
+    done = sorted((c.result.cost_per_day, slo.latency(c.result), i, c) for i, c in enumerate(candidates)
+                  if c.result is not None)
     front: list[Candidate] = []
     best = math.inf
-    for c in done:
-        lat = slo.latency(c.result)  # type: ignore[arg-type]
+    for _, lat, _, c in done:
         if lat < best:
             front.append(c)
             best = lat
