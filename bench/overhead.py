@@ -162,9 +162,9 @@ def run_wrk(wrk: str, script: Path, url: str, threads: int, conns: int, duration
 
 @contextlib.contextmanager
 def started(cmd: list[str], port: int, log_path: Path, env: dict[str, str] | None = None,
-            ) -> Iterator[subprocess.Popen[bytes]]:
+            cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=cwd)
     try:
         try:
             wait_for_port(port, proc)
@@ -212,6 +212,11 @@ def summarize(names: list[str], rounds: list[dict[str, dict[str, Any]]]) -> dict
             cmp[f"rps_ratio_vs_{base}"] = med([r[router]["c64"]["rps"] / r[base]["c64"]["rps"] for r in rounds])
             cmp[f"added_p50_ms_vs_{base}"] = med(
                 [(r[router]["c1"]["p50_us"] - r[base]["c1"]["p50_us"]) / 1000 for r in rounds])
+        if "router-base" in names and router != "router-base":
+            cmp["rps_ratio_vs_router-base"] = med(
+                [r[router]["c64"]["rps"] / r["router-base"]["c64"]["rps"] for r in rounds])
+            cmp["added_p50_us_vs_router-base"] = med(
+                [r[router]["c1"]["p50_us"] - r["router-base"]["c1"]["p50_us"] for r in rounds])
         if "direct" in names:
             cmp["added_p50_ms_vs_direct"] = med(
                 [(r[router]["c1"]["p50_us"] - r["direct"]["c1"]["p50_us"]) / 1000 for r in rounds])
@@ -261,6 +266,9 @@ def markdown(names: list[str], summary: dict[str, Any], rss: dict[str, dict[str,
                          f"(p50 +{cmp[f'added_p50_ms_vs_{base}']:.3f} ms)")
         if "added_p50_ms_vs_direct" in cmp:
             parts.append(f"p50 +{cmp['added_p50_ms_vs_direct']:.3f} ms over direct")
+        if "rps_ratio_vs_router-base" in cmp:
+            parts.append(f"req/s {cmp['rps_ratio_vs_router-base']:.1%} of router-base, c=1 p50 "
+                         f"{cmp['added_p50_us_vs_router-base']:+.1f} µs vs router-base")
         lines.append(f"- **{router}**: " + "; ".join(parts) + " (medians of per-round ratios/differences)")
     lines.append("")
     lines.append("| target (issue) | router | value | goal | met |")
@@ -281,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--body-bytes", type=int, default=1024, help="request body size (default 1024)")
     ap.add_argument("--output", type=Path, default=RESULTS / "overhead.json")
     ap.add_argument("--keep-logs", action="store_true", help="keep the temp dir with process logs")
+    ap.add_argument("--router-baseline", metavar="GIT_REF",
+                    help="extra target router-base: the router as of GIT_REF (its router/ package from git archive, "
+                         "ahead on PYTHONPATH, same venv and config), to measure a change before/after side by side")
     ap.add_argument("--router-variant", action="append", default=[], metavar="NAME:ARGS",
                     help="extra target router-NAME: bench/router_variant.py ARGS (e.g. 'gcfreeze:--gc-freeze'), "
                          "access log on; repeatable")
@@ -297,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--router-variant {spec!r}: expected NAME:ARGS")
         variants[f"router-{vname}"] = vargs.split()
     names += list(variants)
+    if args.router_baseline:
+        names.append("router-base")
     wrk = require_tools("nginx", "wrk")["wrk"]
 
     # SIGTERM (e.g. `timeout`) must still run the finally blocks that stop every process we started.
@@ -306,6 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    base_env = None
+    if args.router_baseline:
+        tree = tmp / "baseline"
+        tree.mkdir()
+        archive = subprocess.run(["git", "-C", str(BENCH.parent), "archive", args.router_baseline, "router"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        base_env = {**os.environ, "PYTHONPATH": str(tree)}
     body = csv_body(args.body_bytes)
     script = tmp / "post.lua"
     script.write_text(WRK_LUA.format(body=body))
@@ -330,8 +351,11 @@ def main(argv: list[str] | None = None) -> int:
                     if name in variants:
                         cmd = [sys.executable, str(BENCH / "router_variant.py"), *variants[name],
                                "--", "serve", "--config", str(cfg)]
+                    elif name == "router-base":
+                        cmd = [sys.executable, "-m", "router.cli", "serve", "--config", str(cfg)]
                 # The router's stderr is its access log (one JSON line per request): to a file, as in production.
-                proc = stack.enter_context(started(cmd, port, tmp / f"{name}.log"))
+                env, cwd = (base_env, tmp) if name == "router-base" else (None, None)  # not this checkout's router/
+                proc = stack.enter_context(started(cmd, port, tmp / f"{name}.log", env=env, cwd=cwd))
                 targets[name] = Target(name, port, proc, pid=proc.pid)
 
             for t in targets.values():

@@ -147,6 +147,8 @@ class CallerConfig(Strict):
     api_key: str = Field(min_length=8)
     tenant: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     max_urgency: str | None = None  # default: any level
+    # Share of a full backend's slots against other tenants of the same urgency (anonymous callers: 1).
+    weight: float = Field(1.0, gt=0.0, le=1000.0)
 
 
 class BreakerConfig(Strict):
@@ -201,6 +203,13 @@ MaxConcurrency = Annotated[
 class ServerlessConfig(Strict):
     idle_after: Duration = 600.0  # idle longer than this = cold
     cold_start: Duration = 5.0  # expected cold start until one is observed
+
+
+class QueueConfig(Strict):
+    """A full backend's admission queue: requests wait for a slot instead of failing."""
+
+    max_depth: int = Field(1024, ge=0, le=1_000_000)  # waiters per backend; 0 turns queueing off
+    max_wait: Duration = Field(1.0, ge=0.0, le=3600.0)  # the longest a request waits; its deadline may cut it
 
 
 class CostConfig(Strict):
@@ -266,6 +275,7 @@ class _BackendBase(Strict):
     timeout: Duration = 60.0
     serverless: ServerlessConfig | None = None
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
     cost: CostConfig | None = None
     simulate: SimulateConfig | None = None
 
@@ -471,7 +481,9 @@ class FallbackConfig(Strict):
     retry_burst: float = Field(10.0, ge=1.0, le=10_000.0)  # the most tokens kept (full at start)
     # Deprecated: a rate floor on top (Finagle's minRetriesPerSec). It breaks the bound on quiet models.
     min_retries_per_second: float = Field(0.0, ge=0.0)
-    # When every backend of a route is at capacity, requests at or above this urgency are still sent.
+    # Requests at or above this urgency are never refused for capacity alone: when they cannot queue (the
+    # queue is full of equally urgent ones, or their predicted wait exceeds their budget) or their wait runs
+    # out, they are sent to the route's first full backend over its limit.
     overflow_min_urgency: str = "critical"
 
 

@@ -16,6 +16,7 @@ from router.types import BreakerState
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created doubles the series count and no dashboard reads it
 
 UNKNOWN_MODEL = "_unknown"  # the model label of requests for models the config does not have
+QUEUE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -129,6 +130,20 @@ class BatchCollector(Collector):
         yield from (buffered, oldest, max_wait)
 
 
+class QueueCollector(Collector):
+    """Admission queue depths per backend and urgency level, read at scrape time (zeros included)."""
+
+    def __init__(self, depths: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+        self._depths = depths
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("router_queue_depth", "Requests waiting for a backend slot, by urgency",
+                                  labels=["backend", "urgency"])
+        for backend, urgency, waiting in self._depths():
+            depth.add_metric([backend, urgency], waiting)
+        yield depth
+
+
 class RouterMetrics:
     """Every metric the router exports, in its own registry (several apps can live in one process)."""
 
@@ -166,6 +181,16 @@ class RouterMetrics:
             "router_retry_budget_exhausted", "Fallbacks not tried because the retry budget was spent",
             ["model"], registry=r))
 
+        self.queue_wait = _Children(Histogram(
+            "router_queue_wait_seconds", "Time requests waited in a backend's admission queue, whatever the outcome",
+            ["backend"], buckets=QUEUE_BUCKETS, registry=r))
+        self.queue_rejections = _Children(Counter(
+            "router_queue_rejected", "Requests a backend's admission queue did not serve, by reason",
+            ["backend", "reason"], registry=r))
+        self.deferred = _Children(Counter(
+            "router_deferred", "Requests that became jobs instead of being rejected for capacity or shed",
+            ["model", "lane", "reason"], registry=r))
+
         self.job_duration = _Children(Histogram(
             "router_job_duration_seconds", "From acceptance to a terminal state", ["model", "lane", "status"],
             buckets=(0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 21600), registry=r))
@@ -182,6 +207,15 @@ class RouterMetrics:
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600, 86400), registry=r))
         self.batch_records = _Children(Counter("router_batch_records", "Batch records run, by outcome",
                                                ["model", "outcome"], registry=r))
+
+    def queue_waited(self, backend: str, seconds: float) -> None:
+        self.queue_wait(backend).observe(seconds)
+
+    def queue_rejected(self, backend: str, reason: str) -> None:
+        self.queue_rejections(backend, reason).inc()
+
+    def watch_queues(self, depths: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+        self.registry.register(QueueCollector(depths))
 
     def watch_batch(self, buffers: Callable[[], Iterable[BatchGauge]]) -> None:
         self.registry.register(BatchCollector(buffers))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -25,7 +27,8 @@ from router.config import (
     SageMakerBatchBackendConfig,
     load_config,
 )
-from router.features import FeatureExtractor
+from router.features import ANONYMOUS, FeatureExtractor
+from router.flow.admission import Admissions, QueueSettings
 from router.flow.budget import RetryBudget
 from router.flow.limits import GradientSettings
 from router.lanes.jobs import JobLane
@@ -71,6 +74,11 @@ class Routing:
     callbacks: CallbackPolicy | None = None  # webhooks' allow-list, when webhooks are on
     # Request headers the router keeps to itself on forwarded paths (lower case)
     strip_headers: frozenset[str] = frozenset()
+    weights: Mapping[str, float] = field(default_factory=dict)  # tenant -> fair-share weight in admission queues
+    level_names: Mapping[int, str] = field(default_factory=dict)  # urgency priority -> level name
+
+    def weight(self, tenant: str) -> float:
+        return self.weights.get(tenant, 1.0)
 
 
 def tracker_settings(cfg: BackendConfig) -> TrackerSettings:
@@ -98,16 +106,20 @@ def build_routing(
     tracker: SaturationTracker,
     backends: Mapping[str, Backend],
     metrics: RouterMetrics,
+    admissions: Admissions | None = None,
 ) -> Routing:
-    """The routing table for ``cfg``; trackers for its backends are created or reconfigured."""
+    """The routing table for ``cfg``; trackers and admission queues for its backends are created or reconfigured."""
     levels = cfg.urgency.levels
     policies = {name: build_policy(name, p.type, p.params, levels) for name, p in cfg.policies.items()}
+    admissions = admissions if admissions is not None else Admissions(metrics)
     targets = {}
     for name, bcfg in cfg.backends.items():
         t = tracker.track(name, tracker_settings(bcfg))
+        a = admissions.track(name, t, QueueSettings(bcfg.queue.max_depth, bcfg.queue.max_wait))
         if name in backends:
-            targets[name] = Target(backends[name], t)
+            targets[name] = Target(backends[name], t, a)
     tracker.retain(cfg.backends)
+    admissions.retain(cfg.backends)
     models: dict[str, ModelEntry] = {}
     rules: list[PathRule] = []
     for name, m in cfg.models.items():
@@ -140,8 +152,13 @@ def build_routing(
     strip = {cfg.urgency.header, cfg.server.api_key_header, *cfg.proxy.strip_headers}
     if cfg.webhooks:
         strip.add(cfg.webhooks.header)
+    weights = {c.tenant: c.weight for c in cfg.callers}
+    weights.setdefault(ANONYMOUS, 1.0)
+    names: dict[int, str] = {}
+    for level, priority in sorted(levels.items(), key=lambda kv: kv[1]):
+        names.setdefault(priority, level)
     return Routing(cfg, models, engine, features, targets, PathTable(rules), overflow, callbacks,
-                   frozenset(h.lower() for h in strip))
+                   frozenset(h.lower() for h in strip), MappingProxyType(weights), MappingProxyType(names))
 
 
 class Runtime:
@@ -153,12 +170,14 @@ class Runtime:
         self.clock = clock
         self.metrics = metrics or RouterMetrics()
         self.tracker = SaturationTracker(clock)
+        self.admissions = Admissions(self.metrics)
         self.metrics.watch_backends(lambda: self.tracker)
+        self.metrics.watch_queues(lambda: self.admissions.depths(self.routing.level_names))
         self.metrics.watch_jobs(self._job_stats)
         self.metrics.watch_batch(lambda: self.batch_lane.gauges() if self.batch_lane else ())
         self.connections = Connections()
         self._backends: dict[str, tuple[BackendConfig, Backend]] = {}
-        self.routing = build_routing(cfg, self.tracker, {}, self.metrics)
+        self.routing = build_routing(cfg, self.tracker, {}, self.metrics, self.admissions)
         retry = cfg.fallback
         self.sync = SyncLane(RetryBudget(retry.retry_budget, retry.min_retries_per_second, clock, retry.retry_burst),
                              self.metrics, self.routing.overflow_priority, clock)
@@ -197,7 +216,8 @@ class Runtime:
             backend = build_backend(name, bcfg, self.connections)
             await backend.start()
             backends[name] = (bcfg, backend)
-        routing = build_routing(cfg, self.tracker, {n: b for n, (_, b) in backends.items()}, self.metrics)
+        routing = build_routing(cfg, self.tracker, {n: b for n, (_, b) in backends.items()}, self.metrics,
+                                self.admissions)
         retired = [b for name, (c, b) in self._backends.items() if backends.get(name, (None, None))[1] is not b]
         self._backends = backends
         for backend in retired:
@@ -207,7 +227,7 @@ class Runtime:
     async def reload(self, cfg: RouterConfig) -> None:
         """Swap to ``cfg`` in one assignment; requests in flight finish on the routing they started with."""
         routing = await self._routing_for(cfg) if self.started else build_routing(
-            cfg, self.tracker, {}, self.metrics)
+            cfg, self.tracker, {}, self.metrics, self.admissions)
         self.routing = routing
         self.sync.overflow_priority = routing.overflow_priority
         self._set_notifier(cfg)
@@ -331,7 +351,30 @@ class Runtime:
         """The decision for ``req`` as JSON-ready data, without calling any backend."""
         entry = self.routing.models[req.model]
         snap = self.tracker.snapshot(entry.routes.lanes, entry.routes.limits)
-        return route_json(self.routing.engine.decide(req, snap), req)
+        route = self.routing.engine.decide(req, snap)
+        out = route_json(route, req)
+        out["queue"] = self._queue_positions(route, req)
+        return out
+
+    def _queue_positions(self, route: Route, req: RequestFeatures) -> list[dict[str, Any]]:
+        """Per sync hop: a free slot now, or the position this request would take in its queue and its wait."""
+        now = self.clock()
+        deadline_at = now + req.deadline_ms / 1000.0 if req.deadline_ms else None
+        weight = self.routing.weight(req.caller)
+        out = []
+        for hop in route.hops:
+            admission = self.admissions.by_backend.get(hop.backend)
+            if hop.lane in JOB_LANES or admission is None:
+                continue
+            ahead, wait_s = admission.predict(req.priority, req.caller, weight, deadline_at)
+            budget_s = admission.budget_s(now, deadline_at)
+            out.append({"lane": hop.lane.value, "backend": hop.backend, "room_now": admission.has_room(),
+                        "queue_depth": len(admission.queue), "ahead": ahead,
+                        # None: more urgent traffic takes every slot, the wait has no bound
+                        "predicted_wait_s": round(wait_s, 6) if math.isfinite(wait_s) else None,
+                        "max_wait_s": round(budget_s, 6),
+                        "would_wait": not admission.has_room() and budget_s > 0.0 and wait_s <= budget_s})
+        return out
 
 
 def route_json(route: Route, req: RequestFeatures) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from router.flow.breaker import Breaker, BreakerSettings
 from router.flow.limits import ConcurrencyLimit, FixedLimit, GradientLimit, GradientSettings, Outcome
@@ -23,6 +24,14 @@ LATENCY_ALPHA = 0.2
 ERROR_ALPHA = 0.1
 COLD_ALPHA = 0.5
 REPORT_STALE_S = 10.0  # an ORCA report older than this no longer counts toward saturation
+
+
+class QueueView(Protocol):
+    """What a snapshot reads of a backend's admission queue (router.flow.queue.AdmissionQueue)."""
+
+    def __len__(self) -> int: ...
+
+    def levels(self) -> tuple[tuple[int, int], ...]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +69,11 @@ class BackendTracker:
     """One backend's live numbers. Not thread-safe: the router runs one event loop per process."""
 
     __slots__ = (
-        "_cold_call",
+        "_cold_since",
         "_report",
         "_report_at",
         "_report_header",
+        "_warm_at",
         "breaker",
         "clock",
         "cold_start_s",
@@ -74,6 +84,7 @@ class BackendTracker:
         "limiter",
         "name",
         "on_free",
+        "queue",
         "reported_utilization",
         "settings",
     )
@@ -93,9 +104,13 @@ class BackendTracker:
         self._report: LoadReport | None = None
         self.cold_start_s = settings.cold_start_s
         self.last_active = -math.inf  # a serverless backend starts cold
-        self._cold_call = False
+        # The cold start under way: calls started from _cold_since until the first of them answers (_warm_at) all
+        # waited for the same start-up, so none of their latencies is a warm one.
+        self._cold_since: float | None = None
+        self._warm_at: float | None = None
         # Called whenever a slot may have become free (a call ended, the limit grew): wakes whoever waits for room.
         self.on_free: Callable[[], None] | None = None
+        self.queue: QueueView | None = None  # the backend's admission queue, read into snapshots
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -126,15 +141,18 @@ class BackendTracker:
         else:
             saturation = min(1.0, max(self.inflight / capacity, reported or 0.0))
         s = self.settings
+        queue = self.queue
+        depth = len(queue) if queue is not None else 0
         return BackendState(self.name, self.inflight, capacity, self.limiter.ceiling, saturation, self.latency_s,
-                            self.error_rate, breaker, s.serverless, self.cold(now), self.cold_start_s,
-                            reported_utilization=reported)
+                            self.error_rate, breaker, s.serverless, self.cold(now), self.cold_start_s, depth,
+                            reported, queue.levels() if queue is not None and depth else ())
 
     # --- recording ------------------------------------------------------------------------------
 
     def start(self, now: float) -> None:
         """A call begins; pair with exactly one ``succeeded``, ``failed`` or ``abandoned``."""
-        self._cold_call = self.cold(now)
+        if self.cold(now):
+            self._cold_since, self._warm_at = now, None
         self.breaker.on_start(now)
         self.inflight += 1
         self.last_active = now
@@ -144,22 +162,25 @@ class BackendTracker:
         limiter = self.limiter
         if load_report is not None:
             self._record_report(now, load_report)
-        if self._cold_call:
-            # A cold call says nothing about warm latency; with no warm latency yet it says nothing at all.
-            if self.latency_s > 0.0:
-                extra = max(0.0, elapsed_s - self.latency_s)
-                self.cold_start_s += COLD_ALPHA * (extra - self.cold_start_s)
+        started = now - elapsed_s
+        since, warm_at = self._cold_since, self._warm_at
+        if since is not None and started >= since and (warm_at is None or started < warm_at):
+            # A call that waited for the cold start says nothing about warm latency. The first of them to answer
+            # ends the cold start and measures it (with no warm latency yet it says nothing at all).
+            if warm_at is None:
+                self._warm_at = now
+                if self.latency_s > 0.0:
+                    extra = max(0.0, elapsed_s - self.latency_s)
+                    self.cold_start_s += COLD_ALPHA * (extra - self.cold_start_s)
         else:
             self.latency_s = elapsed_s if self.latency_s == 0.0 else (
                 self.latency_s + LATENCY_ALPHA * (elapsed_s - self.latency_s))
             limiter.on_sample(now, elapsed_s, self.inflight, Outcome.SUCCESS)
-        self._cold_call = False
         self.error_rate -= ERROR_ALPHA * self.error_rate
         self.breaker.on_result(now, healthy=True)
         self._finish(now)  # also wakes waiters when the limit grew
 
     def failed(self, now: float, kind: FailureKind) -> None:
-        self._cold_call = False
         if kind in (FailureKind.MODEL_ERROR, FailureKind.VALIDATION):
             # The backend answered; it just did not like this input. Not a health signal.
             self.breaker.on_result(now, healthy=True)
@@ -175,7 +196,6 @@ class BackendTracker:
 
     def abandoned(self, now: float) -> None:
         """A call given up by the client: frees its slot without judging the backend."""
-        self._cold_call = False
         self._finish(now)
 
     def reconfigure(self, settings: TrackerSettings) -> None:

@@ -64,21 +64,44 @@ class BackendState(NamedTuple):
     serverless: bool = False
     cold: bool = False  # serverless only: idle past its window, the next call pays a cold start
     cold_start_s: float = 0.0  # expected extra time of a cold call (configured, then learned)
-    queue_depth: int = 0
+    queue_depth: int = 0  # requests waiting for a slot of this backend (its admission queue)
     reported_utilization: float | None = None  # the backend's own ORCA load report (fresh ones only), 0..1+
+    queue_levels: tuple[tuple[int, int], ...] = ()  # (priority, waiting) per level that waits, most urgent first
 
     @property
     def available(self) -> bool:
         """Whether a call could be made now without exceeding the capacity or hitting an open breaker."""
-        return self.breaker is not BreakerState.OPEN and self.inflight < self.capacity
+        return self.breaker is not BreakerState.OPEN and self.inflight < self.capacity and not self.queue_depth
+
+    def wait_for(self, priority: int) -> float:
+        """Predicted queue wait of a request of ``priority`` arriving now: 0 with a free slot and nobody
+        waiting, else one slot's turn (latency / capacity) per waiter at its level or above, plus its own."""
+        if not self.queue_depth and self.inflight < self.capacity:
+            return 0.0
+        ahead = 0
+        for level, waiting in self.queue_levels:
+            if level < priority:
+                break
+            ahead += waiting
+        return (ahead + 1) * self.latency_s / max(1, self.capacity)
+
+    @property
+    def expected_wait_s(self) -> float:
+        """Predicted queue wait of a request behind everyone waiting now (the least urgent's wait)."""
+        if not self.queue_depth and self.inflight < self.capacity:
+            return 0.0
+        return (self.queue_depth + 1) * self.latency_s / max(1, self.capacity)
+
+    def latency_for(self, priority: int) -> float:
+        """Latency a new call of ``priority`` should expect: its queue wait, a cold start if cold, service time."""
+        extra = self.cold_start_s if self.cold else 0.0
+        return self.latency_s + extra + self.wait_for(priority)
 
     @property
     def expected_latency_s(self) -> float:
-        """Latency a new call should expect: service time, a cold start if cold, one more turn if full."""
+        """Latency a new call should expect: service time, a cold start if cold, the wait behind the queue."""
         extra = self.cold_start_s if self.cold else 0.0
-        if self.inflight >= self.capacity:
-            extra += self.latency_s
-        return self.latency_s + extra
+        return self.latency_s + extra + self.expected_wait_s
 
 
 class Snapshot(NamedTuple):
@@ -109,6 +132,7 @@ class Decision:
     policy: str = ""
     retry_after_s: float | None = None  # for SHED
     status: int = 429  # for SHED: 429 (load shed) or 503 (cannot be served in time)
+    deferred_from: str | None = None  # set by the engine: the reason of the shed this job lane replaced
 
 
 @dataclass(frozen=True, slots=True)

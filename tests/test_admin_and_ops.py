@@ -15,7 +15,7 @@ import pytest
 
 from router.cli import main
 from router.demo.model_server import ModelServer
-from tests.conftest import free_port, serve_router
+from tests.conftest import free_port, job_end, serve_router
 
 TOKEN = "admin-secret-token"
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,9 +162,9 @@ def test_explain_command_prints_the_decision_as_json(tmp_path: Path, capsys: pyt
 
 async def test_demo_command_serves_a_prediction_and_stops_on_sigterm(tmp_path: Path,
                                                                     http: aiohttp.ClientSession) -> None:
-    port, rt_port, sls_port = free_port(), free_port(), free_port()
+    port, rt_port, sls_port, async_port = free_port(), free_port(), free_port(), free_port()
     env = {**os.environ, "DEMO_RT_PORT": str(rt_port), "DEMO_SLS_PORT": str(sls_port),
-           "DEMO_STATE": str(tmp_path / "var")}
+           "DEMO_ASYNC_PORT": str(async_port), "DEMO_STATE": str(tmp_path / "var")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "router.cli", "demo", "--port", str(port), env=env, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -199,6 +199,12 @@ async def test_demo_command_serves_a_prediction_and_stops_on_sigterm(tmp_path: P
                         job["result"] = await r.text()
                     break
                 await asyncio.sleep(0.05)
+            # a payload over the real-time 6 MB limit becomes a job on the async lane's own server, which takes it
+            big = "\n".join(["0" * 1150 + "120.5,2,0.8,350,7,30"] * 6000).encode()  # 7 MB in 6,000 rows
+            async with http.post(f"{base}/endpoints/fraud/invocations", data=big, headers={
+                    "Content-Type": "text/csv", "Prefer": "respond-async"}) as r:
+                assert (r.status, r.headers["X-Router-Lane"]) == (202, "async")
+                job["big"] = (await job_end(http, base, (await r.json())["job_id"], 20.0))["status"]
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -206,6 +212,7 @@ async def test_demo_command_serves_a_prediction_and_stops_on_sigterm(tmp_path: P
     assert body, f"the demo did not answer; its stderr:\n{err.decode()[-3000:]}"
     assert 0.0 < float(body) < 1.0
     assert job["status"] == "succeeded"
+    assert job["big"] == "succeeded"
     first, risky, third = job["result"].splitlines()
     assert first == third == body.strip()
     assert float(risky) > float(first)

@@ -111,22 +111,27 @@ async def test_prefer_wait_answers_the_result_when_the_job_finishes_in_time(tmp_
             assert r.status == 202  # not done within 1 s: the job is still there to fetch
 
 
-async def test_saturated_realtime_falls_back_to_async_for_clients_that_accept_it(tmp_path: Path,
-                                                                                 http: Any) -> None:
+async def test_saturated_realtime_falls_back_to_async_when_the_wait_would_miss_the_deadline(
+        tmp_path: Path, http: Any) -> None:
     async with ModelServer(latency_s=0.5) as rt, serve_router(config(rt, tmp_path, rt_capacity=1)) as router:
+        async with http.post(router.endpoint("fraud"), data=ROW, headers={"Content-Type": "text/csv"}) as r:
+            # the router learns the backend's 0.5 s latency
+            assert r.status == 200
         busy = asyncio.create_task(http.post(router.endpoint("fraud"), data=ROW))
         await until(lambda: rt.inflight == 1)
-        async with http.post(router.endpoint("fraud"), data=ROW, headers={
-                "Content-Type": "text/csv", "Prefer": "respond-async"}) as r:
-            assert r.status == 202
+        hurried = {"Content-Type": "text/csv", "X-Deadline-Ms": "200"}
+        async with http.post(router.endpoint("fraud"), data=ROW, headers={**hurried,
+                                                                          "Prefer": "respond-async"}) as r:
+            assert r.status == 202  # a slot in 0.5 s would miss the 200 ms deadline: a job instead of a wait
             job_id = (await r.json())["job_id"]
-        async with http.post(router.endpoint("fraud"), data=ROW, headers={"Content-Type": "text/csv"}) as r:
+        async with http.post(router.endpoint("fraud"), data=ROW, headers=hurried) as r:
             assert r.status == 503  # the same request without Prefer: no 202, an error to retry
+            assert r.headers["Retry-After"] == "1"
         (await busy).close()
         assert (await until_done(http, router, job_id))["status"] == "succeeded"
         registry = router.runtime.metrics.registry
         assert registry.get_sample_value("router_fallbacks_total", {
-            "model": "fraud", "from_backend": "rt", "to_backend": "rt", "reason": "saturated"}) == 1
+            "model": "fraud", "from_backend": "rt", "to_backend": "rt", "reason": "wait_exceeds_deadline"}) == 1
 
 
 async def test_boto3_invoke_endpoint_async_and_the_output_location(tmp_path: Path, http: Any,

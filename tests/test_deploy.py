@@ -146,7 +146,7 @@ def test_iam_policy_is_least_privilege_for_what_the_router_calls() -> None:
 def test_compose_runs_the_demo_with_prometheus_and_a_provisioned_grafana() -> None:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"router", "fraud-rt", "fraud-sls", "prometheus", "grafana"}
+    assert set(services) == {"router", "fraud-rt", "fraud-sls", "fraud-async", "prometheus", "grafana"}
     for service in services.values():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
@@ -157,6 +157,7 @@ def test_compose_runs_the_demo_with_prometheus_and_a_provisioned_grafana() -> No
     cfg = parse_config(demo, "demo.yaml", {k: str(v) for k, v in env.items()})
     assert cfg.backends["fraud-rt"].url.startswith("http://fraud-rt:9101/")
     assert cfg.backends["fraud-sls"].url.startswith("http://fraud-sls:9102/")
+    assert cfg.backends["fraud-async"].url.startswith("http://fraud-async:9103/")
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["scrape_configs"][0]
     assert scrape["static_configs"][0]["targets"] == ["router:8080"]
     provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/inference-router.yaml").read_text())

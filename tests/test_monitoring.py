@@ -1,7 +1,8 @@
 """The shipped dashboard and alert rules, proven against a real Prometheus scraping a real router.
 
-The router serves the demo config (policies/demo.yaml) in front of two real model servers; traffic
-goes through every lane (realtime, serverless fallback, shedding, async jobs, batch), Prometheus scrapes it
+The router serves the demo config (policies/demo.yaml) in front of three real model servers; traffic
+goes through every lane (realtime, serverless fallback, admission queues, shedding and deferral, async
+jobs, batch), Prometheus scrapes it
 every second, and then every dashboard panel's PromQL and every alert expression is evaluated
 through Prometheus's HTTP API: each must parse, and each panel must return data.
 """
@@ -87,6 +88,14 @@ def test_promtool_accepts_the_rules_and_the_prometheus_config() -> None:
     for args in (["check", "rules", str(ALERTS)], ["check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")]):
         done = subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=30, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason=MISSING)
+def test_the_queue_wait_alert_fires_for_a_backend_whose_requests_wait_long_and_only_for_it() -> None:
+    assert PROMTOOL is not None
+    done = subprocess.run([PROMTOOL, "test", "rules", str(ROOT / "tests" / "alerts" / "queue_wait.test.yml")],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_every_alert_has_a_summary_a_description_and_a_runbook_section() -> None:
@@ -190,7 +199,7 @@ def inflight(router: RunningRouter, backend: str) -> int:
 
 
 async def drive_every_lane(http: aiohttp.ClientSession, router: RunningRouter, rt: ModelServer,
-                           sls: ModelServer) -> None:
+                           sls: ModelServer, async_server: ModelServer) -> None:
     """Traffic that makes every panel's series exist: each step names what it is for."""
     codes = [await post(http, router) for _ in range(10)]  # realtime
     assert set(codes) == {200}
@@ -201,10 +210,14 @@ async def drive_every_lane(http: aiohttp.ClientSession, router: RunningRouter, r
     assert await post(http, router, **{"X-Deadline-Ms": "1"}) in (503, 504)  # a deadline no lane can make: a 5xx
 
     rt.latency_s = sls.latency_s = 0.8  # fill both lanes, then low urgency is shed
-    busy = [asyncio.create_task(post(http, router, **TEAM, **{"X-Urgency": "critical"})) for _ in range(12)]
+    busy = [asyncio.create_task(post(http, router, **TEAM, **{"X-Urgency": "critical"})) for _ in range(14)]
     await until(lambda: inflight(router, "fraud-rt") >= 4 and inflight(router, "fraud-sls") >= 8, 5.0)
     assert await post(http, router, **{"X-Urgency": "low"}) == 429
-    await asyncio.gather(*busy)  # (some overflow past the backends' own limits and fail: more series)
+    async with http.post(router.endpoint("fraud"), data=ROW,  # the same from a client that allows a 202: a job
+                         headers={**CSV, "X-Urgency": "low", "Prefer": "respond-async"}) as r:
+        assert (r.status, r.headers["X-Router-Reason"]) == (202, "deferred_shed_saturated")
+    assert await post(http, router, **{"X-Deadline-Ms": "150"}) == 503  # waits, its deadline runs out first
+    await asyncio.gather(*busy)  # two of them waited in the queues for a slot
     rt.latency_s = sls.latency_s = 0.005
 
     jobs = []
@@ -227,8 +240,8 @@ async def drive_every_lane(http: aiohttp.ClientSession, router: RunningRouter, r
     async with http.post(router.url + "/admin/reload", headers=ADMIN) as r:  # config reloads panel
         assert r.status == 200
 
-    rt.latency_s = 3.0  # leave a backlog: the workers hold two slow jobs, the rest stay queued
-    for _ in range(5):
+    async_server.latency_s = 3.0  # leave a backlog: the workers hold four slow jobs, the rest stay queued
+    for _ in range(8):
         await invoke_async(http, router)
 
 
@@ -251,15 +264,16 @@ async def scraped(prom: Prometheus, expr: str, timeout_s: float = 10.0) -> None:
 async def test_every_panel_and_alert_query_works_against_a_real_prometheus_scraping_the_demo(
         tmp_path: Path, http: aiohttp.ClientSession, prometheus_for: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     async with ModelServer(latency_s=0.005, max_concurrency=4, overload_status=503) as rt, \
-            ModelServer(latency_s=0.005, max_concurrency=8, idle_after_s=30.0, cold_start_s=0.2) as sls:
+            ModelServer(latency_s=0.005, max_concurrency=8, idle_after_s=30.0, cold_start_s=0.2) as sls, \
+            ModelServer(latency_s=0.005, max_concurrency=4) as async_server:
         for key, value in {"DEMO_RT_PORT": str(rt.port), "DEMO_SLS_PORT": str(sls.port),
-                           "DEMO_STATE": str(tmp_path / "var")}.items():
+                           "DEMO_ASYNC_PORT": str(async_server.port), "DEMO_STATE": str(tmp_path / "var")}.items():
             monkeypatch.setenv(key, value)  # the reload reads the file with the process's environment
         config = tmp_path / "router.yaml"
         config.write_text((ROOT / "policies" / "demo.yaml").read_text())
         async with serve_router(config.read_text(), config_path=str(config)) as router:
             prom = await prometheus_for(router.url.removeprefix("http://"))
-            await drive_every_lane(http, router, rt, sls)
+            await drive_every_lane(http, router, rt, sls, async_server)
             # the job lane's stats refresh every 2 s; then one more scrape
             await scraped(prom, 'router_jobs_queued{model="fraud"} > 0')
             await scraped(prom, 'router_config_reloads_total{result="ok"}')
@@ -296,5 +310,5 @@ async def test_every_panel_and_alert_query_works_against_a_real_prometheus_scrap
             problems += [f"alert {name} evaluated with {r['health']}: {r.get('lastError')}"
                          for name, r in evaluated.items() if r["health"] != "ok"]
             assert not problems, "\n".join(problems)
-            rt.latency_s = 0.005  # let the queued jobs finish quickly while the router drains
+            async_server.latency_s = 0.005  # let the queued jobs finish quickly while the router drains
 

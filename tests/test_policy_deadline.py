@@ -18,8 +18,9 @@ def deadline(params: dict[str, Any] | None = None) -> Any:
         (500, {"latency_s": 0.05}, {"latency_s": 0.05}, None, ()),  # both fit: let others choose
         # a cold serverless backend (2 s start) misses 500 ms: realtime only
         (500, {"latency_s": 0.05}, {"latency_s": 0.05, "cold": True, "cold_start_s": 2.0}, Lane.REALTIME, ()),
-        # realtime is full (one more service time queued) and slow: serverless only
-        (150, {"latency_s": 0.1, "inflight": 4}, {"latency_s": 0.05}, Lane.SERVERLESS, ()),
+        # realtime is full and 4 wait ahead (5 slot turns of 25 ms) and slow: serverless only
+        (150, {"latency_s": 0.1, "inflight": 4, "queue_depth": 4, "queue_levels": ((1, 4),)}, {"latency_s": 0.05},
+         Lane.SERVERLESS, ()),
         # an open breaker never fits
         (500, {"breaker": BreakerState.OPEN}, {"latency_s": 0.05}, Lane.SERVERLESS, ()),
     ],

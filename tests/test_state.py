@@ -121,6 +121,27 @@ def test_serverless_is_cold_when_idle_and_learns_its_cold_start() -> None:
     assert t.state(clock.now).latency_s < 0.2  # the cold call does not pollute the warm latency
 
 
+def test_calls_that_share_a_cold_start_do_not_count_as_warm_latency() -> None:
+    clock = Clock()
+    t = tracker(clock, serverless=True, idle_after_s=30.0, cold_start_s=5.0)
+    for _ in range(5):
+        call(t, clock, elapsed=0.1)
+    clock.now += 31.0
+    first_at = clock.now
+    t.start(first_at)  # cold: the backend starts up
+    clock.now += 0.5
+    second_at = clock.now
+    t.start(second_at)  # arrives during the start-up: waits for the same cold start
+    clock.now = first_at + 2.1
+    t.succeeded(clock.now, clock.now - first_at)
+    clock.now += 0.01
+    t.succeeded(clock.now, clock.now - second_at)
+    assert t.state(clock.now).latency_s == pytest.approx(0.1)  # neither 2.1 s nor 1.6 s is a warm latency
+    assert t.cold_start_s == pytest.approx(5.0 + 0.5 * (2.0 - 5.0))  # learned once, from the first to answer
+    call(t, clock, elapsed=0.3)  # after the start-up, calls are warm again
+    assert t.state(clock.now).latency_s == pytest.approx(0.1 + 0.2 * (0.3 - 0.1))
+
+
 def test_not_ready_marks_a_serverless_backend_cold() -> None:
     clock = Clock()
     t = tracker(clock, serverless=True, idle_after_s=30.0, cold_start_s=5.0)

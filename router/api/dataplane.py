@@ -24,6 +24,7 @@ from router.api.forward import (
     AnswerCut,
     RequestBody,
     first_chunk,
+    gone_while_waiting,
     send_error,
     send_event_stream,
     send_forwarded,
@@ -32,6 +33,7 @@ from router.batch.lane import BatchLane
 from router.batch.records import RecordError, record_format
 from router.config import AwsStateConfig
 from router.features import RequestError
+from router.flow.admission import Ticket
 from router.headers import request_headers
 from router.lanes.jobs import JobLane, job_url
 from router.lanes.sync import SyncFailure
@@ -65,6 +67,10 @@ _encode = msgspec.json.Encoder().encode
 
 
 ClientDisconnected = CallerGone  # the client went away while the router read its body
+
+
+# Why a sync route took no request, when a job lane could have it instead (defer instead of reject).
+_CAPACITY = frozenset({"saturated", "full", "evicted", "timeout", "wait_exceeds_deadline"})
 
 
 async def read_prefix(receive: Any, limit: int) -> tuple[bytes, bool]:
@@ -239,6 +245,8 @@ class DataPlane:
             decision = route.decision
             lane, reason = decision.lane.value, decision.reason
             metrics.decisions(name, lane, reason).inc()
+            if decision.deferred_from is not None:
+                metrics.deferred(name, lane, decision.deferred_from).inc()
             if decision.lane is Lane.SHED:
                 metrics.shed(name, reason).inc()
                 raise RequestError(decision.status, "ThrottlingException" if decision.status == 429
@@ -262,14 +270,25 @@ class DataPlane:
             deadline_at = (runtime.clock() + features.deadline_ms / 1000.0) if features.deadline_ms else None
             sync_hops = tuple(h for h in route.hops if h.lane not in JOB_LANES)
             job_hop = next((h for h in route.hops if h.lane in JOB_LANES), None)
+            ticket = Ticket(features.priority, features.caller, routing.weight(features.caller),
+                            lambda: gone_while_waiting(receive, body))
             try:
                 outcome = await runtime.sync.serve(name, route if job_hop is None else Route(decision, sync_hops),
-                                                   inv, features.priority, routing.targets, deadline_at)
+                                                   inv, features.priority, routing.targets, deadline_at, ticket)
             except SyncFailure as exc:
+                if exc.reason == "client_gone":
+                    raise ClientDisconnected from None
+                deferrable = exc.reason in _CAPACITY
+                if job_hop is None and deferrable:
+                    job_hop = routing.engine.deferral(features)
+                    if job_hop is not None:
+                        reason = "deferred_saturated"
                 if job_hop is None or (exc.error is not None and not exc.error.retryable):
                     raise
                 last = exc.hop.backend if exc.hop else sync_hops[-1].backend
                 metrics.fallbacks(name, last, job_hop.backend, exc.reason).inc()
+                if deferrable:
+                    metrics.deferred(name, job_hop.lane.value, exc.reason).inc()
                 job_body = body.stream() if isinstance(body, RequestBody) else body
                 raise _Accepted(await self._accept(headers, entry, features, job_hop, job_body, trace),
                                 job_hop) from None

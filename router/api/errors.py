@@ -45,12 +45,27 @@ _BY_KIND: dict[FailureKind, tuple[int, str, bool]] = {
 }
 
 
+# Why no backend took a request that never reached one (SyncFailure.reason without an error).
+_NO_CALL: dict[str, tuple[int, str, str]] = {
+    "saturated": (503, "ServiceUnavailable", "every backend of this route is at capacity; retry later"),
+    "breaker_open": (503, "ServiceUnavailable",
+                     "every backend of this route is unavailable (circuit breaker open); retry later"),
+    "full": (503, "ServiceUnavailable", "every backend of this route is at capacity and its queue is full of "
+             "requests at least as urgent; retry later"),
+    "wait_exceeds_deadline": (503, "ServiceUnavailable", "every backend of this route is at capacity and the "
+                              "predicted wait for a slot exceeds this request's deadline (or the queue's "
+                              "max_wait); retry after the Retry-After seconds"),
+    "timeout": (503, "ServiceUnavailable", "no backend slot became free while this request waited; retry later"),
+    "evicted": (429, "ThrottlingException", "this request waited for a slot and was evicted from the full queue by "
+                "more urgent traffic; retry later"),
+}
+
+
 def from_failure(f: SyncFailure) -> ErrorAnswer:
     """The client's answer when no backend of the route answered."""
     if f.error is None:
-        what = "at capacity" if f.reason == "saturated" else "unavailable (circuit breaker open)"
-        return ErrorAnswer(503, "ServiceUnavailable", f"every backend of this route is {what}; retry later",
-                           retry_after_s=f.retry_after_s)
+        status, error_type, message = _NO_CALL.get(f.reason, _NO_CALL["saturated"])
+        return ErrorAnswer(status, error_type, message, retry_after_s=f.retry_after_s)
     e = f.error
     status, error_type, retry = _BY_KIND[e.kind]
     return ErrorAnswer(status, error_type, e.message, retry_after_s=f.retry_after_s if retry else None,

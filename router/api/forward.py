@@ -72,10 +72,19 @@ async def first_chunk(receive: Any) -> tuple[bytes, bool]:
     return message.get("body", b""), not message.get("more_body", False)
 
 
-async def _disconnected(receive: Any) -> None:
+async def disconnected(receive: Any) -> None:
     """Returns when the client goes away (the body was read: nothing else arrives before that)."""
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+async def gone_while_waiting(receive: Any, body: bytes | RequestBody) -> None:
+    """Returns (or raises CallerGone) when the client goes away while its request waits for a backend slot.
+    The rest of a body still arriving is read meanwhile, and kept for the call."""
+    if isinstance(body, RequestBody):
+        async for _ in body.stream():
+            pass
+    await disconnected(receive)
 
 
 async def send_forwarded(send: Any, receive: Any, result: InvocationResult, own: Headers) -> float:
@@ -118,7 +127,7 @@ async def pump(send: Any, receive: Any, stream: AnswerStream, frame: Callable[[b
         await send({"type": "http.response.body", "body": b""})
 
     relaying = asyncio.ensure_future(relay())
-    watching = asyncio.ensure_future(_disconnected(receive))
+    watching = asyncio.ensure_future(disconnected(receive))
     try:
         await asyncio.wait((relaying, watching), return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -100,6 +100,7 @@ class FraudModel:
         self.bias = bias
         self.threshold = threshold
         self.version = version
+        self.max_rows = MAX_ROWS  # rows per request (a real-time server's limit; raise it for batch-sized jobs)
 
     @classmethod
     def load(cls, resource: str = "fraud_weights.json") -> FraudModel:
@@ -182,7 +183,7 @@ class FraudModel:
                         f"line {lineno}: field {col} ({cell.strip()!r}) is not a number (header rows are not accepted)"
                     ) from None
             rows.append(self._check(values, f"line {lineno}"))
-            _check_row_count(len(rows))
+            _check_row_count(len(rows), self.max_rows)
         if not rows:
             raise ModelInputError("empty CSV payload: expected at least one row")
         return rows
@@ -197,7 +198,7 @@ class FraudModel:
         instances: list[Any] = doc["instances"]
         if not instances:
             raise ModelInputError("instances is empty: expected at least one instance")
-        _check_row_count(len(instances))
+        _check_row_count(len(instances), self.max_rows)
         return [self._instance(inst, f"instance {i}") for i, inst in enumerate(instances)]
 
     def _instance(self, inst: Any, where: str) -> list[float]:
@@ -224,6 +225,6 @@ def _decode(body: bytes) -> str:
         raise ModelInputError(f"payload is not UTF-8 (byte {exc.start})") from None
 
 
-def _check_row_count(n: int) -> None:
-    if n > MAX_ROWS:
-        raise ModelInputError(f"too many rows: at most {MAX_ROWS} per request")
+def _check_row_count(n: int, limit: int) -> None:
+    if n > limit:
+        raise ModelInputError(f"too many rows: at most {limit} per request")

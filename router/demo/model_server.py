@@ -27,13 +27,16 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from router.demo.model import FraudModel, ModelInputError
+from router.demo.model import MAX_ROWS, FraudModel, ModelInputError
+from router.units import parse_size
 
 log = structlog.get_logger()
 
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
-# SageMaker real-time endpoints accept payloads up to 6 MB.
+# SageMaker real-time endpoints accept payloads up to 6 MB: the default body limit (``max_body`` raises it,
+# e.g. for a server standing in for an Async Inference endpoint, whose payloads reach 1 GB through S3).
 MAX_BODY = 6 * 1024 * 1024
+THREAD_MIN_BODY = 1024 * 1024
 _KNOBS = ("latency_s", "max_concurrency", "overload_status", "idle_after_s", "cold_start_s", "fail_status",
           "fail_rate")
 _FLAGS = ("overload_mode", "orca")
@@ -67,10 +70,12 @@ class ModelServer:
         fail_rate: float = 0.0,
         orca: bool = False,
         seed: int | None = None,
+        max_body: int = MAX_BODY,
     ) -> None:
         if overload_mode not in OVERLOAD_MODES:
             raise ValueError(f"overload_mode must be one of {OVERLOAD_MODES}, got {overload_mode!r}")
         self.host = host
+        self.max_body = max_body
         self.port = port
         self.model = model if model is not None else FraudModel.load()
         self.latency_s = latency_s
@@ -123,7 +128,7 @@ class ModelServer:
         return {k: getattr(self, k) for k in names} | {"pending_failures": len(self._fail_queue)}
 
     async def start(self) -> str:
-        app = web.Application(client_max_size=MAX_BODY)
+        app = web.Application(client_max_size=self.max_body)
         app.router.add_get("/ping", self._ping)
         app.router.add_route("*", "/control", self._control)
         app.router.add_post("/{tail:.*}", self._invoke)
@@ -222,9 +227,10 @@ class ModelServer:
                 response = _json_response(fail, {"message": f"injected failure ({fail})"})
             else:
                 try:
-                    payload, ctype = self.model.predict_payload(
-                        body, request.headers.get("Content-Type"), request.headers.get("Accept")
-                    )
+                    args = (body, request.headers.get("Content-Type"), request.headers.get("Accept"))
+                    # a job-sized payload takes seconds to score: off the event loop (the demo shares it)
+                    payload, ctype = await asyncio.to_thread(self.model.predict_payload, *args) \
+                        if len(body) > THREAD_MIN_BODY else self.model.predict_payload(*args)
                 except ModelInputError as exc:
                     response = _json_response(400, {"message": exc.message})
                 else:
@@ -291,7 +297,9 @@ async def _serve(args: argparse.Namespace) -> None:
     knobs = {"latency_s": args.latency, "max_concurrency": args.max_concurrency,
              "overload_status": args.overload_status, "overload_mode": args.overload_mode, "orca": args.orca}
     serverless = {"idle_after_s": args.idle_after, "cold_start_s": args.cold_start}
-    server = ModelServer(host=args.host, port=args.port, **knobs, **serverless)
+    model = FraudModel.load()
+    model.max_rows = args.max_rows
+    server = ModelServer(host=args.host, port=args.port, model=model, max_body=args.max_body, **knobs, **serverless)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -313,6 +321,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--orca", action="store_true", help="answer with ORCA load reports (endpoint-load-metrics)")
     parser.add_argument("--idle-after", type=float, default=None, help="serverless: idle seconds before cold")
     parser.add_argument("--cold-start", type=float, default=0.0, help="serverless: cold start seconds")
+    parser.add_argument("--max-body", type=parse_size, default=MAX_BODY,
+                        help="largest request body (413 beyond), e.g. 250MB; default 6 MiB, like a real-time endpoint")
+    parser.add_argument("--max-rows", type=int, default=MAX_ROWS, help="rows per request (400 beyond)")
     args = parser.parse_args(argv)
     asyncio.run(_serve(args))
 

@@ -1,4 +1,4 @@
-"""``inference-router demo``: two local model servers and the router, on 127.0.0.1, no cloud account."""
+"""``inference-router demo``: three local model servers and the router, on 127.0.0.1, no cloud account."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import uvicorn
 
 from router.app import create_app
 from router.config import load_config
+from router.demo.model import FraudModel
 from router.demo.model_server import ModelServer
 from router.logging import configure_logging
 from router.runtime import Runtime
@@ -22,6 +23,9 @@ log = structlog.get_logger("router.demo")
 
 RT_PORT = 9101
 SLS_PORT = 9102
+ASYNC_PORT = 9103
+ASYNC_MAX_BODY = 250 * 1000 * 1000  # above the async lane's 200 MB limit, like an Async Inference endpoint
+ASYNC_MAX_ROWS = 10_000_000  # a 200 MB CSV of transactions
 
 
 def demo_config_path() -> Path:
@@ -40,7 +44,8 @@ def banner(port: int, admin_token: str, team_key: str) -> str:
     return f"""
 inference-router demo is running on {base}
   model "fraud": real-time server on :{RT_PORT} (4 concurrent), serverless server on :{SLS_PORT}
-  (scales to zero after 30 s idle, 2 s cold start, throttles above 8 concurrent)
+  (scales to zero after 30 s idle, 2 s cold start, throttles above 8 concurrent), and an
+  "Async Inference" server on :{ASYNC_PORT} for jobs (4 concurrent, bodies up to 250 MB)
 
 Score a transaction (CSV: amount,hour,merchant_risk,distance_km,tx_last_24h,card_age_days):
   curl -s -i -X POST {base}/endpoints/fraud/invocations -H 'Content-Type: text/csv' --data '{row}'
@@ -50,9 +55,13 @@ JSON, and a team API key that may claim critical urgency:
 A deadline the cold serverless lane cannot meet is kept on real-time:
   curl -s -i -X POST {base}/endpoints/fraud/invocations -H 'Content-Type: text/csv' \\
        -H 'X-Deadline-Ms: 500' --data '{row}'
-A client that accepts a 202 gets a job (the async lane); fetch it when done:
+A burst larger than the 12 sync slots waits for free slots (most urgent first) instead of failing:
+  seq 100 | xargs -P 50 -I{{}} curl -s -o /dev/null -w '%{{http_code}} ' -X POST \\
+       {base}/endpoints/fraud/invocations -H 'Content-Type: text/csv' -H 'X-Urgency: high' --data '{row}'
+A large payload from a client that accepts a 202 becomes a job (the async lane); fetch it when done:
+  python3 -c "print('\\n'.join(['{row}'] * 340000))" > big.csv      # about 7 MB
   curl -s -i -X POST {base}/endpoints/fraud/invocations -H 'Content-Type: text/csv' \\
-       -H 'Prefer: respond-async' --data '{row}'
+       -H 'Prefer: respond-async' --data-binary @big.csv
   curl -s {base}/jobs/<job_id>            # status
   curl -s {base}/jobs/<job_id>/result     # the model's answer once succeeded
 Low urgency goes to the batch lane: many records in one request, one score per record, in order
@@ -76,6 +85,7 @@ Ctrl-C stops everything.
 async def serve_demo(port: int) -> None:
     os.environ.setdefault("DEMO_RT_PORT", str(RT_PORT))
     os.environ.setdefault("DEMO_SLS_PORT", str(SLS_PORT))
+    os.environ.setdefault("DEMO_ASYNC_PORT", str(ASYNC_PORT))
     path = demo_config_path()
     cfg = load_config(path)
     configure_logging(cfg.server.log_format)
@@ -85,6 +95,11 @@ async def serve_demo(port: int) -> None:
         await stack.enter_async_context(ModelServer(port=int(os.environ["DEMO_SLS_PORT"]), latency_s=0.005,
                                                     max_concurrency=8, overload_status=429,
                                                     idle_after_s=30.0, cold_start_s=2.0))
+        async_model = FraudModel.load()
+        async_model.max_rows = ASYNC_MAX_ROWS
+        await stack.enter_async_context(ModelServer(port=int(os.environ["DEMO_ASYNC_PORT"]), latency_s=0.005,
+                                                    max_concurrency=4, overload_status=429, model=async_model,
+                                                    max_body=ASYNC_MAX_BODY))
         runtime = Runtime(cfg, config_path=path)
         app = create_app(runtime, tune_gc=True)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_config=None,

@@ -285,7 +285,7 @@ class JobLane:
             await self.jobs.fail(job.job_id, lease, {"type": "InputMissing", "message": "the job's input is gone"},
                                  self.clock())
             return
-        if not await self.sync.room(target, self._stopping.is_set, poll_s=0.05):
+        if not await self.sync.room(target, self._stopping.is_set):
             await self.jobs.release(job.job_id, lease, self.clock())  # draining: the job goes back
             return
         # the call continues the accepting request's trace, as a span of its own

@@ -21,10 +21,11 @@ class DeadlineParams(Params):
 class DeadlinePolicy:
     """With ``X-Deadline-Ms``, routes to the first lane (in ``lanes`` order) expected to answer in time.
 
-    Expected latency is the backend's latency EWMA, plus its cold start when cold, plus one more
-    service time when it is at capacity. Abstains without a deadline, or when every lane fits
-    (then later policies choose freely). When none fits it sheds (503 + Retry-After) so the client
-    can fail fast, or abstains with ``on_miss: abstain``.
+    Expected latency is the backend's latency EWMA, plus its cold start when cold, plus the request's
+    predicted wait in the backend's admission queue (by its urgency) when the backend is full.
+    Abstains without a deadline, or when every lane fits (then later policies choose freely). When
+    none fits it sheds (503 + Retry-After) so the client can fail fast, or abstains with
+    ``on_miss: abstain``; a client that allowed a 202 then gets a job instead (the engine defers it).
     """
 
     Params = DeadlineParams
@@ -48,7 +49,7 @@ class DeadlinePolicy:
             if state is None:
                 continue
             present += 1
-            if state.breaker is not BreakerState.OPEN and state.expected_latency_s * self._margin <= budget_s:
+            if state.breaker is not BreakerState.OPEN and state.latency_for(req.priority) * self._margin <= budget_s:
                 fits.append(lane)
         if present == 0 or len(fits) == present:
             return None

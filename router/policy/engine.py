@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from router.batch.records import record_format
 from router.types import JOB_LANES, Decision, Hop, Lane, Policy, RequestFeatures, Route, Snapshot
 
 log = structlog.get_logger("router.policy")
@@ -32,6 +33,8 @@ class PolicyEngine:
     is skipped and counted.
     When every policy abstains the model's default route applies, so a request always has a route.
     Job lanes (async, batch) are dropped from routes of clients that did not allow a 202.
+    Defer instead of shed: a shed decision for a client that allowed a 202 becomes a job on the model's
+    job lane (``deferral``), when it has one that takes the request.
     """
 
     def __init__(self, models: Mapping[str, ModelRoutes], backends: Mapping[str, frozenset[str] | None],
@@ -56,11 +59,33 @@ class PolicyEngine:
             if isinstance(route, str):
                 self._skip(req.model, policy.name, route)
                 continue
+            if decision.lane is Lane.SHED and (hop := self._deferral(model, req)) is not None:
+                d = route.decision
+                return Route(Decision(hop.lane, reason=f"deferred_{d.reason}", policy=d.policy,
+                                      deferred_from=d.reason), (hop,))
             return route
         route = self._resolve(model, model.default, req)
         if isinstance(route, Route):
             return route
         return self._any_lane_that_fits(model, req)
+
+    def deferral(self, req: RequestFeatures) -> Hop | None:
+        """Where a request the sync lanes cannot take becomes a job, if its client allowed a 202: the model's
+        async lane (any payload, answered as soon as its backend has room), else its batch lane when the
+        body is records the batch lane can read. None: the client gets its 429/503."""
+        return self._deferral(self._models[req.model], req)
+
+    @classmethod
+    def _deferral(cls, model: ModelRoutes, req: RequestFeatures) -> Hop | None:
+        if not (req.accepts_async or model.async_without_prefer):
+            return None
+        backend = model.lanes.get(Lane.ASYNC)
+        if backend is not None and cls._usable(model, Lane.ASYNC, req):
+            return Hop(Lane.ASYNC, backend)
+        backend = model.lanes.get(Lane.BATCH)
+        if backend is not None and cls._usable(model, Lane.BATCH, req) and record_format(req.content_type):
+            return Hop(Lane.BATCH, backend)
+        return None
 
     def _skip(self, model: str, policy: str, why: str) -> None:
         if self._on_skip is not None:

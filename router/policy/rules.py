@@ -3,7 +3,8 @@
 Matchers on the request: ``payload_bytes``, ``urgency``, ``priority``, ``caller``, ``content_type``,
 ``accepts_async``, ``deadline_ms``, ``has_deadline``. Matchers on the model's lanes, as
 ``<signal>.<lane>``: ``saturation``, ``inflight``, ``latency``, ``expected_latency``, ``error_rate``,
-``cold``, ``available``, ``breaker``. A number matcher is a value (equality) or a mapping of
+``cold``, ``available``, ``breaker``, ``queue_depth`` and ``expected_wait`` (this request's predicted
+wait in the lane backend's admission queue, by its urgency). A number matcher is a value (equality) or a mapping of
 ``gt/gte/lt/lte/eq/ne``; sizes and durations take units. A lane the model lacks never matches.
 """
 
@@ -79,6 +80,8 @@ _LANE: dict[str, tuple[str, Callable[[Any], Any], Callable[[BackendState], Any]]
     "cold": ("flag", bool, lambda s: s.cold),
     "available": ("flag", bool, lambda s: s.available),
     "breaker": ("choice", str, lambda s: s.breaker.value),
+    "queue_depth": ("number", _FLOAT, lambda s: s.queue_depth),
+    "expected_wait": ("number", _DURATION, lambda s: s.expected_wait_s),  # per request: see _predicate
 }
 
 
@@ -138,6 +141,12 @@ def _predicate(key: str, spec: Any, levels: Mapping[str, int], path: tuple[str |
                     raise PolicyBuildError(f"unknown breaker state {st!r} (closed, open, half_open)", path)
         test = _test(kind, convert, spec, path)
         lane = Lane(lane_name)
+        if signal == "expected_wait":
+            def wait_on_lane(r: RequestFeatures, s: Snapshot) -> bool:
+                state = s.lane(lane)
+                return state is not None and test(state.wait_for(r.priority))
+
+            return wait_on_lane
 
         def on_lane(r: RequestFeatures, s: Snapshot) -> bool:
             state = s.lane(lane)
