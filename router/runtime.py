@@ -101,6 +101,10 @@ def tracker_settings(cfg: BackendConfig) -> TrackerSettings:
     )
 
 
+def queue_settings(cfg: BackendConfig) -> QueueSettings:
+    return QueueSettings(cfg.queue.max_depth, cfg.queue.max_wait)
+
+
 def build_routing(
     cfg: RouterConfig,
     tracker: SaturationTracker,
@@ -115,7 +119,7 @@ def build_routing(
     targets = {}
     for name, bcfg in cfg.backends.items():
         t = tracker.track(name, tracker_settings(bcfg))
-        a = admissions.track(name, t, QueueSettings(bcfg.queue.max_depth, bcfg.queue.max_wait))
+        a = admissions.track(name, t, queue_settings(bcfg))
         if name in backends:
             targets[name] = Target(backends[name], t, a)
     tracker.retain(cfg.backends)

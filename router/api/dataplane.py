@@ -37,6 +37,7 @@ from router.flow.admission import Ticket
 from router.headers import request_headers
 from router.lanes.jobs import JobLane, job_url
 from router.lanes.sync import SyncFailure
+from router.lanes.walk import CAPACITY_REASONS, job_after_failure
 from router.logging import request_trace_id
 from router.metrics import UNKNOWN_MODEL
 from router.paths import MethodRules
@@ -69,8 +70,6 @@ _encode = msgspec.json.Encoder().encode
 ClientDisconnected = CallerGone  # the client went away while the router read its body
 
 
-# Why a sync route took no request, when a job lane could have it instead (defer instead of reject).
-_CAPACITY = frozenset({"saturated", "full", "evicted", "timeout", "wait_exceeds_deadline"})
 
 
 async def read_prefix(receive: Any, limit: int) -> tuple[bytes, bool]:
@@ -278,13 +277,13 @@ class DataPlane:
             except SyncFailure as exc:
                 if exc.reason == "client_gone":
                     raise ClientDisconnected from None
-                deferrable = exc.reason in _CAPACITY
-                if job_hop is None and deferrable:
-                    job_hop = routing.engine.deferral(features)
-                    if job_hop is not None:
-                        reason = "deferred_saturated"
-                if job_hop is None or (exc.error is not None and not exc.error.retryable):
+                deferrable = exc.reason in CAPACITY_REASONS
+                job = job_after_failure(exc.reason, exc.error, job_hop, lambda: routing.engine.deferral(features))
+                if job is None:
                     raise
+                if job_hop is None:
+                    reason = "deferred_saturated"
+                job_hop = job
                 last = exc.hop.backend if exc.hop else sync_hops[-1].backend
                 metrics.fallbacks(name, last, job_hop.backend, exc.reason).inc()
                 if deferrable:

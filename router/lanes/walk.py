@@ -19,21 +19,15 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 from router.flow.budget import RetryBudget
+from router.flow.door import RETRY_AFTER_MAX_S, Door, Ticket
 from router.state import BackendTracker
 from router.types import BackendError, FailureKind, Hop
 
-
-class Door(Protocol):
-    """A backend's admission (``router.flow.admission``): its free slots and its waiting queue."""
-
-    def has_room(self) -> bool: ...
-
-    def predict(self, priority: int, tenant: str = ..., weight: float = ...,
-                deadline_at: float | None = ...) -> tuple[int, float]: ...
-
-    def budget_s(self, now: float, deadline_at: float | None) -> float: ...
-
-    def rejected(self, reason: str) -> None: ...
+# A request with a deadline queues only if its predicted wait is within this share of its budget. Without a
+# margin a class whose demand exceeds its share fills its queue up to exactly the budget, and every waiter
+# at the tail times out on the first bad luck (a few more urgent arrivals than the average): a 503 after
+# waiting instead of at once.
+FIT = 0.8
 
 
 class WalkTarget(Protocol):
@@ -41,7 +35,7 @@ class WalkTarget(Protocol):
     def tracker(self) -> BackendTracker: ...
 
     @property
-    def admission(self) -> Door | None: ...
+    def admission(self) -> Door: ...
 
 
 class WalkCounters(Protocol):
@@ -61,8 +55,8 @@ class Call(NamedTuple):
 
 
 class Wait(NamedTuple):
-    """Wait at most ``budget_s`` for a slot of ``hop``; send back None (granted: the caller's slot until it
-    calls, to hand on if the walk does not) or a ``Refusal``."""
+    """Wait at most ``budget_s`` for a slot of ``hop``; send back None (granted: the slot is the caller's, its
+    call comes next) or a ``Refusal``."""
 
     hop: Hop
     now: float
@@ -90,27 +84,14 @@ class Failed(NamedTuple):
     retry_after_s: float = 1.0
 
 
-class Ticket(NamedTuple):
-    """Who is asking: its urgency, its tenant and that tenant's fair-share weight."""
-
-    priority: int
-    tenant: str = "anonymous"
-    weight: float = 1.0
-
+# Why a sync walk took no request that a job lane could take instead (defer instead of reject).
+CAPACITY_REASONS = frozenset({"saturated", "full", "evicted", "timeout", "wait_exceeds_deadline"})
 
 Step = Call | Wait
 Outcome = Served | Failed
 Walk = Generator[Step, "BackendError | Refusal | None", Outcome]
 # Refusals after which the next full hop may still be tried: the request never waited.
 _NOT_WAITED = frozenset({"full", "breaker_open"})
-
-
-def _has_room(target: WalkTarget) -> bool:
-    door = target.admission
-    if door is not None:
-        return door.has_room()
-    t = target.tracker
-    return t.inflight < t.capacity
 
 
 def walk(model: str, hops: Sequence[Hop], ticket: Ticket, targets: Mapping[str, WalkTarget],
@@ -128,7 +109,7 @@ def walk(model: str, hops: Sequence[Hop], ticket: Ticket, targets: Mapping[str, 
         now = clock()
         if not tracker.admits(now):
             why = "breaker_open"
-        elif not _has_room(target):
+        elif not target.admission.has_room():
             full.append(hop)
             why = "saturated"
         elif deadline_at is not None and tracker.cold(now) and now + tracker.cold_start_s >= deadline_at:
@@ -190,33 +171,36 @@ def _wait(full: list[Hop], targets: Mapping[str, WalkTarget], ticket: Ticket, cl
     # A backend with no latency measured yet (a serverless one still in its cold start) cannot predict a
     # wait: the hops that can go first, otherwise in route order.
     for hop in sorted(full, key=lambda h: targets[h.backend].tracker.latency_s <= 0.0):
-        target = targets[hop.backend]
-        door = target.admission
+        door = targets[hop.backend].admission
         now = clock()
-        if not target.tracker.admits(now):
-            continue
-        if _has_room(target):
+        if door.has_room():
             return hop  # a slot freed while the walk went on, and nobody waits for it
-        if door is None:  # no admission queue: nothing to wait in
-            if refused is None:
-                refused = (hop, "saturated", 1.0)
-            continue
         budget_s = door.budget_s(now, deadline_at)
         _ahead, wait_s = door.predict(ticket.priority, ticket.tenant, ticket.weight, deadline_at)
-        if budget_s <= 0.0 or wait_s > budget_s:
+        # a deadline is the client's: keep a margin for the prediction's error; max_wait alone is ours
+        if budget_s <= 0.0 or wait_s > (FIT if deadline_at is not None else 1.0) * budget_s:
             door.rejected("wait_exceeds_deadline")
             if refused is None:
-                refused = (hop, "wait_exceeds_deadline", wait_s)
+                refused = (hop, "wait_exceeds_deadline", min(wait_s, RETRY_AFTER_MAX_S))
             continue
         outcome = yield Wait(hop, now, budget_s)
         if outcome is None:
-            if target.tracker.admits(clock()):
-                return hop
-            refused = (hop, "breaker_open", 1.0)
-            continue
+            return hop  # a slot is ours: the breaker let the admission hand it out
         assert isinstance(outcome, Refusal)
         refused = (hop, outcome.reason, outcome.retry_after_s)
         if outcome.reason in _NOT_WAITED:
             continue  # it never waited (or the backend broke): the next full hop may take it
         return refused
-    return refused if refused is not None else (full[-1], "breaker_open", 1.0)
+    return refused if refused is not None else (full[-1], "saturated", 1.0)
+
+
+def job_after_failure(reason: str, error: BackendError | None, job_hop: Hop | None,
+                      deferral: Callable[[], Hop | None]) -> Hop | None:
+    """Where a request whose sync walk failed becomes a job: its route's job hop (unless the backend refused
+    the input itself), else, when the sync lanes had no room for it, the model's deferral lane
+    (``PolicyEngine.deferral``). None: the client gets the error."""
+    if job_hop is None and reason in CAPACITY_REASONS:
+        job_hop = deferral()
+    if job_hop is None or (error is not None and not error.retryable):
+        return None
+    return job_hop

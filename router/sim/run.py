@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from router.config import (
@@ -24,9 +24,11 @@ from router.config import (
 from router.cost import BackendCost, costs
 from router.features import RequestError
 from router.flow.budget import RetryBudget
-from router.lanes.walk import Call, Failed, Served, Ticket, Wait, walk
+from router.flow.door import Door, QueueSettings, Ticket
+from router.flow.queue import Waiter
+from router.lanes.walk import CAPACITY_REASONS, Call, Failed, Refusal, Served, Wait, job_after_failure, walk
 from router.metrics import RouterMetrics
-from router.runtime import build_routing
+from router.runtime import build_routing, queue_settings
 from router.sim.backends import AsyncEndpoint, BatchTransform, Instances, Modelled, Serverless, ServiceTime
 from router.sim.jobs import AsyncLane, BatchLane
 from router.sim.loop import EventLoop
@@ -35,8 +37,6 @@ from router.sim.trace import TraceRequest
 from router.state import BackendTracker, SaturationTracker
 from router.types import JOB_LANES, BackendError, FailureKind, Hop, Lane
 
-# Why a sync route took no request that a job lane could take instead (defer instead of reject).
-CAPACITY_REASONS = frozenset({"saturated", "full", "evicted", "timeout", "wait_exceeds_deadline"})
 _O_SHED, _O_FAILED, _O_REJECTED = 4, 5, 6
 _OUTCOME_COL = {"realtime": 0, "serverless": 1, "async": 2, "batch": 3}
 
@@ -45,53 +45,90 @@ class MissingServiceTime(ValueError):
     """Backends the simulator has no service time for (no trace observations, no simulate.service_time)."""
 
 
-class _Door:
-    """A backend's free slots for the walk and the job lanes: a slot is free when in-flight plus reserved is
-    under the tracker's capacity; job work waits for the room sync traffic leaves."""
+@dataclass(eq=False, slots=True)
+class _SimWaiter(Waiter):
+    request: Any = None
+    ticket: Ticket | None = None
+    settled: bool = False  # granted, turned away or expired: later news is stale
 
-    __slots__ = ("background", "loop", "reserved", "tracker")
 
-    def __init__(self, tracker: BackendTracker, loop: EventLoop) -> None:
-        self.tracker = tracker
+class SimDoor(Door):
+    """A backend's admission on the virtual clock: the rules are ``router.flow.door``'s; a waiter resumes its
+    walk at the instant its slot (or its refusal) comes, as a live waiter's future completes."""
+
+    def __init__(self, name: str, tracker: BackendTracker, settings: QueueSettings, loop: EventLoop,
+                 resume: Callable[[Any, Refusal | None], None], depth: Callable[[float], None]) -> None:
+        super().__init__(name, tracker, settings, clock=loop.clock)
         self.loop = loop
-        self.reserved = 0
-        self.background: deque[tuple[Callable[[Any], None], Any]] = deque()
-        tracker.on_free = self.dispatch
+        self.resume = resume
+        self.depth = depth
 
-    def has_room(self) -> bool:
-        t = self.tracker
-        return t.inflight + self.reserved < t.capacity
+    def wait(self, r: Any, ticket: Ticket, now: float, budget_s: float, deadline_at: float | None) -> None:
+        waiter = _SimWaiter(ticket.priority, ticket.tenant, ticket.weight,
+                            math.inf if deadline_at is None else deadline_at, now, request=r, ticket=ticket)
+        if not self.enqueue(waiter, now):
+            self.resume(r, Refusal("full", self.refusal_wait(ticket, deadline_at)))
+            return
+        self.depth(now)
+        self.loop.at(now + max(0.0, budget_s), self._expire, (waiter, budget_s))
+
+    def _expire(self, arg: tuple[_SimWaiter, float]) -> None:
+        waiter, budget_s = arg
+        if not waiter.settled:
+            waiter.settled = True
+            self.expired(waiter)
+            self.resume(waiter.request, Refusal("timeout", budget_s))
+
+    def grant(self, waiter: Waiter) -> bool:
+        assert isinstance(waiter, _SimWaiter)
+        if waiter.settled:
+            return False
+        waiter.settled = True
+        self.loop.at(self.loop.now, self._granted, waiter)
+        return True
+
+    def _granted(self, waiter: _SimWaiter) -> None:
+        self.reserved -= 1  # its call starts now: the slot becomes in-flight
+        self.resume(waiter.request, None)
+
+    def turn_away(self, waiter: Waiter, reason: str) -> None:
+        assert isinstance(waiter, _SimWaiter)
+        if not waiter.settled:
+            waiter.settled = True
+            self.loop.at(self.loop.now, self._turned_away, (waiter, reason))
+
+    def _turned_away(self, arg: tuple[_SimWaiter, str]) -> None:
+        waiter, reason = arg
+        assert waiter.ticket is not None
+        deadline = None if waiter.deadline == math.inf else waiter.deadline
+        self.resume(waiter.request, Refusal(reason, self.refusal_wait(waiter.ticket, deadline)))
 
     def wait_background(self, fn: Callable[[Any], None], arg: Any) -> None:
-        t = self.tracker
-        if not self.background and self.has_room() and t.admits(self.loop.now):
+        if self.background_room(self.loop.now):
             fn(arg)
         else:
             self.background.append((fn, arg))
 
-    def dispatch(self) -> None:
-        t = self.tracker
-        while self.background and t.inflight + self.reserved < t.capacity and t.admits(self.loop.now):
-            self.reserved += 1
-            self.loop.at(self.loop.now, self._grant, self.background.popleft())
+    def grant_background(self, token: Any) -> bool:
+        self.loop.at(self.loop.now, self._background_granted, token)
+        return True
 
-    def _grant(self, item: tuple[Callable[[Any], None], Any]) -> None:
+    def _background_granted(self, token: tuple[Callable[[Any], None], Any]) -> None:
         self.reserved -= 1
-        item[0](item[1])
+        token[0](token[1])
 
 
 class _Target:
-    __slots__ = ("admission", "backend", "door", "tracker")
+    __slots__ = ("admission", "backend", "tracker")
 
-    def __init__(self, tracker: BackendTracker, door: _Door, backend: Modelled) -> None:
+    def __init__(self, tracker: BackendTracker, admission: SimDoor, backend: Modelled) -> None:
         self.tracker = tracker
-        self.door = door
-        self.admission = None  # the admission queue arrives with flow control's queue
+        self.admission = admission
         self.backend = backend
 
 
 class _Request:
-    __slots__ = ("arrival", "deadline_at", "features", "gen", "job_hop", "lane", "req")
+    __slots__ = ("arrival", "deadline_at", "features", "gen", "job_hop", "lane", "req", "ticket")
 
     def __init__(self, req: TraceRequest, arrival: float) -> None:
         self.req = req
@@ -101,6 +138,7 @@ class _Request:
         self.job_hop: Hop | None = None
         self.features: Any = None
         self.lane = ""
+        self.ticket: Ticket | None = None
 
 
 class _Call:
@@ -145,7 +183,8 @@ class Simulation:
         for bname, bcfg in cfg.backends.items():
             tracker = self.tracker.trackers[bname]
             model = self._model(bname, bcfg, fitted)
-            self.targets[bname] = _Target(tracker, _Door(tracker, loop), model)
+            door = SimDoor(bname, tracker, queue_settings(bcfg), loop, self._drive, self._queue_depth)
+            self.targets[bname] = _Target(tracker, door, model)
         self.overflow = self.routing.overflow_priority
         self._keys = {c.tenant: c.api_key for c in reversed(cfg.callers)}
         self._key_header = cfg.server.api_key_header.lower()
@@ -251,7 +290,7 @@ class Simulation:
         decision = route.decision
         if decision.lane is Lane.SHED:
             return self._end(r, _O_SHED, decision.reason)
-        if getattr(decision, "deferred_from", None) is not None:
+        if decision.deferred_from is not None:
             result.deferred += 1
         if not route.hops:
             return self._end(r, _O_REJECTED, "too_large")
@@ -260,7 +299,9 @@ class Simulation:
             return self._accept(r, first)
         hops = tuple(h for h in route.hops if h.lane not in JOB_LANES)
         r.job_hop = next((h for h in route.hops if h.lane in JOB_LANES), None)
-        r.gen = walk(req.model, hops, Ticket(features.priority, features.caller), self.targets,
+        ticket = Ticket(features.priority, features.caller, routing.weight(features.caller))
+        r.ticket = ticket
+        r.gen = walk(req.model, hops, ticket, self.targets,
                      self.budget, self.overflow, self.loop.clock, self, r.deadline_at)
         self._drive(r, None)
 
@@ -274,7 +315,11 @@ class Simulation:
             self._call(r, step)
         else:
             assert isinstance(step, Wait)
-            raise NotImplementedError("queueing arrives with the admission queue")
+            assert r.ticket is not None
+            self.targets[step.hop.backend].admission.wait(r, r.ticket, step.now, step.budget_s, r.deadline_at)
+
+    def _queue_depth(self, now: float) -> None:
+        self.result.series.peak(now, 0, sum(len(t.admission.queue) for t in self.targets.values()))
 
     def _call(self, r: _Request, step: Call) -> None:
         hop = step.hop
@@ -317,16 +362,12 @@ class Simulation:
             self._end(r, _OUTCOME_COL[lane], None, now - r.arrival)
             return
         assert isinstance(outcome, Failed)
-        job = r.job_hop
-        if job is not None and (outcome.error is None or outcome.error.retryable):
-            self.result.fallbacks += 1
-            return self._accept(r, job, deferred=outcome.reason in CAPACITY_REASONS)
-        if outcome.reason in CAPACITY_REASONS:
-            deferral = getattr(self.routing.engine, "deferral", None)
-            hop = deferral(r.features) if deferral is not None else None
-            if hop is not None:
-                return self._accept(r, hop, deferred=True)
-        self._end(r, _O_FAILED, outcome.reason)
+        engine = self.routing.engine
+        job = job_after_failure(outcome.reason, outcome.error, r.job_hop, lambda: engine.deferral(r.features))
+        if job is None:
+            return self._end(r, _O_FAILED, outcome.reason)
+        self.result.fallbacks += 1
+        self._accept(r, job, deferred=outcome.reason in CAPACITY_REASONS)
 
     # --- job lanes ------------------------------------------------------------------------------
 
@@ -340,7 +381,7 @@ class Simulation:
             self.batch.submit(r, r.req.model, r.req.payload_bytes)
 
     def _room(self, backend: str, fn: Callable[[Any], None], arg: Any) -> None:
-        self.targets[backend].door.wait_background(fn, arg)
+        self.targets[backend].admission.wait_background(fn, arg)
 
     def _job_call(self, backend: str, extra_s: float, done: Callable[[Any, FailureKind | None], None],
                   token: Any) -> None:
