@@ -35,7 +35,8 @@ class ServiceTime:
     def __init__(self, p50: float, p99: float | None = None, sigma: float = 0.25) -> None:
         self.p50 = p50
         self._mu = math.log(p50)
-        self._sigma = max(0.0, math.log(p99 / p50) / _Z99) if p99 is not None and p99 > p50 else sigma
+        # a p99 no higher than the median: every call takes the same time
+        self._sigma = sigma if p99 is None else max(0.0, math.log(p99 / p50) / _Z99) if p99 > p50 else 0.0
         self.p99 = p50 * math.exp(self._sigma * _Z99)
 
     @classmethod
