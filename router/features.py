@@ -88,7 +88,7 @@ class FeatureExtractor:
             raise RequestError(403, "AccessDeniedException", f"unknown API key in {self._key_header}")
         return caller
 
-    def extract(self, model: str, headers: Mapping[str, str], payload_bytes: int) -> RequestFeatures:
+    def extract(self, model: str, headers: Mapping[str, str], payload_bytes: int, key: int = 0) -> RequestFeatures:
         caller = self.caller(headers)
         raw = headers.get(self._header)
         if raw is None:
@@ -122,4 +122,5 @@ class FeatureExtractor:
             deadline_ms=deadline_ms,
             accepts_async=prefer.respond_async,
             wait_s=prefer.wait_s,
+            key=key,
         )

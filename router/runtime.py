@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ from router.config import (
     SageMakerBatchBackendConfig,
     load_config,
 )
+from router.cost import BackendCost, costs
 from router.features import ANONYMOUS, FeatureExtractor
 from router.flow.admission import Admissions, QueueSettings
 from router.flow.budget import RetryBudget
@@ -39,6 +40,7 @@ from router.paths import PathTable
 from router.policy.engine import ModelRoutes, PolicyEngine
 from router.policy.registry import build_policy
 from router.protocols import PathRule
+from router.shadow import Shadows
 from router.state import Clock, SaturationTracker, TrackerSettings
 from router.storage import open_stores
 from router.storage.base import ObjectStore, StoreStats
@@ -76,6 +78,8 @@ class Routing:
     strip_headers: frozenset[str] = frozenset()
     weights: Mapping[str, float] = field(default_factory=dict)  # tenant -> fair-share weight in admission queues
     level_names: Mapping[int, str] = field(default_factory=dict)  # urgency priority -> level name
+    costs: Mapping[str, BackendCost] = field(default_factory=dict)  # priced backends (their cost block)
+    shadows: Shadows | None = None  # the models' shadow chains, when any model has one
 
     def weight(self, tenant: str) -> float:
         return self.weights.get(tenant, 1.0)
@@ -149,6 +153,11 @@ def build_routing(
 
     serves = {name: KIND_LANES.get(b.kind) for name, b in cfg.backends.items()}
     engine = PolicyEngine({n: e.routes for n, e in models.items()}, serves, on_skip)
+    priced = costs(cfg)
+    shadowed = {n: replace(models[n].routes, chain=tuple(policies[p] for p in m.shadow))
+                for n, m in cfg.models.items() if m.shadow}
+    shadows = Shadows(PolicyEngine(shadowed, serves, on_skip), frozenset(shadowed), priced, metrics) \
+        if shadowed else None
     features = FeatureExtractor(cfg.urgency, cfg.callers, cfg.server.api_key_header,
                                 on_clamp=lambda model: metrics.urgency_clamped(model).inc())
     overflow = levels.get(cfg.fallback.overflow_min_urgency, max(levels.values()))
@@ -162,7 +171,8 @@ def build_routing(
     for level, priority in sorted(levels.items(), key=lambda kv: kv[1]):
         names.setdefault(priority, level)
     return Routing(cfg, models, engine, features, targets, PathTable(rules), overflow, callbacks,
-                   frozenset(h.lower() for h in strip), MappingProxyType(weights), MappingProxyType(names))
+                   frozenset(h.lower() for h in strip), MappingProxyType(weights), MappingProxyType(names),
+                   MappingProxyType(priced), shadows)
 
 
 class Runtime:
@@ -185,6 +195,8 @@ class Runtime:
         retry = cfg.fallback
         self.sync = SyncLane(RetryBudget(retry.retry_budget, retry.min_retries_per_second, clock, retry.retry_burst),
                              self.metrics, self.routing.overflow_priority, clock)
+        self.sync.costs = self.routing.costs
+        self.metrics.watch_costs(lambda: ((n, c.fixed_per_hour) for n, c in self.routing.costs.items()))
         self.started = False
         self.draining = False
         self.job_lane: JobLane | None = None
@@ -234,6 +246,7 @@ class Runtime:
             cfg, self.tracker, {}, self.metrics, self.admissions)
         self.routing = routing
         self.sync.overflow_priority = routing.overflow_priority
+        self.sync.costs = routing.costs
         self._set_notifier(cfg)
         retry = cfg.fallback
         self.sync.budget.reconfigure(retry.retry_budget, retry.min_retries_per_second, retry.retry_burst)
@@ -330,7 +343,8 @@ class Runtime:
         return LocalRunner(self.sync, target, max_payload=settings.max_payload, max_records=settings.max_records,
                            max_concurrent=settings.max_concurrent, attempts=jobs.max_attempts,
                            backoff_s=jobs.backoff, max_backoff_s=jobs.max_backoff,
-                           timeout_s=jobs.invocation_timeout, stopping=lambda: lane is None or lane.stopping)
+                           timeout_s=jobs.invocation_timeout, stopping=lambda: lane is None or lane.stopping,
+                           model=model)
 
     def _job_target(self, model: str, lane: Lane) -> Target | None:
         entry = self.routing.models.get(model)
@@ -358,7 +372,16 @@ class Runtime:
         route = self.routing.engine.decide(req, snap)
         out = route_json(route, req)
         out["queue"] = self._queue_positions(route, req)
+        shadows = self.routing.shadows
+        if shadows is not None and req.model in shadows.models:
+            out["shadow"] = route_json(shadows.engine.decide(req, snap), req)  # not counted: nothing was served
         return out
+
+    def shadow_status(self) -> dict[str, Any]:
+        """What each model's shadow chain decided on live traffic beside the live chain, and the estimated cost
+        of both (``router.shadow.Shadows.status``); empty without shadow chains. For the status page."""
+        shadows = self.routing.shadows
+        return shadows.status() if shadows is not None else {}
 
     def _queue_positions(self, route: Route, req: RequestFeatures) -> list[dict[str, Any]]:
         """Per sync hop: a free slot now, or the position this request would take in its queue and its wait."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from random import getrandbits  # request ids need uniqueness, not secrecy; uuid4 costs a syscall
@@ -238,9 +239,11 @@ class DataPlane:
                 size = len(prefix) if complete else max(len(prefix), entry.max_sync_bytes + 1)
             else:
                 size = declared
-            features = routing.features.extract(name, headers, size)
+            features = routing.features.extract(name, headers, size, zlib.crc32(request_id.encode()))
             snap = runtime.tracker.snapshot(entry.routes.lanes, entry.routes.limits)
             route = routing.engine.decide(features, snap)
+            if routing.shadows is not None and name in routing.shadows.models:
+                routing.shadows.observe(features, snap, route)  # decided beside the live chain, never served
             decision = route.decision
             lane, reason = decision.lane.value, decision.reason
             metrics.decisions(name, lane, reason).inc()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 import structlog
 
+from router.cost import BackendCost
 from router.flow.admission import Admission, Rejected, Ticket
 from router.flow.budget import RetryBudget
 from router.lanes.streams import TrackedStream
@@ -84,6 +85,7 @@ class SyncLane:
         self.budget = budget
         self.metrics = metrics
         self.counters = _Counters(metrics)
+        self.costs: Mapping[str, BackendCost] = {}  # priced backends: the estimated cost of each call
         self.overflow_priority = overflow_priority
         self.clock = clock
 
@@ -102,7 +104,7 @@ class SyncLane:
                 target = targets[step.hop.backend]
                 if type(step) is Call:
                     try:
-                        result = await self.call(target, inv, step.now, deadline_at)
+                        result = await self.call(target, inv, step.now, deadline_at, model, step.hop.lane.value)
                         outcome = None
                     except BackendError as exc:
                         outcome = exc
@@ -125,9 +127,21 @@ class SyncLane:
         room sync traffic leaves. False when ``stopping()`` says to give up instead."""
         return await target.admission.wait_background(stopping)
 
-    async def call(self, target: Target, inv: Invocation, now: float,
-                   deadline_at: float | None = None) -> InvocationResult:
-        """One tracked call: in-flight, latency, breaker and metrics are updated whatever happens."""
+    async def call(self, target: Target, inv: Invocation, now: float, deadline_at: float | None = None,
+                   model: str | None = None, lane: str | None = None) -> InvocationResult:
+        """One tracked call: in-flight, latency, breaker and metrics are updated whatever happens; with a
+        ``model`` and ``lane``, so is its estimated cost (``router_estimated_cost_dollars_total``)."""
+        tracker = target.tracker
+        cost = self.costs.get(tracker.name)
+        if cost is not None and model is not None:
+            try:
+                return await self._call(target, inv, now, deadline_at)
+            finally:
+                self.metrics.estimated_cost(model, lane or "", tracker.name).inc(cost.call(self.clock() - now))
+        return await self._call(target, inv, now, deadline_at)
+
+    async def _call(self, target: Target, inv: Invocation, now: float,
+                    deadline_at: float | None = None) -> InvocationResult:
         tracker = target.tracker
         if deadline_at is not None:
             remaining = deadline_at - now

@@ -186,6 +186,7 @@ class Simulation:
             door = SimDoor(bname, tracker, queue_settings(bcfg), loop, self._drive, self._queue_depth)
             self.targets[bname] = _Target(tracker, door, model)
         self.overflow = self.routing.overflow_priority
+        self._key = 0
         self._keys = {c.tenant: c.api_key for c in reversed(cfg.callers)}
         self._key_header = cfg.server.api_key_header.lower()
         self._urgency_header = cfg.urgency.header.lower()
@@ -263,6 +264,7 @@ class Simulation:
     def _arrive(self, req: TraceRequest) -> None:
         now = self.loop.now
         r = _Request(req, now)
+        self._key += 1  # the request's key, as a request id's hash is live: weighted policies split on it
         result = self.result
         routing = self.routing
         headers = {"content-type": req.content_type}
@@ -280,7 +282,7 @@ class Simulation:
         if entry is None:
             return self._end(r, _O_REJECTED, "unknown_model")
         try:
-            features = routing.features.extract(req.model, headers, req.payload_bytes)
+            features = routing.features.extract(req.model, headers, req.payload_bytes, self._key)
         except RequestError as exc:
             return self._end(r, _O_REJECTED, exc.error_type)
         r.features = features
