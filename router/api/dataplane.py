@@ -214,6 +214,7 @@ class DataPlane:
         lane = backend = reason = "none"
         status = 500
         features = None
+        waited = 0.0
         first_byte: float | None = None
         try:
             if entry is None:
@@ -296,6 +297,7 @@ class DataPlane:
                                 job_hop) from None
             lane, backend = outcome.hop.lane.value, outcome.hop.backend
             status = outcome.result.status
+            waited = outcome.waited_s
             own = _router_headers(request_id, lane, backend, reason)
             if response_stream:
                 first_byte = await send_event_stream(send, receive, outcome.result, own)
@@ -353,7 +355,8 @@ class DataPlane:
                          content_type=features.content_type if features else None,
                          deadline_ms=features.deadline_ms if features else None,
                          respond_async=features.accepts_async if features else None,
-                         wait_s=features.wait_s if features else None)
+                         wait_s=features.wait_s if features else None,
+                         queue_wait_ms=round(waited * 1000.0, 3) if waited else None)
             request_trace_id.reset(trace_token)
 
     async def _control(self, scope: Any, receive: Any, send: Any, rule: PathRule) -> None:

@@ -45,6 +45,7 @@ class SyncOutcome:
     result: InvocationResult
     hop: Hop
     attempts: int
+    waited_s: float = 0.0  # time spent in admission queues
 
 
 class SyncFailure(Exception):
@@ -98,6 +99,7 @@ class SyncLane:
                      self.clock, self.counters, deadline_at)
         outcome: BackendError | Refusal | None = None
         result: InvocationResult | None = None
+        waited = 0.0
         try:
             while True:
                 step = steps.send(outcome)
@@ -115,11 +117,12 @@ class SyncLane:
                         outcome = None
                     except Rejected as exc:
                         outcome = Refusal(exc.reason, exc.retry_after_s)
+                    waited += self.clock() - step.now
         except StopIteration as stop:
             end = stop.value
         if isinstance(end, Served):
             assert result is not None
-            return SyncOutcome(result, end.hop, end.attempts)
+            return SyncOutcome(result, end.hop, end.attempts, waited)
         raise SyncFailure(end.reason, end.hop, end.error, end.retry_after_s)
 
     async def room(self, target: Target, stopping: Callable[[], bool]) -> bool:

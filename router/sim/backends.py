@@ -10,6 +10,7 @@ of its own when the answer comes first. Each keeps what its cost needs
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections import deque
@@ -50,6 +51,36 @@ class ServiceTime:
 
     def sample(self, rng: random.Random) -> float:
         return rng.lognormvariate(self._mu, self._sigma) if self._sigma > 0.0 else self.p50
+
+
+class EmpiricalServiceTime(ServiceTime):
+    """Service times drawn from the durations a trace recorded (its histogram, the slowest 1% left out: those
+    are cold starts and stalls, which the backend models add themselves)."""
+
+    __slots__ = ("_cumulative", "_values")
+
+    def __init__(self, values: list[float], weights: list[int]) -> None:
+        total = sum(weights)
+        keep = total * 0.99
+        cumulative, vals, seen = [], [], 0
+        for v, w in zip(values, weights, strict=True):
+            if seen >= keep:
+                break
+            seen += w
+            cumulative.append(seen)
+            vals.append(v)
+        self._cumulative = cumulative
+        self._values = vals
+        super().__init__(vals[bisect.bisect_left(cumulative, seen / 2)], sigma=0.0)
+        self.p99 = vals[-1]
+
+    def scaled(self, factor: float) -> ServiceTime:
+        return EmpiricalServiceTime([v * factor for v in self._values],
+                                    [b - a for a, b in zip([0, *self._cumulative], self._cumulative, strict=False)])
+
+    def sample(self, rng: random.Random) -> float:
+        return self._values[bisect.bisect_right(self._cumulative, rng.random() * self._cumulative[-1])
+                            if self._cumulative[-1] else 0]
 
 
 class InstanceMeter:
@@ -95,7 +126,7 @@ class Modelled:
     def capacity(self) -> int:
         raise NotImplementedError
 
-    def call(self, extra_s: float, done: Done, token: Any) -> float | None:
+    def call(self, extra_s: float, done: Done, token: Any, service_s: float | None = None) -> float | None:
         raise NotImplementedError
 
     def slot_seconds(self, span_s: float) -> float:
@@ -141,18 +172,18 @@ class Instances(Modelled):
     def capacity(self) -> int:
         return self.instances * self.per_instance
 
-    def call(self, extra_s: float, done: Done, token: Any) -> float | None:
+    def call(self, extra_s: float, done: Done, token: Any, service_s: float | None = None) -> float | None:
         self.calls += 1
+        service = (self.service.sample(self.rng) if service_s is None else service_s) + extra_s
         if self.inflight < self.instances * self.per_instance:
-            return self._start(extra_s, done, token, self.loop.now)
+            return self._start(service, done, token, self.loop.now)
         if self.queue:
-            self.waiting.append((extra_s, done, token, self.loop.now))
+            self.waiting.append((service, done, token, self.loop.now))
             return None
         return self._refuse(FailureKind.UNAVAILABLE, done, token)
 
-    def _start(self, extra_s: float, done: Done, token: Any, asked: float) -> float:
+    def _start(self, service: float, done: Done, token: Any, asked: float) -> float:
         self.inflight += 1
-        service = self.service.sample(self.rng) + extra_s
         self.busy_s += service
         self.loop.after(service, self._end, (done, token, asked))
         return service
@@ -162,8 +193,8 @@ class Instances(Modelled):
         self.inflight -= 1
         now = self.loop.now
         if self.waiting and self.inflight < self.instances * self.per_instance:
-            extra, d, t, a = self.waiting.popleft()
-            self._start(extra, d, t, a)
+            service, d, t, a = self.waiting.popleft()
+            self._start(service, d, t, a)
         done(token, now - asked, self._failure())
 
     # --- autoscaling (target tracking on the busy share of the slots) -----------------------------
@@ -193,8 +224,8 @@ class Instances(Modelled):
         self.instances += add
         self.peak_instances = max(self.peak_instances, self.instances)
         while self.waiting and self.inflight < self.instances * self.per_instance:
-            extra, d, t, a = self.waiting.popleft()
-            self._start(extra, d, t, a)
+            service, d, t, a = self.waiting.popleft()
+            self._start(service, d, t, a)
 
     def fixed_cost(self, span_s: float) -> float:
         if self.cost is None:
@@ -230,7 +261,7 @@ class Serverless(Modelled):
     def capacity(self) -> int:
         return self.max_concurrency
 
-    def call(self, extra_s: float, done: Done, token: Any) -> float | None:
+    def call(self, extra_s: float, done: Done, token: Any, service_s: float | None = None) -> float | None:
         self.calls += 1
         if self.inflight >= self.max_concurrency:
             return self._refuse(FailureKind.THROTTLED, done, token)
@@ -254,7 +285,7 @@ class Serverless(Modelled):
                 cold_s = self.cold_start_s
                 self.cold_starts += 1
         self.inflight += 1
-        service = self.service.sample(self.rng) + extra_s
+        service = (self.service.sample(self.rng) if service_s is None else service_s) + extra_s
         self.busy_s += service
         if self.cost is not None:
             cost = self.cost.call(service)
@@ -295,10 +326,11 @@ class AsyncEndpoint(Modelled):
     def capacity(self) -> int:
         return self.max_instances * self.per_instance
 
-    def call(self, extra_s: float, done: Done, token: Any) -> float | None:
+    def call(self, extra_s: float, done: Done, token: Any, service_s: float | None = None) -> float | None:
         self.calls += 1
         now = self.loop.now
-        self.waiting.append((extra_s, done, token, now))
+        self.waiting.append(((self.service.sample(self.rng) if service_s is None else service_s) + extra_s, done,
+                             token, now))
         self._pump()
         backlog = len(self.waiting)
         fleet = self.instances + self._starting
@@ -319,9 +351,8 @@ class AsyncEndpoint(Modelled):
     def _pump(self) -> None:
         now = self.loop.now
         while self.waiting and self.inflight < self.instances * self.per_instance:
-            extra, done, token, asked = self.waiting.popleft()
+            service, done, token, asked = self.waiting.popleft()
             self.inflight += 1
-            service = self.service.sample(self.rng) + extra
             self.busy_s += service
             self.loop.after(service, self._end, (done, token, asked))
         if not self.waiting and self.inflight == 0:
@@ -362,7 +393,7 @@ class BatchTransform(Modelled):
     def capacity(self) -> int:
         return self.instances
 
-    def call(self, extra_s: float, done: Done, token: Any) -> float | None:
+    def call(self, extra_s: float, done: Done, token: Any, service_s: float | None = None) -> float | None:
         self.calls += 1
         self.jobs += 1
         self.inflight += 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from router.sim.backends import ServiceTime
+from router.sim.backends import EmpiricalServiceTime, ServiceTime
 from router.sim.stats import LatencyHistogram
 from router.sim.trace import TraceRequest
 
@@ -13,8 +13,8 @@ MIN_SAMPLES = 5
 
 
 def fit_service_times(requests: Iterable[TraceRequest]) -> dict[str, ServiceTime]:
-    """A lognormal per backend from the median and upper quartile of its answered sync calls (the time the
-    router saw, less any queue wait): robust to the few cold starts among them."""
+    """Per backend, the distribution of its answered sync calls' durations (the time the router saw, less any
+    queue wait), its slowest 1% (cold starts, stalls) left out."""
     hists: dict[str, LatencyHistogram] = {}
     for r in requests:
         if r.status != 200 or r.lane not in SYNC_LANES or r.backend is None or r.duration_s is None:
@@ -23,9 +23,9 @@ def fit_service_times(requests: Iterable[TraceRequest]) -> dict[str, ServiceTime
         if h is None:
             h = hists[r.backend] = LatencyHistogram()
         h.add(max(1e-5, r.duration_s - (r.queue_wait_s or 0.0)))
-    out = {}
+    out: dict[str, ServiceTime] = {}
     for backend, h in hists.items():
-        p50, p75 = h.percentile(50), h.percentile(75)
-        if h.count >= MIN_SAMPLES and p50 is not None and p75 is not None:
-            out[backend] = ServiceTime.from_quartile(p50, p75)
+        if h.count >= MIN_SAMPLES:
+            points = list(h.buckets())
+            out[backend] = EmpiricalServiceTime([v for v, _ in points], [n for _, n in points])
     return out

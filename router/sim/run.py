@@ -174,6 +174,12 @@ class Simulation:
         self.budget = RetryBudget(retry.retry_budget, retry.min_retries_per_second, loop.clock, retry.retry_burst)
         self.costs: dict[str, BackendCost] = costs(cfg)
         fitted = dict(fitted or {})
+        for name, bcfg in cfg.backends.items():  # no sync call reached it (a job lane's): its model's compute
+            if service_time_of(name, bcfg.simulate, fitted) is None:
+                peers = [fitted[b] for m in cfg.models.values() if name in m.lanes.values()
+                         for b in m.lanes.values() if b in fitted]
+                if peers:
+                    fitted[name] = peers[0]
         missing = [n for n, b in cfg.backends.items() if service_time_of(n, b.simulate, fitted) is None]
         if missing:
             raise MissingServiceTime(
@@ -333,7 +339,13 @@ class Simulation:
         limit = self.cfg.backends[hop.backend].timeout
         if r.deadline_at is not None:
             limit = min(limit, r.deadline_at - now)
-        seconds = target.backend.call(0.0, self._answered, call)
+        req = r.req
+        replay = None
+        if req.backend == hop.backend and req.status == 200 and req.duration_s is not None:
+            # served where the trace says it was: its own recorded time (cold starts and stalls left to the model)
+            own = req.duration_s - (req.queue_wait_s or 0.0)
+            replay = own if own <= target.backend.service.p99 else None
+        seconds = target.backend.call(0.0, self._answered, call, replay)
         if seconds is None or seconds > limit:
             self.loop.at(now + limit, self._timed_out, call)
 

@@ -46,6 +46,12 @@ class LatencyHistogram:
                 return min(self._value(i), self.max)
         return self.max
 
+    def buckets(self) -> Iterator[tuple[float, int]]:
+        """(seconds, count) of every non-empty bucket, fastest first."""
+        for i, n in enumerate(self.counts):
+            if n:
+                yield min(self._value(i), self.max), n
+
     def cdf(self) -> Iterator[tuple[float, float]]:
         """(seconds, share at or below) for every non-empty bucket."""
         seen = 0

@@ -36,6 +36,7 @@ class TraceRequest(NamedTuple):
     status: int | None = None
     duration_s: float | None = None
     queue_wait_s: float | None = None
+    reason: str | None = None
 
 
 class _Line(msgspec.Struct, omit_defaults=True):
@@ -57,6 +58,7 @@ class _Line(msgspec.Struct, omit_defaults=True):
     status: int | None = None
     duration_ms: float | None = None
     queue_wait_ms: float | None = None
+    reason: str | None = None
 
 
 _decode = msgspec.json.Decoder(_Line).decode
@@ -155,7 +157,7 @@ def _request(t: float, ln: _Line) -> TraceRequest:
         t, ln.model or "", ln.caller or "anonymous", ln.bytes or 0, ln.content_type or "application/octet-stream",
         ln.urgency, ln.deadline_ms, bool(ln.respond_async), ln.wait_s, ln.lane, ln.backend, ln.status,
         None if ln.duration_ms is None else ln.duration_ms / 1000.0,
-        None if ln.queue_wait_ms is None else ln.queue_wait_ms / 1000.0)
+        None if ln.queue_wait_ms is None else ln.queue_wait_ms / 1000.0, ln.reason)
 
 
 def read_trace(path: str | Path, stats: TraceStats | None = None) -> Iterator[TraceRequest]:
