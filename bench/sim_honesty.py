@@ -137,8 +137,9 @@ def record(duration_s: float, rps: float, pattern: str, seed: int, workdir: Path
     return log, codes
 
 
-def compare(trace: Path) -> dict[str, Any]:
-    """Recorded vs simulated on the demo config; each figure with its goal and whether it is met."""
+def compare(trace: Path, count_slack: float = 5.0) -> dict[str, Any]:
+    """Recorded vs simulated on the demo config; each figure with its goal and whether it is met. Shed +
+    deferred counts may also differ by ``count_slack`` requests (a few, where there are few)."""
     recorded = list(read_trace(trace))
     n = len(recorded)
     if n == 0:
@@ -169,7 +170,7 @@ def compare(trace: Path) -> dict[str, Any]:
                                "met": met}
     a = rec_split["shed"] + rec_deferred
     b = res.outcomes["shed"] + res.deferred
-    met = abs(a - b) <= max(5, GOALS["shed_deferred"] * a)
+    met = abs(a - b) <= max(count_slack, GOALS["shed_deferred"] * a)
     ok &= met
     out["shed_deferred"] = {"recorded": a, "simulated": b, "recorded_shed": rec_split["shed"],
                             "recorded_deferred": rec_deferred, "simulated_shed": res.outcomes["shed"],

