@@ -101,6 +101,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
         write_report(args.html, results, source.describe())
         sys.stderr.write(f"report: {args.html}\n")
+    if args.charts:
+        from router.sim.report import save_charts
+
+        for path in save_charts(args.charts, results):
+            sys.stderr.write(f"chart: {path}\n")
     return 0
 
 
@@ -123,6 +128,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--html", help="write a self-contained report with charts to this file")
+    p.add_argument("--charts", metavar="DIR", help="also write the report's charts as PNG files into DIR")
     p.set_defaults(fn=cmd_simulate)
 
     p = sub.add_parser("recommend", help="the cheapest config that meets an SLO on a trace, from a sweep of "
