@@ -53,10 +53,13 @@ class Slo:
         v = r.sync_latency().percentile(self.percentile)
         return math.inf if v is None else v
 
+    def admissible(self, r: Result) -> bool:
+        """Within the deadline-miss and unanswered limits (whatever its latency)."""
+        return r.deadline_miss_share <= self.deadline_misses and r.rejected_share <= self.max_rejected
+
     def met(self, r: Result) -> bool:
         lat = self.latency(r)
-        ok = lat < self.seconds if self.strict else lat <= self.seconds
-        return ok and r.deadline_miss_share <= self.deadline_misses and r.rejected_share <= self.max_rejected
+        return (lat < self.seconds if self.strict else lat <= self.seconds) and self.admissible(r)
 
     def __str__(self) -> str:
         return f"p{self.percentile:g}{'<' if self.strict else '<='}{self.seconds * 1000:g}ms"
@@ -97,9 +100,11 @@ def _is_serverless(b: dict[str, Any]) -> bool:
     return "serverless" in b
 
 
-def with_capacity(raw: dict[str, Any], rt_scale: float, sls_scale: float) -> dict[str, Any]:
-    """Real-time instances (their router limit follows) and serverless max concurrency, scaled."""
+def with_capacity(raw: dict[str, Any], rt_scale: float, sls_scale: float) -> tuple[str, dict[str, Any]] | None:
+    """Real-time instances (their router limit follows) and serverless max concurrency, scaled: what changed
+    and the config; None when nothing would (one instance halved is still one)."""
     out = copy.deepcopy(raw)
+    changes: list[str] = []
     backends = out.get("backends", {})
     for name in _backends_of(out, "realtime"):
         b = backends.get(name)
@@ -111,6 +116,9 @@ def with_capacity(raw: dict[str, Any], rt_scale: float, sls_scale: float) -> dic
         sim = b.setdefault("simulate", {})
         per = int(sim.get("per_instance") or (max(1, int(limit) // max(1, instances)) if isinstance(limit, int) else 1))
         new = max(1, round(instances * rt_scale))
+        if new == instances:
+            continue
+        changes.append(f"{name} {new} instance{'s' if new > 1 else ''}")
         cost["instances"] = new
         sim["per_instance"] = per
         if isinstance(limit, int):
@@ -123,9 +131,12 @@ def with_capacity(raw: dict[str, Any], rt_scale: float, sls_scale: float) -> dic
         if not isinstance(limit, int):
             continue
         new = max(1, min(200, round(limit * sls_scale)))
+        if new == limit:
+            continue
+        changes.append(f"{name} max concurrency {new}")
         b["max_concurrency"] = new
         b.setdefault("simulate", {})["max_concurrency"] = new
-    return out
+    return (", ".join(changes), out) if changes else None
 
 
 def with_memory(raw: dict[str, Any], fitted: dict[str, ServiceTime], step: int) -> dict[str, Any] | None:
@@ -207,10 +218,6 @@ def policy_variants(raw: dict[str, Any], files: Iterable[Path]) -> list[tuple[st
     return out
 
 
-def _capacity_name(rt: float, sls: float) -> str:
-    return f"real-time x{rt:g}, serverless concurrency x{sls:g}"
-
-
 def structural(raw: dict[str, Any], files: Iterable[Path]) -> list[Candidate]:
     out = []
     for pname, praw in policy_variants(raw, files):
@@ -223,9 +230,9 @@ def capacity_grid(base: Candidate, fitted: dict[str, ServiceTime]) -> list[Candi
     out = []
     for rt in SCALES:
         for sls in SCALES:
-            if rt == 1.0 and sls == 1.0:
-                continue
-            out.append(Candidate(f"{base.name}, {_capacity_name(rt, sls)}", with_capacity(base.raw, rt, sls)))
+            changed = with_capacity(base.raw, rt, sls)
+            if changed is not None and all(c.name != f"{base.name}, {changed[0]}" for c in out):
+                out.append(Candidate(f"{base.name}, {changed[0]}", changed[1]))
     for step in (1, 2):
         bigger = with_memory(base.raw, fitted, step)
         if bigger is not None:
@@ -265,9 +272,10 @@ def evaluate(candidates: Sequence[Candidate], trace: str, fitted: dict[str, Serv
 
 
 def pareto(candidates: Sequence[Candidate], slo: Slo) -> list[Candidate]:
-    """Candidates no other is both cheaper (or as cheap) and faster than: by cost per day, then latency."""
+    """Of the candidates within the deadline-miss and unanswered limits, those no other is both cheaper (or as
+    cheap) and faster than: by cost per day, then latency. The cheapest meeting the SLO is one of them."""
     done = sorted((c.result.cost_per_day, slo.latency(c.result), i, c) for i, c in enumerate(candidates)
-                  if c.result is not None)
+                  if c.result is not None and slo.admissible(c.result))
     front: list[Candidate] = []
     best = math.inf
     for _, lat, _, c in done:
@@ -294,7 +302,8 @@ def recommend(raw: dict[str, Any], trace: str, slo: Slo, fitted: dict[str, Servi
         best_shape = min(shapes, key=lambda c: slo.latency(c.result), default=None)  # type: ignore[arg-type]
     everyone = list(first)
     if best_shape is not None and best_shape is not own:
-        second = capacity_grid(best_shape, fitted)
+        names = {c.name for c in everyone}
+        second = [c for c in capacity_grid(best_shape, fitted) if c.name not in names]
         evaluate(second, trace, fitted, seed, workers)
         everyone += second
     scored = [(c.result.cost_per_day, slo.latency(c.result), i, c) for i, c in enumerate(everyone)
