@@ -227,7 +227,7 @@ def structural(raw: dict[str, Any], files: Iterable[Path]) -> list[Candidate]:
 
 
 def capacity_grid(base: Candidate, fitted: dict[str, ServiceTime]) -> list[Candidate]:
-    out = []
+    out: list[Candidate] = []
     for rt in SCALES:
         for sls in SCALES:
             changed = with_capacity(base.raw, rt, sls)

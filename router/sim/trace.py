@@ -126,30 +126,29 @@ def in_arrival_order(lines: Iterable[bytes], stats: TraceStats | None = None,
     longest = min_window_s
     origin: float | None = None
     last = -float("inf")
-    for seq, (arrival, end, line) in enumerate(parse_lines(lines, st)):
-        longest = max(longest, end - arrival)
-        heapq.heappush(held, (arrival, seq, line))
-        horizon = end - longest
+    end = float("inf")
+    lines_in = parse_lines(lines, st)
+    seq = 0
+    while True:
+        line = next(lines_in, None)
+        if line is not None:
+            arrival, end, parsed = line
+            longest = max(longest, end - arrival)
+            seq += 1
+            heapq.heappush(held, (arrival, seq, parsed))
+        horizon = end - longest if line is not None else float("inf")  # at the end, everything goes
         while held and held[0][0] < horizon:
             a, _, ln = heapq.heappop(held)
             if origin is None:
                 origin = a
-            if a < last:
+            if a < last:  # arrived before one already replayed (longer than the window): replayed late
                 st.late += 1
                 a = last
             last = a
             st.requests += 1
             yield _request(a - origin, ln)
-    while held:
-        a, _, ln = heapq.heappop(held)
-        if origin is None:
-            origin = a
-        if a < last:
-            st.late += 1
-            a = last
-        last = a
-        st.requests += 1
-        yield _request(a - origin, ln)
+        if line is None:
+            return
 
 
 def _request(t: float, ln: _Line) -> TraceRequest:
