@@ -1,10 +1,13 @@
 """Run ``inference-router serve`` with opt-in process tweaks, to measure them before changing the router.
 
-    .venv/bin/python bench/router_variant.py [--gc-freeze] [--gc-threshold N] [--gc-stats] -- serve --config FILE
+    .venv/bin/python bench/router_variant.py [--gc-freeze] [--gc-threshold N] [--gc-stats] [--plain-http] \
+        -- serve --config FILE
 
 ``--gc-freeze``: ``gc.freeze()`` once the runtime has started (startup objects leave the collected generations).
 ``--gc-threshold N``: ``gc.set_threshold(N, ...)`` for generation 0 (default 700).
 ``--gc-stats``: at shutdown, write the collections and seconds spent per generation to stderr as one JSON line.
+``--plain-http``: uvicorn's own httptools protocol instead of the router's (router/api/limits.py): the router as
+it was before its connection limits, to measure what they cost (or what an attack does without them).
 """
 
 from __future__ import annotations
@@ -22,10 +25,17 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--gc-freeze", action="store_true")
     ap.add_argument("--gc-threshold", type=int, default=0)
     ap.add_argument("--gc-stats", action="store_true")
+    ap.add_argument("--plain-http", action="store_true")
     ap.add_argument("cli", nargs=argparse.REMAINDER, help="-- then the inference-router arguments")
     args = ap.parse_args(argv)
     cli = args.cli[1:] if args.cli[:1] == ["--"] else args.cli
 
+    if args.plain_http:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        from router import serving
+
+        serving.limited_protocol = lambda *_, **__: HttpToolsProtocol  # type: ignore[assignment]
     if args.gc_threshold:
         _, g1, g2 = gc.get_threshold()
         gc.set_threshold(args.gc_threshold, g1, g2)

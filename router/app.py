@@ -18,8 +18,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from router.api.dataplane import DataPlane
+from router.api.errors import EXCEPTION_HANDLERS, error_response
 from router.api.jobs import JOB_HANDLERS
+from router.api.openapi import openapi_document
 from router.features import RequestError
+from router.readiness import readiness
 from router.runtime import Runtime
 
 log = structlog.get_logger("router.app")
@@ -34,7 +37,8 @@ class ExplainRequest(BaseModel):
 
 def _admin_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     runtime: Runtime = connection.app.state.runtime
-    token = runtime.routing.config.server.admin_token
+    secret = runtime.routing.config.server.admin_token
+    token = secret.get_secret_value() if secret is not None else ""
     if not token:
         raise PermissionDeniedException("admin API disabled: set server.admin_token")
     scheme, _, given = connection.headers.get("authorization", "").partition(" ")
@@ -49,13 +53,9 @@ def healthz() -> dict[str, str]:
 
 @get("/readyz", sync_to_thread=False)
 def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-    runtime: Runtime = request.app.state.runtime
-    routing = runtime.routing
-    missing = sorted(set(routing.config.backends) - set(routing.targets))
-    ready = runtime.started and not runtime.draining and not missing
-    body = {"status": "ready" if ready else "not_ready", "draining": runtime.draining,
-            "models": sorted(routing.models), "backends_missing": missing}
-    return Response(body, status_code=200 if ready else 503)
+    """200 ``ready`` or ``degraded``, 503 ``not_ready``: see router.readiness for what each means."""
+    answer = readiness(request.app.state.runtime)
+    return Response(answer.body, status_code=200 if answer.ready else 503)
 
 
 @get("/metrics", sync_to_thread=False)
@@ -64,13 +64,18 @@ def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+@get("/openapi.json", sync_to_thread=False)
+def openapi(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """The API of this router (OpenAPI 3.0), its models' extra paths included."""
+    runtime: Runtime = request.app.state.runtime
+    return openapi_document(runtime.routing.config)
+
+
 @get("/admin/policy", guards=[_admin_guard], sync_to_thread=False)
 def admin_policy(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    """The config in force, without secrets (API keys, the admin token)."""
+    """The config in force; every secret (typed SecretStr in the config) shows as '**********'."""
     runtime: Runtime = request.app.state.runtime
-    cfg = runtime.routing.config
-    doc: dict[str, Any] = cfg.model_dump(mode="json", exclude={"server": {"admin_token"}, "callers": True})
-    doc["callers"] = [{"tenant": c.tenant, "max_urgency": c.max_urgency} for c in cfg.callers]
+    doc: dict[str, Any] = runtime.routing.config.model_dump(mode="json")
     return doc
 
 
@@ -89,7 +94,8 @@ async def admin_reload(request: Request[Any, Any, Any]) -> Response[dict[str, An
     runtime: Runtime = request.app.state.runtime
     errors = await runtime.reload_from_file()
     if errors:
-        return Response({"status": "rejected", "errors": errors}, status_code=400)
+        return error_response(400, f"config rejected ({len(errors)} errors); the previous config stays in force",
+                              "ValidationError", {"status": "rejected", "errors": errors})
     return Response({"status": "reloaded", "models": sorted(runtime.routing.models)}, status_code=200)
 
 
@@ -107,7 +113,11 @@ def explain(runtime: Runtime, model: str, headers: dict[str, str], nbytes: int) 
 
 def _install_sighup(runtime: Runtime) -> None:
     async def reload() -> None:
-        errors = await runtime.reload_from_file()
+        try:
+            errors = await runtime.reload_from_file()
+        except Exception:  # never an unhandled task exception: the old config stays in force
+            log.exception("sighup_reload_failed")
+            return
         if errors:
             log.warning("sighup_reload_rejected", errors=errors)
 
@@ -135,11 +145,12 @@ def create_app(runtime: Runtime, *, tune_gc: bool = False) -> DataPlane:
         await runtime.close()
 
     app = Litestar(
-        route_handlers=[healthz, readyz, metrics, admin_policy, admin_explain, admin_reload, *JOB_HANDLERS],
+        route_handlers=[healthz, readyz, metrics, openapi, admin_policy, admin_explain, admin_reload, *JOB_HANDLERS],
         on_startup=[startup],
         on_shutdown=[shutdown],
         logging_config=None,
         openapi_config=None,
+        exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.runtime = runtime
     return DataPlane(app, runtime)

@@ -6,9 +6,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from router.config import RouterConfig, load_config
 from router.yamlpos import ConfigError
+
+if TYPE_CHECKING:
+    from router.runtime import Runtime
 
 
 def _load_or_exit(path: str) -> RouterConfig:
@@ -21,22 +25,13 @@ def _load_or_exit(path: str) -> RouterConfig:
         raise SystemExit(2) from None
 
 
-def run_server(app: object, host: str, port: int, drain_timeout_s: float) -> None:
-    """Serve ``app`` with uvicorn (uvloop + httptools measured fastest here, see shared/FACTS.md)."""
-    import uvicorn
+def run_server(app: object, runtime: Runtime, host: str, port: int) -> None:
+    """Serve ``app`` with uvicorn (uvloop + httptools measured fastest here, see shared/FACTS.md), with the
+    connection limits and the drain of ``router.serving``."""
+    from router.serving import RouterServer, server_config
 
-    uvicorn.run(
-        app,  # type: ignore[arg-type]
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=max(1, int(drain_timeout_s)),
-    )
+    config = server_config(app, runtime, host=host, port=port, loop="uvloop")
+    RouterServer(config, runtime).run()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -49,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     runtime = Runtime(cfg, config_path=args.config)
     host = args.host or cfg.server.host
     port = args.port if args.port is not None else cfg.server.port
-    run_server(create_app(runtime, tune_gc=True), host, port, cfg.server.drain_timeout)
+    run_server(create_app(runtime, tune_gc=True), runtime, host, port)
     return 0
 
 

@@ -13,12 +13,14 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SecretStr,
     Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from router.numbers import parse_uint
 from router.protocols import (
     CONTROL_METHODS,
     INFERENCE_METHODS,
@@ -31,7 +33,7 @@ from router.protocols import (
 )
 from router.types import MODEL_LANES, SYNC_LANES, Lane
 from router.units import parse_duration, parse_size
-from router.yamlpos import ConfigError, ConfigIssue, Located, Path, format_path, load_located
+from router.yamlpos import ConfigError, ConfigIssue, Located, Path, decode_text, format_path, load_located
 
 Size = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -53,17 +55,28 @@ class Strict(BaseModel):
 class ServerConfig(Strict):
     listen: str = "127.0.0.1:8080"
     max_body: Size = parse_size("1GiB")  # hard cap on any request body, before per-lane limits
-    admin_token: str | None = None  # admin endpoints answer 403 until one is set
+    admin_token: SecretStr | None = None  # admin endpoints answer 403 until one is set
     api_key_header: str = "X-Api-Key"
     access_log: bool = True  # one JSON line per request
     log_format: Literal["auto", "json", "console"] = "auto"
+    # On SIGTERM /readyz turns 503 at once, the listener keeps serving for drain_delay (load balancers
+    # notice), then closes; requests in flight get drain_timeout to finish, then running jobs jobs.drain_timeout.
+    drain_delay: Duration = 5.0
     drain_timeout: Duration = 30.0
+    # Connection limits (router/api/limits.py); the README's "Operating" section gives the reasons.
+    max_header_bytes: Size = Field(64 * 1024, ge=1024)  # request line + headers; 431 beyond
+    header_timeout: Duration = Field(10.0, gt=0)  # a request's head must arrive within this; 408
+    body_timeout: Duration = Field(10.0, gt=0)  # a body's grace period and longest pause; 408
+    min_body_rate: Size = 1000  # bytes/s a body must average after body_timeout; 408
+    keepalive_timeout: Duration = Field(75.0, gt=0)  # idle keep-alive connections are closed after this
+    max_connections: int = Field(4096, ge=1, le=1_000_000)  # open connections; one more gets 503 and is closed
 
     @field_validator("listen")
     @classmethod
     def _listen_has_port(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        number = parse_uint(port, max_digits=5)
+        if not sep or not host or number is None or not 0 <= number < 65536:
             raise ValueError(f"listen must be HOST:PORT, got {value!r}")
         return value
 
@@ -113,6 +126,9 @@ class JobsConfig(Strict):
     max_backoff: Duration = 60.0
     poll_interval: Duration = 0.2  # how often an idle worker looks for work
     drain_timeout: Duration = 30.0  # on stop: running jobs may finish for this long, the rest go back
+    # A result (or a job's outcome) that storage refuses is retried this long, the model never called again;
+    # then the job fails with a StorageError. /readyz is 503 while the lane's storage keeps failing.
+    storage_retry: Duration = 300.0
     # Finished jobs (records, payloads, results) are deleted this long after they ended; 0 keeps them.
     # Embedded state only: on S3 give the bucket a lifecycle rule instead.
     retention: Duration = Field(7 * 86400.0, ge=0)
@@ -144,11 +160,24 @@ class UrgencyConfig(Strict):
 
 
 class CallerConfig(Strict):
-    api_key: str = Field(min_length=8)
+    """A known caller, identified by an API key (``X-Api-Key``) or by SigV4 (the access key id of an SDK client's
+    signature, checked with its secret), or both."""
+
+    api_key: SecretStr | None = Field(None, min_length=8)
+    aws_access_key_id: str | None = Field(None, pattern=r"^[A-Za-z0-9]{16,128}$")
+    aws_secret_access_key: SecretStr | None = Field(None, min_length=16)
     tenant: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     max_urgency: str | None = None  # default: any level
     # Share of a full backend's slots against other tenants of the same urgency (anonymous callers: 1).
     weight: float = Field(1.0, gt=0.0, le=1000.0)
+
+    @model_validator(mode="after")
+    def _identified(self) -> CallerConfig:
+        if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
+            raise ValueError("aws_access_key_id and aws_secret_access_key go together")
+        if self.api_key is None and self.aws_access_key_id is None:
+            raise ValueError("a caller needs an api_key, or an aws_access_key_id with its aws_secret_access_key")
+        return self
 
 
 class BreakerConfig(Strict):
@@ -293,7 +322,7 @@ class HttpBackendConfig(_BackendBase):
             raise ValueError(f"url must be an http:// or https:// URL, got {value!r}")
         return value
 
-    headers: dict[str, str] = Field(default_factory=dict)  # static headers, e.g. the upstream's auth
+    headers: dict[str, SecretStr] = Field(default_factory=dict)  # static headers, e.g. the upstream's auth
     variant: str | None = None  # X-Amzn-Invoked-Production-Variant; default the backend's name
 
 
@@ -491,7 +520,7 @@ class WebhookConfig(Strict):
     """Completion callbacks for jobs: a client names a URL in ``header``; it must match ``allow``."""
 
     allow: list[str] = Field(min_length=1)  # exact URLs, or prefixes ending in '*'; nothing else is called
-    secret: str = Field(min_length=16)  # HMAC-SHA256 key of the X-Router-Signature header
+    secret: SecretStr = Field(min_length=16)  # HMAC-SHA256 key of the X-Router-Signature header
     header: str = "X-Callback-Url"
     attempts: int = Field(3, ge=1, le=10)
 
@@ -567,16 +596,17 @@ def _semantic_issues(data: dict[str, Any]) -> list[tuple[Path, str, bool]]:
     raw_levels = _mapping(data.get("urgency")).get("levels")
     levels = raw_levels if isinstance(raw_levels, dict) and raw_levels else _DEFAULT_LEVELS
     callers = _list(data.get("callers"))
-    keys: set[str] = set()
+    keys: set[tuple[str, str]] = set()
     for i, caller in enumerate(callers):
         caller = _mapping(caller)
         level = caller.get("max_urgency")
         if isinstance(level, str) and level not in levels:
             issues.append((("callers", i, "max_urgency"), f"unknown urgency level {level!r}", False))
-        key = caller.get("api_key")
-        if isinstance(key, str) and key in keys:
-            issues.append((("callers", i, "api_key"), "api_key is used by another caller", False))
-        keys.add(str(key))
+        for field_name in ("api_key", "aws_access_key_id"):
+            key = caller.get(field_name)
+            if isinstance(key, str) and (field_name, key) in keys:
+                issues.append((("callers", i, field_name), f"{field_name} is used by another caller", False))
+            keys.add((field_name, str(key)))
     overflow = _mapping(data.get("fallback")).get("overflow_min_urgency")
     if isinstance(overflow, str) and overflow not in levels:
         issues.append((("fallback", "overflow_min_urgency"), f"unknown urgency level {overflow!r}", False))
@@ -760,7 +790,7 @@ def load_config(path: str | FsPath, env: Mapping[str, str] | None = None) -> Rou
     """Read and validate a config file; ConfigError lists every problem as FILE:LINE:COL."""
     p = FsPath(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except OSError as exc:
         raise ConfigError([ConfigIssue(str(path), 1, 1, "", f"cannot read config: {exc.strerror}")]) from None
-    return parse_config(text, str(path), env)
+    return parse_config(decode_text(data, str(path)), str(path), env)

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from router.config import CallerConfig, UrgencyConfig
+from router.numbers import parse_uint
 from router.types import RequestFeatures
+
+if TYPE_CHECKING:  # botocore (~30 MB) is imported only when a caller signs with SigV4
+    from router.auth.sigv4 import SignedRequest, SigV4Callers
 
 MAX_DEADLINE_MS = 86_400_000
 ANONYMOUS = "anonymous"
@@ -47,10 +52,21 @@ def parse_prefer(value: str | None) -> Prefer:
         if token == "respond-async":
             respond_async = True
         elif token == "wait":
-            arg = arg.strip().strip('"')
-            if arg.isdigit():
-                wait = float(arg)
+            seconds = parse_uint(arg.strip().strip('"'))
+            if seconds is not None:
+                wait = float(seconds)
     return Prefer(respond_async, wait)
+
+
+def _sigv4_callers(known: list[tuple[CallerConfig, Caller]]) -> SigV4Callers[Caller] | None:
+    """Callers with SigV4 credentials, by access key id; None without any (botocore is then never imported)."""
+    signers = {c.aws_access_key_id: (caller, c.aws_secret_access_key.get_secret_value())
+               for c, caller in known if c.aws_access_key_id and c.aws_secret_access_key}
+    if not signers:
+        return None
+    from router.auth.sigv4 import SigV4Callers
+
+    return SigV4Callers(signers)
 
 
 class FeatureExtractor:
@@ -70,23 +86,34 @@ class FeatureExtractor:
         self._key_header = api_key_header.lower()
         top = max(urgency.levels.values())
         self._anonymous = Caller(ANONYMOUS, urgency.anonymous_ceiling)
-        self._callers = {
-            c.api_key: Caller(c.tenant, urgency.levels[c.max_urgency] if c.max_urgency else top) for c in callers
-        }
+        known = [(c, Caller(c.tenant, urgency.levels[c.max_urgency] if c.max_urgency else top)) for c in callers]
+        self._callers = {c.api_key.get_secret_value(): caller for c, caller in known if c.api_key is not None}
+        self._sigv4 = _sigv4_callers(known)
         # the level a clamped request gets: the highest level at or below the ceiling
         ranked = sorted(urgency.levels.items(), key=lambda kv: kv[1])
         self._at_most = {prio: max((kv for kv in ranked if kv[1] <= prio), key=lambda kv: kv[1], default=ranked[0])
-                         for prio in {c.ceiling for c in (*self._callers.values(), self._anonymous)}}
+                         for prio in {c.ceiling for c in (*(caller for _, caller in known), self._anonymous)}}
         self._on_clamp = on_clamp
 
     def caller(self, headers: Mapping[str, str]) -> Caller:
+        """The caller an API key or, without one, a SigV4 signature names (its signature is checked later, once
+        the body is known: ``signed_request``); anonymous otherwise."""
         key = headers.get(self._key_header)
         if key is None:
-            return self._anonymous
+            authorization = headers.get("authorization") if self._sigv4 is not None else None
+            signer = self._sigv4.caller(authorization) if self._sigv4 and authorization else None
+            return signer if signer is not None else self._anonymous
         caller = self._callers.get(key)
         if caller is None:
             raise RequestError(403, "AccessDeniedException", f"unknown API key in {self._key_header}")
         return caller
+
+    def signed_request(self, scope: Mapping[str, Any], headers: Mapping[str, str]) -> SignedRequest | None:
+        """The SigV4 signature to verify for a request whose caller it named; None when there is none to check."""
+        if self._sigv4 is None or self._key_header in headers:
+            return None
+        authorization = headers.get("authorization")
+        return self._sigv4.request(scope, authorization) if authorization else None
 
     def extract(self, model: str, headers: Mapping[str, str], payload_bytes: int, key: int = 0) -> RequestFeatures:
         caller = self.caller(headers)
@@ -106,11 +133,10 @@ class FeatureExtractor:
         deadline_ms = None
         raw_deadline = headers.get("x-deadline-ms")
         if raw_deadline is not None:
-            text = raw_deadline.strip()
-            if not text.isdigit() or not 0 < int(text) <= MAX_DEADLINE_MS:
+            deadline_ms = parse_uint(raw_deadline)
+            if deadline_ms is None or not 0 < deadline_ms <= MAX_DEADLINE_MS:
                 raise RequestError(400, "ValidationError",
                                    f"invalid X-Deadline-Ms header: whole milliseconds, 1 to {MAX_DEADLINE_MS}")
-            deadline_ms = int(text)
         prefer = parse_prefer(headers.get("prefer"))
         return RequestFeatures(
             model=model,

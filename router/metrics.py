@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -56,7 +64,7 @@ class BackendCollector(Collector):
                                           labels=["backend"]),
             "latency": GaugeMetricFamily("router_backend_latency_ewma_seconds",
                                          "EWMA of successful call latency", labels=["backend"]),
-            "errors": GaugeMetricFamily("router_backend_error_rate", "EWMA of failed calls, 0..1",
+            "errors": GaugeMetricFamily("router_backend_error_ratio", "EWMA of failed calls, 0..1",
                                         labels=["backend"]),
             "breaker": GaugeMetricFamily("router_backend_breaker_open",
                                          "1 while the circuit breaker is open", labels=["backend"]),
@@ -106,16 +114,32 @@ class JobCollector(Collector):
         jobs = GaugeMetricFamily("router_jobs", "Jobs by lane and status", labels=["lane", "status"])
         for (lane, status), count in sorted(stats.jobs.items()):
             jobs.add_metric([lane, status], count)
-        queued = GaugeMetricFamily("router_jobs_queued", "Jobs waiting to run, per model", labels=["model"])
+        queued = GaugeMetricFamily("router_jobs_queued", "Jobs waiting to run, per model (\"*\": a whole SQS queue)",
+                                   labels=["model"])
         oldest = GaugeMetricFamily("router_jobs_oldest_queued_age_seconds", "Age of the oldest queued job",
                                    labels=["model"])
         for model, count in sorted(stats.queued.items()):
             queued.add_metric([model], count)
         for model, age in sorted(stats.oldest_queued_age_s.items()):
             oldest.add_metric([model], age)
-        dead = GaugeMetricFamily("router_jobs_dead_lettered", "Jobs that ended failed (in the DLQ on SQS)")
+        dead = GaugeMetricFamily("router_jobs_dead_lettered",
+                                 "Jobs that failed after using up their attempts (on SQS: the DLQ's depth)")
         dead.add_metric([], stats.dead_lettered)
         yield from (jobs, queued, oldest, dead)
+
+
+class StorageCollector(Collector):
+    """How long each job lane's storage has been failing (0 while it works), read at scrape time."""
+
+    def __init__(self, failing: Callable[[], Iterable[tuple[str, float]]]) -> None:
+        self._failing = failing
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily("router_storage_failing_seconds",
+                                  "Seconds a job lane's storage has kept failing, 0 while it works", labels=["lane"])
+        for lane, seconds in self._failing():
+            gauge.add_metric([lane], seconds)
+        yield gauge
 
 
 class BatchGauge(NamedTuple):
@@ -145,6 +169,56 @@ class BatchCollector(Collector):
         yield from (buffered, oldest, max_wait)
 
 
+class ConfigInfo(NamedTuple):
+    """What the config gauges show: the config in force and how it got there."""
+
+    version: str  # the router's
+    config_hash: str  # of the config in force
+    last_reload_ok: bool  # False from a rejected reload until a good one
+    loaded_at: float  # unix time the config in force was loaded (start or reload)
+    file_applied: bool | None  # the file on disk is the config in force; None without a config file
+
+
+class ConfigCollector(Collector):
+    """The build and config gauges, read at scrape time."""
+
+    def __init__(self, info: Callable[[], ConfigInfo]) -> None:
+        self._info = info
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        info = self._info()
+        build = GaugeMetricFamily("router_build_info", "The router's version and the hash of the config in force",
+                                  labels=["version", "config_hash"])
+        build.add_metric([info.version, info.config_hash], 1)
+        ok = GaugeMetricFamily("router_config_last_reload_successful",
+                               "0 from a rejected reload until a good one, else 1")
+        ok.add_metric([], 1 if info.last_reload_ok else 0)
+        loaded = GaugeMetricFamily("router_config_last_reload_success_timestamp_seconds",
+                                   "When the config in force was loaded (start or reload)")
+        loaded.add_metric([], info.loaded_at)
+        yield from (build, ok, loaded)
+        if info.file_applied is not None:
+            applied = GaugeMetricFamily("router_config_file_applied",
+                                        "1 while the config file on disk is the config in force, else 0")
+            applied.add_metric([], 1 if info.file_applied else 0)
+            yield applied
+
+
+class UsableCollector(Collector):
+    """``router_backend_usable``: the readiness checks' verdict per backend, read at scrape time."""
+
+    def __init__(self, usable: Callable[[], Mapping[str, bool]]) -> None:
+        self._usable = usable
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily("router_backend_usable",
+                                   "0 while the readiness check says the backend cannot work at all (no credentials, "
+                                   "unknown endpoint, connection refused), else 1", labels=["backend"])
+        for name, usable in sorted(self._usable().items()):
+            family.add_metric([name], 1 if usable else 0)
+        yield family
+
+
 class QueueCollector(Collector):
     """Admission queue depths per backend and urgency level, read at scrape time (zeros included)."""
 
@@ -160,10 +234,14 @@ class QueueCollector(Collector):
 
 
 class RouterMetrics:
-    """Every metric the router exports, in its own registry (several apps can live in one process)."""
+    """Every metric the router exports, in its own registry (several apps can live in one process), with the
+    standard ``process_*`` and ``python_*`` metrics of the process."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.requests = _Children(Counter("router_requests", "Data-plane requests answered",
                                           ["model", "lane", "backend", "code"], registry=r))
         self.duration = _Children(Histogram("router_request_duration_seconds", "Time to answer, by lane",
@@ -192,6 +270,11 @@ class RouterMetrics:
                                             registry=r))
         self.reloads = _Children(Counter("router_config_reloads", "Config reloads by result", ["result"],
                                          registry=r))
+        self.http_rejected = _Children(Counter(
+            "router_http_rejected", "Connections closed by a limit before a request reached the router",
+            ["reason"], registry=r))
+        for result in ("ok", "invalid", "failed"):  # from 0, so increase() sees the first of each
+            self.reloads(result)
         self.retry_budget_exhausted = _Children(Counter(
             "router_retry_budget_exhausted", "Fallbacks not tried because the retry budget was spent",
             ["model"], registry=r))
@@ -221,6 +304,11 @@ class RouterMetrics:
             buckets=(0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 21600), registry=r))
         self.job_attempts = _Children(Counter("router_job_attempts", "Job attempts by outcome",
                                               ["model", "outcome"], registry=r))
+        self.job_worker_restarts = Counter(
+            "router_job_worker_restarts", "Job workers that ended unexpectedly and were started again", registry=r)
+        self.storage_errors = _Children(Counter(
+            "router_storage_errors", "Storage operations of the job lanes that failed (each retry counts)",
+            ["lane", "store"], registry=r))
 
         self.batch_flushes = _Children(Counter("router_batch_flushes", "Batch buffer flushes by trigger",
                                                ["model", "trigger"], registry=r))
@@ -256,6 +344,16 @@ class RouterMetrics:
 
     def watch_jobs(self, stats: Callable[[], StoreStats | None]) -> None:
         self.registry.register(JobCollector(stats))
+
+    def watch_storage(self, failing: Callable[[], Iterable[tuple[str, float]]]) -> None:
+        """``failing()`` gives (lane, seconds its storage has been failing) at scrape time."""
+        self.registry.register(StorageCollector(failing))
+
+    def watch_usable(self, usable: Callable[[], Mapping[str, bool]]) -> None:
+        self.registry.register(UsableCollector(usable))
+
+    def watch_config(self, info: Callable[[], ConfigInfo]) -> None:
+        self.registry.register(ConfigCollector(info))
 
     def watch_backends(self, tracker: Callable[[], SaturationTracker]) -> None:
         self.registry.register(BackendCollector(tracker))

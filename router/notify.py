@@ -13,12 +13,17 @@ import hmac
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import structlog
 import yarl
+
+from router.numbers import parse_uint
+
+if TYPE_CHECKING:
+    from router.config import WebhookConfig
 
 log = structlog.get_logger("router.notify")
 
@@ -45,9 +50,8 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *,
         return False
     if max_age_s is None:
         return True
-    try:
-        sent = float(timestamp)
-    except ValueError:
+    sent = parse_uint(timestamp)
+    if sent is None:
         return False
     current = time.time() if now is None else now
     return abs(current - sent) <= max_age_s
@@ -57,6 +61,26 @@ def _pattern_matches(pattern: str, url: str) -> bool:
     if pattern.endswith("*"):
         return url.startswith(pattern[:-1])
     return url == pattern
+
+
+DEFAULT_CALLBACK_HEADER = "X-Callback-Url"  # webhooks.header's default
+
+
+def requested_callback(headers: Mapping[str, str], hooks: WebhookConfig | None,
+                       policy: CallbackPolicy | None) -> str | None:
+    """The callback URL a request names (``headers`` with lower-case names), if any. ValueError, with what to
+    tell the client, when it may not be used: not on the allow-list, or no ``webhooks`` section, so nothing
+    would ever call it."""
+    header = hooks.header if hooks else DEFAULT_CALLBACK_HEADER
+    url = headers.get(header.lower())
+    if url is None:
+        return None
+    if hooks is None or policy is None:
+        raise ValueError(f"{header} was sent, but this router has no webhooks section: no callback would ever "
+                         "be made; drop the header or configure webhooks")
+    if not policy.allows(url):
+        raise ValueError(f"{header} is not an allowed callback URL (webhooks.allow)")
+    return url
 
 
 class CallbackPolicy:

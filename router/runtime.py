@@ -27,6 +27,7 @@ from router.config import (
     SageMakerBatchBackendConfig,
     load_config,
 )
+from router.config_state import ConfigFile, config_hash, router_version
 from router.cost import BackendCost, costs
 from router.features import ANONYMOUS, FeatureExtractor
 from router.flow.admission import Admissions, QueueSettings
@@ -34,16 +35,18 @@ from router.flow.budget import RetryBudget
 from router.flow.limits import GradientSettings
 from router.lanes.jobs import JobLane
 from router.lanes.sync import SyncLane, Target
-from router.metrics import RouterMetrics
+from router.metrics import ConfigInfo, RouterMetrics
 from router.notify import CallbackPolicy, WebhookNotifier
 from router.paths import PathTable
 from router.policy.engine import ModelRoutes, PolicyEngine
 from router.policy.registry import build_policy
 from router.protocols import PathRule
+from router.readiness import BackendChecks
 from router.shadow import Shadows
 from router.state import Clock, SaturationTracker, TrackerSettings
 from router.storage import open_stores
 from router.storage.base import ObjectStore, StoreStats
+from router.storage.health import StorageHealth
 from router.types import JOB_LANES, Backend, Decision, Lane, RequestFeatures, Route
 from router.yamlpos import ConfigError
 
@@ -142,6 +145,7 @@ def build_routing(
                              fallback=tuple(Lane(f) for f in default.fallback)),
             async_without_prefer=m.async_without_prefer,
         )
+        metrics.retry_budget_exhausted(name)  # from 0, so increase() sees the first
         sync_limits = [v for lane, v in limits.items() if lane not in JOB_LANES]
         models[name] = ModelEntry(name, routes, min(cfg.server.max_body, max(limits.values(), default=0)),
                                   min(cfg.server.max_body, max(sync_limits, default=0)),
@@ -189,7 +193,16 @@ class Runtime:
         self.metrics.watch_queues(lambda: self.admissions.depths(self.routing.level_names))
         self.metrics.watch_jobs(self._job_stats)
         self.metrics.watch_batch(lambda: self.batch_lane.gauges() if self.batch_lane else ())
+        self.metrics.watch_storage(lambda: [(h.lane, h.failing_for()) for h in self.storage_health()])
+        self.metrics.watch_config(self._config_info)
+        self.config_file = ConfigFile(self.config_path) if self.config_path else None
+        self.config_hash = config_hash(cfg)
+        self.config_loaded_at = time.time()
+        self.last_reload_ok = True
+        self.version = router_version()
         self.connections = Connections()
+        self.backend_checks = BackendChecks(self.connections)
+        self.metrics.watch_usable(lambda: {n: r.usable for n, r in self.backend_checks.results.items()})
         self._backends: dict[str, tuple[BackendConfig, Backend]] = {}
         self.routing = build_routing(cfg, self.tracker, {}, self.metrics, self.admissions)
         retry = cfg.fallback
@@ -198,13 +211,16 @@ class Runtime:
         self.sync.costs = self.routing.costs
         self.metrics.watch_costs(lambda: ((n, c.fixed_per_hour) for n, c in self.routing.costs.items()))
         self.started = False
-        self.draining = False
+        self.draining = False  # /readyz is 503 (SIGTERM's drain); requests are still served
+        self.closing = False  # the lanes are stopping: no new work is taken
         self.job_lane: JobLane | None = None
         self.batch_lane: BatchLane | None = None
 
     async def start(self) -> None:
         self.routing = await self._routing_for(self.routing.config)
         cfg = self.routing.config
+        await self.backend_checks.update(cfg.backends)  # /readyz tells the truth from the first answer
+        self.backend_checks.start()
         if any(lane in JOB_LANES for m in self.routing.models.values() for lane in m.routes.lanes):
             objects, jobs = await open_stores(cfg.state)
             self.job_lane = JobLane(objects, jobs, cfg.jobs, self.sync, self._job_target)
@@ -245,11 +261,14 @@ class Runtime:
         routing = await self._routing_for(cfg) if self.started else build_routing(
             cfg, self.tracker, {}, self.metrics, self.admissions)
         self.routing = routing
+        if self.started:
+            await self.backend_checks.update(cfg.backends)
         self.sync.overflow_priority = routing.overflow_priority
         self.sync.costs = routing.costs
         self._set_notifier(cfg)
         retry = cfg.fallback
         self.sync.budget.reconfigure(retry.retry_budget, retry.min_retries_per_second, retry.retry_burst)
+        self.config_hash, self.config_loaded_at, self.last_reload_ok = config_hash(cfg), time.time(), True
         self.metrics.reloads("ok").inc()
         log.info("config_reloaded", models=sorted(routing.models))
 
@@ -260,13 +279,20 @@ class Runtime:
         try:
             cfg = load_config(self.config_path)
         except ConfigError as exc:
+            self.last_reload_ok = False
             self.metrics.reloads("invalid").inc()
             errors = [str(i) for i in exc.issues]
             log.warning("config_reload_rejected", errors=errors)
             return errors
+        except Exception as exc:  # a loader bug: still an answer and a count, never an unhandled exception
+            self.last_reload_ok = False
+            self.metrics.reloads("failed").inc()
+            log.exception("config_reload_failed")
+            return [f"{self.config_path}:1:1: the config could not be loaded: {type(exc).__name__}"]
         try:
             await self.reload(cfg)
         except Exception as exc:  # e.g. a backend that cannot start: keep serving on the old config
+            self.last_reload_ok = False
             self.metrics.reloads("failed").inc()
             log.exception("config_reload_failed")
             return [f"reload failed: {exc}"]
@@ -276,7 +302,7 @@ class Runtime:
         if self.job_lane is not None:
             hooks = cfg.webhooks
             self.job_lane.events.notifier = WebhookNotifier(
-                self.connections.http, hooks.secret, attempts=hooks.attempts) if hooks else None
+                self.connections.http, hooks.secret.get_secret_value(), attempts=hooks.attempts) if hooks else None
             self.job_lane.events.topic = self._job_topic(cfg)
 
     def _job_topic(self, cfg: RouterConfig) -> SnsJobNotifier | None:
@@ -291,6 +317,15 @@ class Runtime:
         region, url = topic.region or state.region, topic.endpoint_url or state.endpoint_url
         clients = self.connections.sagemaker()
         return SnsJobNotifier(lambda: clients.get(region, url, "sns"), topic.sns_topic_arn, attempts=topic.attempts)
+
+    def storage_health(self) -> list[StorageHealth]:
+        """The storage health of each job lane that runs here."""
+        lanes: list[JobLane | BatchLane | None] = [self.job_lane, self.batch_lane]
+        return [lane.health for lane in lanes if lane is not None]
+
+    def _config_info(self) -> ConfigInfo:
+        applied = None if self.config_file is None else self.config_file.current_hash() == self.config_hash
+        return ConfigInfo(self.version, self.config_hash, self.last_reload_ok, self.config_loaded_at, applied)
 
     def _job_stats(self) -> StoreStats | None:
         stats = self.job_lane.stats if self.job_lane else None
@@ -310,8 +345,10 @@ class Runtime:
         state = cfg.state
         if state.batch_queue_url is None:  # the config check requires it with a batch lane
             raise ValueError("state.batch_queue_url is required for the batch lane")
+        # the same records prefix as the job lane's store, so one tenant index lists both lanes' jobs
         jobs = SqsJobStore(state.bucket, state.batch_queue_url, dlq_url=state.batch_dlq_url,
-                           prefix=f"{state.prefix}jobs/", region=state.region, endpoint_url=state.endpoint_url)
+                           prefix=f"{state.prefix}jobs/", region=state.region, endpoint_url=state.endpoint_url,
+                           track_queued=False)
         await jobs.start()
 
         def hold() -> int:  # jobs held unflushed: enough for a full batch of every model
@@ -352,7 +389,8 @@ class Runtime:
         return self.routing.targets.get(name) if name else None
 
     async def close(self) -> None:
-        self.draining = True
+        self.draining = self.closing = True
+        await self.backend_checks.stop()
         if self.batch_lane is not None:
             await self.batch_lane.stop()
             await self.batch_lane.store.close()

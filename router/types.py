@@ -186,6 +186,18 @@ RETRYABLE: frozenset[FailureKind] = frozenset(
         FailureKind.CONNECTION,
     }
 )
+# The name a client sees for each kind, in a sync answer's x-amzn-ErrorType and in a failed job's error type:
+# SageMaker Runtime's own names, so one vocabulary (and one casing) covers both.
+ERROR_TYPES: Mapping[FailureKind, str] = MappingProxyType({
+    FailureKind.THROTTLED: "ThrottlingException",
+    FailureKind.NOT_READY: "ModelNotReadyException",
+    FailureKind.UNAVAILABLE: "ServiceUnavailable",
+    FailureKind.CONNECTION: "ServiceUnavailable",
+    FailureKind.SERVER_ERROR: "ModelError",
+    FailureKind.TIMEOUT: "ModelError",
+    FailureKind.MODEL_ERROR: "ModelError",
+    FailureKind.VALIDATION: "ValidationError",
+})
 # Failures that say the backend is unhealthy, as opposed to busy or unhappy with this input.
 BREAKER_FAILURES: frozenset[FailureKind] = frozenset(
     {FailureKind.UNAVAILABLE, FailureKind.SERVER_ERROR, FailureKind.TIMEOUT, FailureKind.CONNECTION}

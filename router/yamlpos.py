@@ -3,6 +3,11 @@
 Config errors must point at ``file:line:col``; PyYAML's node tree has the marks, so we build
 the objects from nodes ourselves. Duplicate keys are errors (PyYAML silently keeps the last),
 and ``${VAR}`` / ``${VAR:-default}`` are substituted from the environment in scalar strings.
+
+Whatever the file holds, the outcome is a value or a ConfigError, never another exception: bytes that are
+not UTF-8, characters YAML refuses, tags we do not know (``!foo``) or values their tag refuses (``!!int abc``),
+nesting deeper than ``MAX_DEPTH`` and aliases that expand past ``MAX_VALUES`` values (the "billion laughs")
+are all errors at their position.
 """
 
 from __future__ import annotations
@@ -16,6 +21,10 @@ from typing import Any
 import yaml
 
 Path = tuple[str | int, ...]
+MAX_DEPTH = 64  # nesting of mappings and lists; a config needs about 8, Python's stack far more than 64
+MAX_VALUES = 100_000  # values built, aliases expanded: bounds time and memory whatever the anchors do
+_MAP_TAGS = frozenset({"tag:yaml.org,2002:map"})
+_SEQ_TAGS = frozenset({"tag:yaml.org,2002:seq"})
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -73,6 +82,7 @@ class _Builder:
         self.positions: dict[Path, tuple[int, int]] = {}
         self.key_positions: dict[Path, tuple[int, int]] = {}
         self.issues: list[ConfigIssue] = []
+        self.values = 0
 
     def _issue(self, node: yaml.Node, path: Path, message: str) -> None:
         mark = node.start_mark
@@ -80,6 +90,14 @@ class _Builder:
 
     def build(self, node: yaml.Node, path: Path) -> Any:
         self.positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise _TooBig(node, path, f"the document expands to more than {MAX_VALUES} values (aliases?)")
+        if len(path) > MAX_DEPTH:  # a recursive alias (&a [*a]) too
+            raise _TooBig(node, path, f"nesting deeper than {MAX_DEPTH} levels")
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _MAP_TAGS | _SEQ_TAGS:
+            self._issue(node, path, f"unsupported tag {_short_tag(node.tag)!r}")
+            return None
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
@@ -102,9 +120,23 @@ class _Builder:
     def build_scalar(self, node: yaml.Node, path: Path) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             return None
-        value = _LOADER.construct_object(node)
-        _LOADER.constructed_objects.clear()
+        try:
+            value = _LOADER.construct_object(node)
+        except yaml.constructor.ConstructorError as exc:  # an unknown tag (!foo), a merge key (<<)
+            merge = node.tag == "tag:yaml.org,2002:merge"
+            self._issue(node, path, "merge keys (<<) are not supported" if merge
+                        else f"unsupported tag {_short_tag(node.tag)!r}" if "constructor" in str(exc.problem)
+                        else str(exc.problem or "invalid value"))
+            return None
+        except (ValueError, TypeError, OverflowError) as exc:  # !!int abc, !!timestamp 2020-13-45, 5,000 digits
+            self._issue(node, path, f"invalid {_short_tag(node.tag)} value: {exc}")
+            return None
+        finally:
+            _LOADER.constructed_objects.clear()
         if isinstance(value, str):
+            if not _encodable(value):
+                self._issue(node, path, "a string with an unpaired surrogate escape (\\ud800-\\udfff)")
+                return None
             return self.substitute(value, node, path)
         return value
 
@@ -129,16 +161,80 @@ class _Builder:
 _LOADER = yaml.SafeLoader("")
 
 
+class _TooBig(Exception):
+    def __init__(self, node: yaml.Node, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.node, self.path, self.message = node, path, message
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag.removeprefix("tag:yaml.org,2002:") if tag.startswith("tag:yaml.org,2002:") else tag
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _line_col(text: str, index: int) -> tuple[int, int]:
+    """1-based line and column of character ``index`` of ``text``."""
+    line = text.count("\n", 0, index) + 1
+    return line, index - (text.rfind("\n", 0, index) + 1) + 1
+
+
+def decode_text(data: bytes, file: str) -> str:
+    """A config file's bytes as text: UTF-8 (with or without a BOM), else a ConfigError at the first bad byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        start = data.rfind(b"\n", 0, exc.start) + 1
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = len(data[start:exc.start].decode("utf-8", "replace")) + 1
+        raise ConfigError([ConfigIssue(file, line, col, "", f"not UTF-8: byte 0x{data[exc.start]:02x} cannot "
+                                       "start or continue a character here")]) from None
+
+
+def _syntax_issue(text: str, file: str, exc: yaml.YAMLError) -> ConfigIssue:
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow (control characters...)
+        line, col = _line_col(text, exc.position)
+        return ConfigIssue(file, line, col, "", f"YAML syntax: character #x{exc.character:04x} is not allowed "
+                           "in YAML (control characters must be written as escapes in double quotes)")
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        return ConfigIssue(file, line, col, "", f"YAML syntax: {exc.problem or exc}")
+    return ConfigIssue(file, 1, 1, "", f"YAML syntax: {exc}")
+
+
+def _check_depth(text: str, file: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH before composing: PyYAML's composer recurses once per level."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+                raise ConfigError([ConfigIssue(file, line, col, "", f"nesting deeper than {MAX_DEPTH} levels")])
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def load_located(text: str, file: str, env: Mapping[str, str] | None = None) -> Located:
     """Parse one YAML document. Raises ConfigError listing every syntax, duplicate-key and env error."""
     try:
+        _check_depth(text, file)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise ConfigError([ConfigIssue(file, line, col, "", f"YAML syntax: {exc.problem or exc}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([_syntax_issue(text, file, exc)]) from None
     builder = _Builder(file, os.environ if env is None else env)
-    data = {} if node is None else builder.build(node, ())
+    try:
+        data = {} if node is None else builder.build(node, ())
+    except _TooBig as exc:
+        builder._issue(exc.node, exc.path, exc.message)
     if builder.issues:
         raise ConfigError(builder.issues)
     return Located(data, builder.positions, builder.key_positions)

@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import uvicorn
 from aiohttp import web
 
 from router.app import create_app
@@ -21,8 +20,12 @@ from router.config import parse_config
 from router.demo.model_server import ModelServer
 from router.logging import configure_logging
 from router.runtime import Runtime
+from router.serving import RouterServer, server_config
 
 configure_logging("json")
+# The readiness check's DescribeEndpoint goes to a closed local port unless a test names a control plane
+# (moto's): endpoints are then unverified, and no test ever asks real AWS.
+NO_REAL_CONTROL_PLANE = {"AWS_ENDPOINT_URL_SAGEMAKER": "http://127.0.0.1:9"}
 
 
 @dataclass
@@ -43,9 +46,7 @@ async def serve_router(yaml_text: str, env: Mapping[str, str] | None = None,
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(runtime), lifespan="on", log_config=None, access_log=False,
-                            server_header=False)  # as `serve` runs it: forwarded answers keep the server's own
-    server = uvicorn.Server(config)
+    server = RouterServer(server_config(create_app(runtime), runtime), runtime)  # the limits and drain of serve
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(10):
@@ -119,6 +120,6 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake credentials, so botocore signs requests for the local emulator and never finds real ones."""
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_REGION": "us-east-1"}.items():
+                       "AWS_REGION": "us-east-1", **NO_REAL_CONTROL_PLANE}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)

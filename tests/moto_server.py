@@ -28,6 +28,7 @@ _FAKE_ENV = {
     "AWS_SESSION_TOKEN": "testing",
     "AWS_DEFAULT_REGION": REGION,
     "AWS_REGION": REGION,
+    "AWS_ENDPOINT_URL_SAGEMAKER": "http://127.0.0.1:9",  # readiness checks never ask real AWS (see conftest)
 }
 # Variables that could send a test to real AWS or change its clients' behaviour.
 _CLEARED_ENV = ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")

@@ -162,12 +162,12 @@ async def test_poison_job_fails_after_exactly_max_attempts(tmp_path: Path, http:
             job_id = (await r.json())["job_id"]
         job = await until_done(http, router, job_id)
         assert (job["status"], job["attempts"]) == ("failed", 3)
-        assert job["error"]["type"] == "unavailable"
+        assert job["error"]["type"] == "ServiceUnavailable"
         assert rt.requests == 3
         async with http.get(f"{router.url}/jobs/{job_id}/result") as r:
             assert r.status == 424
         async with http.get(f"{router.url}/jobs/{job_id}/error") as r:
-            assert (await r.json())["error"]["type"] == "unavailable"
+            assert (await r.json())["error"]["type"] == "ServiceUnavailable"
         registry = router.runtime.metrics.registry
         assert registry.get_sample_value("router_job_attempts_total", {"model": "fraud", "outcome": "retried"}) == 2
         assert registry.get_sample_value("router_job_attempts_total", {"model": "fraud", "outcome": "failed"}) == 1
@@ -186,7 +186,10 @@ async def test_model_error_fails_the_job_at_once(tmp_path: Path, http: Any) -> N
             job_id = (await r.json())["job_id"]
         job = await until_done(http, router, job_id)
         assert (job["status"], job["attempts"], job["error"]["type"], job["error"]["status"]) == (
-            "failed", 1, "model_error", 400)
+            "failed", 1, "ModelError", 400)
+        registry = router.runtime.metrics.registry
+        await until(lambda: registry.get_sample_value("router_jobs", {"lane": "async", "status": "failed"}) == 1)
+        assert registry.get_sample_value("router_jobs_dead_lettered") == 0  # the client's input: nobody is paged
 
 
 async def test_unknown_job_is_404_and_pending_result_is_202_with_retry_after(tmp_path: Path, http: Any) -> None:
@@ -291,10 +294,9 @@ async def test_finished_jobs_are_deleted_with_their_files_after_the_retention(tm
         assert (await until_done(http, router, job_id))["status"] == "succeeded"
         files = [tmp_path / "objects" / "inputs" / job_id, tmp_path / "objects" / "results" / job_id]
         assert all(f.exists() for f in files)
-        async with asyncio.timeout(10):  # the janitor runs every 2 s
+        async with asyncio.timeout(10):  # the janitor runs every 2 s; it deletes the record, then the files
             while True:
                 async with http.get(f"{router.url}/jobs/{job_id}") as r:
-                    if r.status == 404:
+                    if r.status == 404 and not any(f.exists() for f in files):
                         break
                 await asyncio.sleep(0.1)
-        assert not any(f.exists() for f in files)

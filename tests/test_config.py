@@ -84,7 +84,8 @@ def test_env_vars_are_substituted_and_a_missing_one_is_an_error() -> None:
     text = MINIMAL.replace("http://127.0.0.1:9", "http://127.0.0.1:${PORT}") + "server: {admin_token: '${TOKEN}'}\n"
     cfg = parse_config(text, "cfg.yaml", {"PORT": "9101", "TOKEN": "s3cret"})
     assert cfg.backends["rt"].url == "http://127.0.0.1:9101/invocations"  # type: ignore[union-attr]
-    assert cfg.server.admin_token == "s3cret"
+    assert cfg.server.admin_token is not None
+    assert cfg.server.admin_token.get_secret_value() == "s3cret"
     assert issues_of(text, {"PORT": "1"}) == [
         "cfg.yaml:6:23: server.admin_token: environment variable TOKEN is not set (write ${TOKEN:-default})"
     ]
@@ -92,7 +93,9 @@ def test_env_vars_are_substituted_and_a_missing_one_is_an_error() -> None:
 
 def test_env_default_and_escaped_dollar() -> None:
     text = MINIMAL + "server: {admin_token: '${TOKEN:-fallback}$$x'}\n"
-    assert parse_config(text, "cfg.yaml", {}).server.admin_token == "fallback$x"
+    token = parse_config(text, "cfg.yaml", {}).server.admin_token
+    assert token is not None
+    assert token.get_secret_value() == "fallback$x"
 
 
 def test_rule_matcher_errors_point_into_the_rule() -> None:

@@ -4,7 +4,9 @@ The router serves the demo config (policies/demo.yaml) in front of three real mo
 goes through every lane (realtime, serverless fallback, admission queues, shedding and deferral, async
 jobs, batch), Prometheus scrapes it
 every second, and then every dashboard panel's PromQL and every alert expression is evaluated
-through Prometheus's HTTP API: each must parse, and each panel must return data.
+through Prometheus's HTTP API: each must parse, and each panel must return data. A second run uses the
+scale-out state (S3 + SQS on moto's server): the job gauges that KEDA, the backlog alerts and the queue
+panels read must have data there too.
 """
 
 from __future__ import annotations
@@ -23,9 +25,16 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from prometheus_client import generate_latest
 
+from router.config import parse_config
 from router.demo.model_server import ModelServer
+from router.metrics import RouterMetrics
+from router.runtime import Runtime
 from tests.conftest import RunningRouter, free_port, serve_router, until
+from tests.moto_server import create_bucket, create_queues, moto_server, moto_url
+
+__all__ = ["moto_server", "moto_url"]  # fixtures, re-exported for pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -41,9 +50,13 @@ PROMTOOL = shutil.which("promtool")
 MISSING = ("the prometheus binary is not installed: `make test` installs Debian's `prometheus` package "
            "(which ships promtool) when it runs as root; or run `apt-get install prometheus`")
 
-# Grafana's variables as the test sets them: the demo's model, both backends (a multi-value selection
-# becomes a regex alternation), and a rate window that covers the whole test at a 1 s scrape interval.
+# Grafana's variables as the test sets them: the scrape job, every namespace and instance ("All"), the demo's
+# model, both backends (a multi-value selection becomes a regex alternation), and a rate window that covers
+# the whole test at a 1 s scrape interval.
 VARIABLES = {
+    "job": "inference-router",
+    "namespace": ".*",
+    "instance": ".*",
     "model": "fraud",
     "backend": "fraud-rt|fraud-sls",
     "__rate_interval": "1m",
@@ -67,6 +80,15 @@ def dashboard_panels() -> list[dict[str, Any]]:
     for panel in doc["panels"]:
         panels.extend(panel.get("panels", []) if panel["type"] == "row" else [panel])
     return panels
+
+
+def annotation_queries() -> list[str]:
+    return [a["expr"] for a in json.loads(DASHBOARD.read_text())["annotations"]["list"] if "expr" in a]
+
+
+def without_threshold(expr: str) -> str:
+    """An alert's expression without its final comparison: what must have data for the alert to be able to fire."""
+    return re.sub(r"\s*[<>=!]=?\s*[0-9.e+]+\s*$", "", expr.strip())
 
 
 def alert_rules() -> list[dict[str, Any]]:
@@ -113,7 +135,8 @@ def test_every_alert_has_a_summary_a_description_and_a_runbook_section() -> None
 
 def test_every_panel_has_a_description_and_uses_only_known_variables() -> None:
     doc = json.loads(DASHBOARD.read_text())
-    assert {v["name"] for v in doc["templating"]["list"]} == {"datasource", "model", "backend"}
+    assert {v["name"] for v in doc["templating"]["list"]} == {"datasource", "job", "namespace", "instance", "model",
+                                                              "backend"}
     ids = [p["id"] for p in doc["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for panel in dashboard_panels():
@@ -121,6 +144,22 @@ def test_every_panel_has_a_description_and_uses_only_known_variables() -> None:
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
             substitute(target["expr"])
+            if "router_" in target["expr"] or "process_" in target["expr"] or "up{" in target["expr"]:
+                assert 'instance=~"$instance"' in target["expr"], (panel["title"], target["expr"])
+    for expr in annotation_queries():
+        substitute(expr)
+    assert 'up{job="inference-router"}' not in DASHBOARD.read_text()
+
+
+def test_zero_one_gauges_are_drawn_on_their_own_on_off_axis() -> None:
+    """The breaker and cold-state gauges are 0/1: neither a percentage nor a point on a seconds axis."""
+    for panel in dashboard_panels():
+        for target in panel["targets"]:
+            if re.search(r"router_backend_(breaker_open|cold)\{", target["expr"]):
+                units = [p["value"] for o in panel["fieldConfig"]["overrides"]
+                         if o["matcher"] == {"id": "byFrameRefID", "options": target["refId"]}
+                         for p in o["properties"] if p["id"] == "unit"]
+                assert units == ["bool_on_off"], panel["title"]
 
 
 # --- a real Prometheus ------------------------------------------------------------------------
@@ -239,6 +278,10 @@ async def drive_every_lane(http: aiohttp.ClientSession, router: RunningRouter, r
 
     async with http.post(router.url + "/admin/reload", headers=ADMIN) as r:  # config reloads panel
         assert r.status == 200
+    # a policy skip: the first rule sends payloads over 6 MB to the async lane, which this client did not allow
+    async with http.post(router.url + "/admin/explain", headers=ADMIN,
+                         json={"model": "fraud", "bytes": 7_000_000}) as r:
+        assert r.status == 200
 
     async_server.latency_s = 3.0  # leave a backlog: the workers hold four slow jobs, the rest stay queued
     for _ in range(8):
@@ -249,6 +292,20 @@ async def invoke_async(http: aiohttp.ClientSession, router: RunningRouter) -> st
     async with http.post(f"{router.url}/endpoints/fraud/async-invocations", data=ROW, headers=CSV) as r:
         assert (r.status, r.headers["X-Router-Lane"]) == (202, "async")
         return r.headers["Location"]
+
+
+async def panel_problems(prom: Prometheus, panels: list[dict[str, Any]]) -> list[str]:
+    """Every query of ``panels`` that does not parse or has no data, as a readable line."""
+    problems: list[str] = []
+    for panel in panels:
+        for target in panel["targets"]:
+            expr = substitute(target["expr"])
+            answer = await prom.query(expr)
+            if answer["status"] != "success":
+                problems.append(f"panel {panel['title']!r}: {answer.get('error')} in {expr}")
+            elif not answer["data"]["result"]:
+                problems.append(f"panel {panel['title']!r}: no data for {expr}")
+    return problems
 
 
 async def scraped(prom: Prometheus, expr: str, timeout_s: float = 10.0) -> None:
@@ -273,21 +330,19 @@ async def test_every_panel_and_alert_query_works_against_a_real_prometheus_scrap
         config.write_text((ROOT / "policies" / "demo.yaml").read_text())
         async with serve_router(config.read_text(), config_path=str(config)) as router:
             prom = await prometheus_for(router.url.removeprefix("http://"))
+            await scraped(prom, "up == 1")  # counters are seen at 0 before the traffic: increase() has a start
             await drive_every_lane(http, router, rt, sls, async_server)
             # the job lane's stats refresh every 2 s; then one more scrape
             await scraped(prom, 'router_jobs_queued{model="fraud"} > 0')
-            await scraped(prom, 'router_config_reloads_total{result="ok"}')
+            await scraped(prom, 'router_config_reloads_total{result="ok"} > 0')
+            await scraped(prom, "router_policy_skips_total")
             await asyncio.sleep(1.5)
 
-            problems: list[str] = []
-            for panel in dashboard_panels():
-                for target in panel["targets"]:
-                    expr = substitute(target["expr"])
-                    answer = await prom.query(expr)
-                    if answer["status"] != "success":
-                        problems.append(f"panel {panel['title']!r}: {answer.get('error')} in {expr}")
-                    elif not answer["data"]["result"]:
-                        problems.append(f"panel {panel['title']!r}: no data for {expr}")
+            problems = await panel_problems(prom, dashboard_panels())
+            for expr in annotation_queries():  # the reload drawn on every graph
+                answer = await prom.query(substitute(expr))
+                if answer["status"] != "success" or not answer["data"]["result"]:
+                    problems.append(f"annotation {expr}: {answer.get('error') or 'no data'}")
             for rule in alert_rules():
                 answer = await prom.query(rule["expr"])
                 if answer["status"] != "success":
@@ -299,7 +354,10 @@ async def test_every_panel_and_alert_query_works_against_a_real_prometheus_scrap
 
             for name, label, metric, expected in (("model", "model", "router_requests_total", {"fraud"}),
                                                   ("backend", "backend", "router_backend_saturation",
-                                                   {"fraud-rt", "fraud-sls"})):
+                                                   {"fraud-rt", "fraud-sls"}),
+                                                  ("job", "job", "router_build_info", {"inference-router"}),
+                                                  ("instance", "instance", "router_build_info",
+                                                   {router.url.removeprefix("http://")})):
                 values = await prom.get(f"/api/v1/label/{label}/values", **{"match[]": metric})
                 if not expected <= set(values["data"]):
                     problems.append(f"variable ${name}: label_values({metric}, {label}) gave {values['data']}")
@@ -312,3 +370,85 @@ async def test_every_panel_and_alert_query_works_against_a_real_prometheus_scrap
             assert not problems, "\n".join(problems)
             async_server.latency_s = 0.005  # let the queued jobs finish quickly while the router drains
 
+
+
+async def test_the_job_gauges_keda_and_the_backlog_alerts_read_have_data_in_the_s3_and_sqs_mode(
+        moto_url: str, http: aiohttp.ClientSession, prometheus_for: Any) -> None:
+    jobs = create_queues(moto_url, "router-jobs")
+    state = (f'state: {{kind: aws, bucket: {create_bucket(moto_url)}, prefix: "r/", queue_url: "{jobs.queue_url}", '
+             f'dlq_url: "{jobs.dlq_url}", endpoint_url: "{moto_url}"}}')
+    async with ModelServer() as rt, serve_router(f"""
+server: {{access_log: false}}
+{state}
+jobs: {{workers: 0, drain_timeout: 1s}}
+backends:
+  fraud-rt: {{kind: http, url: "{rt.url}/invocations"}}
+models:
+  fraud: {{lanes: {{realtime: fraud-rt, async: fraud-rt}}}}
+""") as router:
+        prom = await prometheus_for(router.url.removeprefix("http://"))
+        for _ in range(3):  # no workers: they stay queued
+            await invoke_async(http, router)
+        await scraped(prom, 'router_jobs_queued{model="*"} >= 3')
+        await scraped(prom, 'router_jobs_oldest_queued_age_seconds{model="fraud"}')
+        await scraped(prom, "sum(rate(router_requests_total[2m]))")  # the other trigger: two samples of a rate
+
+        problems = await panel_problems(prom, [p for p in dashboard_panels()
+                                               if p["title"] in ("Queue depth", "Oldest queued job")])
+        for rule in alert_rules():
+            if rule["alert"] in ("RouterAsyncBacklog", "RouterAsyncOldestJobTooOld"):
+                answer = await prom.query(without_threshold(rule["expr"]))
+                if not answer["data"]["result"]:
+                    problems.append(f"alert {rule['alert']}: no data for {without_threshold(rule['expr'])}")
+        for query in keda_queries():
+            answer = await prom.query(query)
+            if not answer["data"]["result"]:
+                problems.append(f"KEDA trigger {query}: no data")
+        assert not problems, "\n".join(problems)
+        backlog = await prom.query(without_threshold(alert_rules()[
+            [r["alert"] for r in alert_rules()].index("RouterAsyncBacklog")]["expr"]))
+        assert [(s["metric"]["model"], float(s["value"][1])) for s in backlog["data"]["result"]] == [("*", 3.0)]
+
+
+def config_text(model: str) -> str:
+    return (f"backends: {{rt: {{kind: http, url: 'http://127.0.0.1:9/invocations'}}}}\n"
+            f"models: {{{model}: {{lanes: {{realtime: rt}}}}}}\n")
+
+
+def test_several_apps_in_one_process_each_export_process_metrics_and_their_build_info() -> None:
+    first, second = (Runtime(parse_config(config_text(model))) for model in ("fraud", "churn"))
+    texts = [generate_latest(r.metrics.registry).decode() for r in (first, second)]
+    for runtime, text in zip((first, second), texts, strict=True):
+        assert "process_cpu_seconds_total" in text
+        assert "process_resident_memory_bytes" in text
+        assert "python_info{" in text
+        assert f'config_hash="{runtime.config_hash}"' in text
+        assert re.search(r'router_build_info\{config_hash="\w{12}",version="[^"]+"\} 1\.0', text), text
+    assert first.config_hash != second.config_hash
+
+
+async def test_the_config_file_gauge_stays_down_while_a_rejected_edit_is_on_disk_until_a_good_reload(
+        tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    good = config_text("fraud")
+    path.write_text(good)
+    runtime = Runtime(parse_config(good), config_path=path, metrics=RouterMetrics())
+    registry = runtime.metrics.registry
+
+    def gauges() -> tuple[float | None, float | None]:
+        return (registry.get_sample_value("router_config_file_applied"),
+                registry.get_sample_value("router_config_last_reload_successful"))
+
+    assert gauges() == (1, 1)
+    path.write_text(good.replace("realtime: rt", "realtime: nope"))
+    assert await runtime.reload_from_file()  # rejected: the old config stays in force
+    assert gauges() == (0, 0)
+    assert gauges() == (0, 0)  # a state, not an event: nothing makes it clear by itself
+    path.write_text(good)  # the edit taken back: the file is the config in force again
+    assert gauges() == (1, 0)
+    before = runtime.config_hash
+    path.write_text(good.replace("9/invocations", "10/invocations"))
+    assert gauges()[0] == 0  # edited, not reloaded yet
+    assert await runtime.reload_from_file() == []
+    assert gauges() == (1, 1)
+    assert runtime.config_hash != before

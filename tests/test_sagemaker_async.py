@@ -108,7 +108,7 @@ async def test_a_failure_object_fails_the_job_with_the_models_reason_and_no_retr
         job_id = await submit(http, router, "not,a,fraud,row")
         job = await until_done(http, router, job_id)
     assert (job["status"], job["attempts"]) == ("failed", 1)
-    assert job["error"]["type"] == "model_error"
+    assert job["error"]["type"] == "ModelError"
     [failure_key] = keys(moto_url, "failures/")
     reason = boto3_client("s3", moto_url).get_object(Bucket=BUCKET, Key=failure_key)["Body"].read().decode()
     assert json.loads(reason)["message"]  # the model server's own 400 answer
@@ -130,7 +130,7 @@ async def test_completion_is_seen_through_sns_and_sqs_without_waiting_for_the_ne
         ok, bad = await until_done(http, router, ok_id), await until_done(http, router, bad_id)
         elapsed = time.monotonic() - started
     assert ok["status"] == "succeeded"
-    assert (bad["status"], bad["error"]["type"]) == ("failed", "model_error")
+    assert (bad["status"], bad["error"]["type"]) == ("failed", "ModelError")
     assert elapsed < 6.0  # far below the 20 s poll: the notifications woke the workers
     assert [n["invocationStatus"] for n in emulator.notifications] in (["Completed", "Failed"],
                                                                        ["Failed", "Completed"])
@@ -201,4 +201,4 @@ async def test_a_large_payload_is_streamed_from_storage_to_the_input_location(
     # the whole payload reached the model container through S3; the demo model refuses a body that large
     assert model.last_headers["Content-Length"] == str(len(body))
     assert (job["status"], job["attempts"]) == ("failed", 1)  # a model error: not retried
-    assert job["error"]["type"] == "model_error"
+    assert job["error"]["type"] == "ModelError"

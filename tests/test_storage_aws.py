@@ -41,7 +41,7 @@ def queues(moto_url: str) -> Queues:
 @pytest.fixture
 async def jobs(moto_url: str, queues: Queues) -> AsyncIterator[SqsJobStore]:
     store = SqsJobStore("router-state", queues.queue_url, dlq_url=queues.dlq_url, endpoint_url=moto_url,
-                        receive_wait_s=0)
+                        receive_wait_s=0, queued_scan_s=0.0)  # every stats call lists the queued markers
     await store.start()
     yield store
     await store.close()
@@ -256,17 +256,32 @@ async def test_of_two_concurrent_finishers_of_one_lease_exactly_one_wins(jobs: S
     assert final.status is winner
 
 
-async def test_a_worker_failure_dead_letters_the_job(jobs: SqsJobStore, moto_url: str, queues: Queues) -> None:
+async def test_a_job_that_used_up_its_attempts_is_dead_lettered(jobs: SqsJobStore, moto_url: str,
+                                                                 queues: Queues) -> None:
     await jobs.create(spec(), time.time())
     job = await lease_one(jobs, lease_s=30.0)
 
-    assert await jobs.fail("job-1", job.lease, {"type": "ValidationError", "message": "bad input"}, time.time())
+    error = {"type": "ServiceUnavailable", "message": "down", "attempts": 3}
+    assert await jobs.fail("job-1", job.lease, error, time.time(), dead_letter=True)
 
     failed = await jobs.get("job-1")
     assert failed is not None
-    assert (failed.status, failed.error) == (JobStatus.FAILED, {"type": "ValidationError", "message": "bad input"})
+    assert (failed.status, failed.error) == (JobStatus.FAILED, error)
     assert dlq_bodies(moto_url, queues.dlq_url) == ["job-1"]
     assert (await jobs.stats(time.time())).jobs[("*", "running")] == 0
+
+
+async def test_a_job_whose_input_the_model_rejected_fails_without_a_dead_letter(
+        jobs: SqsJobStore, moto_url: str, queues: Queues) -> None:
+    await jobs.create(spec(), time.time())
+    job = await lease_one(jobs, lease_s=30.0)
+
+    assert await jobs.fail("job-1", job.lease, {"type": "ModelError", "message": "bad input"}, time.time())
+
+    assert (await jobs.get("job-1")).status is JobStatus.FAILED  # type: ignore[union-attr]
+    assert dlq_bodies(moto_url, queues.dlq_url) == []  # the client's input, not a poison job: nobody is paged
+    stats = await jobs.stats(time.time())
+    assert (stats.jobs[("*", "running")], stats.dead_lettered) == (0, 0)
 
 
 async def test_a_queued_job_can_be_cancelled_and_its_message_is_then_dropped(
@@ -318,10 +333,57 @@ async def test_stats_count_queued_running_and_dead_lettered_messages(jobs: SqsJo
         await jobs.create(spec(f"job-{n}"), time.time())
     leased = await jobs.lease(2, 30.0, time.time())
     assert len(leased) == 2
-    assert await jobs.fail(leased[0].job_id, leased[0].lease, {"type": "X"}, time.time())
+    assert await jobs.fail(leased[0].job_id, leased[0].lease, {"type": "X"}, time.time(), dead_letter=True)
 
     stats = await jobs.stats(time.time())
 
     assert stats.jobs == {("*", "queued"): 1, ("*", "running"): 1}
     assert stats.dead_lettered == 1
-    assert stats.queued == {}
+    assert stats.queued == {"*": 1}  # SQS counts the whole queue, not each model
+
+
+async def test_the_oldest_queued_job_of_each_model_is_found_through_its_marker(jobs: SqsJobStore,
+                                                                                moto_url: str) -> None:
+    now = time.time()
+    await jobs.create(spec("a-old", model="a"), now - 120)
+    await jobs.create(spec("a-new", model="a"), now - 10)
+    await jobs.create(spec("a-same-second", model="a"), now - 9.5)  # one marker a second per model is enough
+    await jobs.create(spec("b-only", model="b"), now - 60)
+    markers = boto3_client("s3", moto_url).list_objects_v2(Bucket="router-state", Prefix="jobs/queued/")
+    assert markers["KeyCount"] == 3
+
+    stats = await jobs.stats(now)
+    assert {m: round(age) for m, age in stats.oldest_queued_age_s.items()} == {"a": 120, "b": 60}
+
+    leased = await jobs.lease(10, 30.0, now)  # taken by workers: no longer queued
+    by_id = {job.job_id: job for job in leased}
+    assert set(by_id) == {"a-old", "a-new", "a-same-second", "b-only"}
+    assert (await jobs.stats(now)).oldest_queued_age_s == {}
+
+    assert await jobs.retry("a-old", by_id["a-old"].lease, {"type": "ThrottlingException"}, now + 1, now)
+    assert {m: round(age) for m, age in (await jobs.stats(now)).oldest_queued_age_s.items()} == {"a": 120}
+
+
+async def test_a_marker_left_behind_by_a_dead_replica_is_dropped_once_its_job_is_seen_running(
+        jobs: SqsJobStore, moto_url: str) -> None:
+    now = time.time()
+    await jobs.create(spec("stuck", model="a"), now - 3600)
+    await lease_one(jobs, lease_s=30.0)
+    await jobs.index.mark_queued("a", now - 3600, "stuck")  # the replica died before deleting it
+
+    assert (await jobs.stats(now)).oldest_queued_age_s == {}
+    listed = boto3_client("s3", moto_url).list_objects_v2(Bucket="router-state", Prefix="jobs/queued/")
+    assert listed.get("KeyCount") == 0
+
+
+async def test_a_tenants_jobs_list_newest_first_page_by_page_and_only_that_tenants(jobs: SqsJobStore) -> None:
+    now = time.time()
+    for n in range(5):
+        await jobs.create(spec(f"mine-{n}", tenant="team-a"), now + n)
+    await jobs.create(spec("theirs", tenant="team-b"), now + 10)
+
+    first, after = await jobs.tenant_jobs("team-a", None, 3)
+    assert [job.job_id for job in first] == ["mine-4", "mine-3", "mine-2"]
+    assert after is not None
+    rest, after = await jobs.tenant_jobs("team-a", after, 3)
+    assert ([job.job_id for job in rest], after) == (["mine-1", "mine-0"], None)

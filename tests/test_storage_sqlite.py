@@ -261,7 +261,23 @@ async def test_stats_count_jobs_by_lane_and_status_and_the_backlog_per_model(sto
                           ("batch", "queued"): 1}
     assert stats.queued == {"a": 2, "b": 1}
     assert stats.oldest_queued_age_s == {"a": 100.0, "b": 70.0}
-    assert stats.dead_lettered == 1
+    assert stats.dead_lettered == 0  # a cancel is no dead letter
+
+
+async def test_only_jobs_that_used_up_their_attempts_count_as_dead_lettered(store: SqliteJobStore) -> None:
+    for job_id in ("rejected", "exhausted", "died"):
+        await store.create(_spec(job_id, max_attempts=1), T0)
+    rejected = await _lease_one(store, T0)  # the model refused the input at the first attempt: the client's
+    assert await store.fail(rejected.job_id, rejected.lease, {"type": "ModelError", "status": 400}, T0)
+    exhausted = await _lease_one(store, T0)
+    assert await store.fail(exhausted.job_id, exhausted.lease, {"type": "ServiceUnavailable", "attempts": 1}, T0,
+                            dead_letter=True)
+    await _lease_one(store, T0)  # its worker dies: the next lease finds its attempts used up
+    assert await store.lease(1, LEASE_S, T0 + LEASE_S + 1) == []
+
+    stats = await store.stats(T0 + 100)
+    assert stats.jobs == {("async", "failed"): 3}
+    assert stats.dead_lettered == 2
 
 
 async def test_jobs_survive_close_and_reopen_and_an_orphaned_lease_is_leasable_again(tmp_path: Path) -> None:
@@ -326,13 +342,21 @@ async def test_a_store_that_cannot_open_its_database_raises_storage_error(tmp_pa
 
 async def test_a_database_of_the_previous_schema_is_migrated_and_keeps_its_jobs(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite3"
-    with sqlite3.connect(path) as db:  # version 1: the jobs table without traceparent
-        schema = _SCHEMA.replace("    traceparent TEXT,\n", "")
+    with sqlite3.connect(path) as db:  # version 1: the jobs table without traceparent (and dead_lettered)
+        schema = _SCHEMA.replace("    traceparent TEXT,\n", "").replace(
+            "    error TEXT,\n    dead_lettered INTEGER NOT NULL DEFAULT 0  -- 1: failed after using up its attempts\n",
+            "    error TEXT\n")
         db.executescript(schema.split("-- Small payloads")[0])
         db.execute("PRAGMA user_version=1")
         db.execute("INSERT INTO jobs (job_id, lane, model, tenant, input_key, input_bytes, input_sha256, priority,"
                    " max_attempts, ttl_s, timeout_s, status, created_at, updated_at, expires_at) VALUES"
                    " ('old', 'async', 'm', 't', 'inputs/old', 1, 'x', 1, 3, 60, 60, 'queued', 1, 1, 61)")
+        failures = (("spent", '{"type": "ModelError", "attempts": 3}'), ("refused", '{"type": "ModelError"}'))
+        for job_id, error in failures:
+            db.execute("INSERT INTO jobs (job_id, lane, model, tenant, input_key, input_bytes, input_sha256, priority,"
+                       " max_attempts, ttl_s, timeout_s, status, created_at, updated_at, expires_at, error) VALUES"
+                       " (?, 'async', 'm', 't', 'inputs/x', 1, 'x', 1, 3, 60, 60, 'failed', 1, 1, 61, ?)",
+                       (job_id, error))
     store = SqliteJobStore(path)
     try:
         old = await store.get("old")
@@ -342,7 +366,8 @@ async def test_a_database_of_the_previous_schema_is_migrated_and_keeps_its_jobs(
                       input_sha256="x", traceparent=f"00-{'a' * 32}-{'b' * 16}-01")
         await store.create(new, 2.0)
         assert (await store.get("new")).spec.traceparent == new.traceparent  # type: ignore[union-attr]
+        assert (await store.stats(2.0)).dead_lettered == 1  # the failure that had used up its attempts
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)

@@ -15,7 +15,7 @@ import zlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from random import getrandbits  # request ids need uniqueness, not secrecy; uuid4 costs a syscall
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -41,6 +41,8 @@ from router.lanes.sync import SyncFailure
 from router.lanes.walk import CAPACITY_REASONS, job_after_failure
 from router.logging import request_trace_id
 from router.metrics import UNKNOWN_MODEL
+from router.notify import requested_callback
+from router.numbers import parse_uint
 from router.paths import MethodRules
 from router.protocols import PathRule
 from router.runtime import ModelEntry, Runtime
@@ -57,6 +59,9 @@ from router.types import (
     RequestFeatures,
     Route,
 )
+
+if TYPE_CHECKING:  # botocore (~30 MB) is imported only when a caller signs with SigV4
+    from router.auth.sigv4 import SignedRequest
 
 log = structlog.get_logger("router.access")
 
@@ -226,7 +231,7 @@ class DataPlane:
                 raise RequestError(405, "ValidationError", "use POST for invocations")
             if proxy is not None and _has_dot_segment(scope["path"]):
                 raise RequestError(400, "ValidationError", "'.' and '..' path segments are not forwarded")
-            if runtime.draining:
+            if runtime.closing:  # draining still serves (drain_delay); once the lanes stop, nothing is taken
                 raise RequestError(503, "ServiceUnavailable", "the router is shutting down", retry_after_s=1.0)
             if sagemaker_async:
                 lane, backend, reason = "async", entry.routes.lanes.get(Lane.ASYNC, "none"), "async_invocation"
@@ -241,6 +246,7 @@ class DataPlane:
             else:
                 size = declared
             features = routing.features.extract(name, headers, size, zlib.crc32(request_id.encode()))
+            signed = routing.features.signed_request(scope, headers)  # SigV4: checked once the body is known
             snap = runtime.tracker.snapshot(entry.routes.lanes, entry.routes.limits)
             route = routing.engine.decide(features, snap)
             if routing.shadows is not None and name in routing.shadows.models:
@@ -265,8 +271,15 @@ class DataPlane:
             if first.lane in JOB_LANES:  # straight to a job: the body streams to storage
                 body_source = prefix if declared is None and complete else await self._job_body(receive, prefix,
                                                                                                   declared)
-                raise _Accepted(await self._accept(headers, entry, features, first, body_source, trace), first)
-            body = prefix if declared is None else await self._sync_body(receive, declared, entry.max_sync_bytes)
+                raise _Accepted(await self._accept(headers, entry, features, first, body_source, trace,
+                                                   signed=signed), first)
+            body: bytes | RequestBody
+            if signed is not None:  # the signature covers the body: read it whole before any backend sees it
+                whole = prefix if declared is None else await read_body(receive, entry.max_sync_bytes)
+                signed.verify_body(whole)
+                body = whole
+            else:
+                body = prefix if declared is None else await self._sync_body(receive, declared, entry.max_sync_bytes)
             inv = self._invocation(scope, headers, body, proxy, trace)
             if response_stream:  # the model's Accept travels in a header of its own on this API
                 inv = replace(inv, accept=headers.get("x-amzn-sagemaker-accept"), response_stream=True)
@@ -417,12 +430,17 @@ class DataPlane:
 
     async def _accept(self, headers: dict[str, str], entry: ModelEntry, features: RequestFeatures, hop: Hop,
                       body: bytes | AsyncIterator[bytes], trace: TraceContext, *, content_type: str | None = None,
-                      accept: str | None = None, existing: StoredObject | None = None) -> Job:
-        """Store the job durably; 413 past the lane's limit, 503 when storage fails (never a 202 then)."""
+                      accept: str | None = None, existing: StoredObject | None = None,
+                      signed: SignedRequest | None = None) -> Job:
+        """Store the job durably; 413 past the lane's limit, 503 when storage fails (never a 202 then); 403 for a
+        SigV4 signature that does not cover the body (a streamed body is checked before the job is recorded)."""
         limit = entry.routes.limits.get(hop.lane, 0)
         callback = self._callback_url(headers)
+        if signed is not None and isinstance(body, bytes):
+            signed.verify_body(b"" if existing is not None else body)
+            signed = None
         if hop.lane is Lane.BATCH:
-            return await self._accept_batch(headers, entry, features, body, limit, callback)
+            return await self._accept_batch(headers, entry, features, body, limit, callback, signed)
         try:
             return await self._job_lane().accept(
                 lane=hop.lane, model=entry.name, tenant=features.caller, priority=features.priority, body=body,
@@ -430,7 +448,8 @@ class DataPlane:
                 accept=accept or headers.get("accept"),
                 custom_attributes=headers.get("x-amzn-sagemaker-custom-attributes"),
                 inference_id=headers.get("x-amzn-sagemaker-inference-id"), existing=existing,
-                callback_url=callback, traceparent=trace.traceparent)
+                callback_url=callback, traceparent=trace.traceparent,
+                verify=(lambda stored: signed.verify(stored.sha256)) if signed is not None else None)
         except ObjectTooLarge:
             raise RequestError(413, "ValidationError", f"request body exceeds the {hop.lane} lane's limit of "
                                f"{limit} bytes") from None
@@ -440,7 +459,8 @@ class DataPlane:
                                retry_after_s=2.0) from None
 
     async def _accept_batch(self, headers: dict[str, str], entry: ModelEntry, features: RequestFeatures,
-                            body: bytes | AsyncIterator[bytes], limit: int, callback: str | None) -> Job:
+                            body: bytes | AsyncIterator[bytes], limit: int, callback: str | None,
+                            signed: SignedRequest | None = None) -> Job:
         """Append the request's records to the model's batch buffer: 400 naming a bad line, 413, or 503."""
         lane = self.runtime.batch_lane
         if lane is None:
@@ -460,6 +480,8 @@ class DataPlane:
                                        f"{limit} bytes")
                 chunks.append(chunk)
             body = b"".join(chunks)
+            if signed is not None:
+                signed.verify_body(body)
         try:
             return await lane.accept(model=entry.name, tenant=features.caller, priority=features.priority, body=body,
                                      fmt=fmt, content_type=content_type, accept=headers.get("accept"),
@@ -512,12 +534,13 @@ class DataPlane:
         routing = self.runtime.routing
         declared = self._declared_length(headers, entry.routes.limits.get(Lane.ASYNC, 0))
         features = routing.features.extract(entry.name, headers, declared or 0)
+        signed = routing.features.signed_request(scope, headers)
         existing = await self._input_location(headers.get("x-amzn-sagemaker-inputlocation"), entry)
         hop = Hop(Lane.ASYNC, hop_backend)
         body = b"" if existing is not None else await self._job_body(receive, b"", declared)
         job = await self._accept(headers, entry, features, hop, body, trace,
                                  content_type=headers.get("x-amzn-sagemaker-content-type"),
-                                 accept=headers.get("x-amzn-sagemaker-accept"), existing=existing)
+                                 accept=headers.get("x-amzn-sagemaker-accept"), existing=existing, signed=signed)
         origin = _origin(scope, headers)
         url = job_url(job.job_id)
         out = _router_headers(request_id, "async", hop_backend, "async_invocation")
@@ -532,16 +555,12 @@ class DataPlane:
         return 202
 
     def _callback_url(self, headers: dict[str, str]) -> str | None:
-        """The client's callback URL, if webhooks are on; 400 unless the allow-list has it."""
+        """The client's callback URL; 400 unless webhooks are on and the allow-list has it."""
         routing = self.runtime.routing
-        hooks = routing.config.webhooks
-        url = headers.get(hooks.header.lower()) if hooks else None
-        if url is None or routing.callbacks is None:
-            return None
-        if not routing.callbacks.allows(url):
-            raise RequestError(400, "ValidationError", f"{hooks.header if hooks else 'callback'} is not an "
-                               "allowed callback URL (webhooks.allow)")
-        return url
+        try:
+            return requested_callback(headers, routing.config.webhooks, routing.callbacks)
+        except ValueError as exc:
+            raise RequestError(400, "ValidationError", str(exc)) from None
 
     async def _input_location(self, location: str | None, entry: ModelEntry) -> StoredObject | None:
         """An ``s3://`` InputLocation inside the configured bucket and prefix, as a stored object; 400 else."""
@@ -572,15 +591,16 @@ class DataPlane:
     @staticmethod
     def _declared_length(headers: dict[str, str], limit: int) -> int | None:
         """Content-Length, checked before a byte is read: 400 if malformed, 413 over ``limit``."""
-        declared = headers.get("content-length")
-        if declared is None:
+        raw = headers.get("content-length")
+        if raw is None:
             return None
-        if not declared.isdigit():
+        declared = parse_uint(raw, max_digits=24)
+        if declared is None:
             raise RequestError(400, "ValidationError", "invalid Content-Length header")
-        if int(declared) > limit:
+        if declared > limit:
             raise RequestError(413, "ValidationError", f"request body of {declared} bytes exceeds the "
                                f"limit of {limit} bytes")
-        return int(declared)
+        return declared
 
     @staticmethod
     async def _sync_body(receive: Any, declared: int, limit: int) -> bytes | RequestBody:

@@ -1,24 +1,29 @@
-"""The jobs API: ``GET /jobs/{id}``, ``GET /jobs/{id}/result``, ``GET /jobs/{id}/error``, ``DELETE /jobs/{id}``.
+"""The jobs API: ``GET /jobs``, ``GET /jobs/{id}``, ``GET /jobs/{id}/result``, ``GET /jobs/{id}/error``,
+``DELETE /jobs/{id}``.
 
 A caller sees only the jobs of its own tenant: a job of another tenant is answered exactly like a missing
 one (404), so ids cannot be probed. Anonymous callers (no API key) share the tenant "anonymous"; their
-job ids (128 random bits) are the capability to read them, like a presigned URL.
+job ids (128 random bits) are the capability to read them, like a presigned URL, so they cannot list jobs.
+Errors have the router's one shape (``router.api.errors``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, Response, delete, get
-from litestar.exceptions import NotFoundException, PermissionDeniedException
-from litestar.params import FromPath
+from litestar.exceptions import NotFoundException, PermissionDeniedException, ValidationException
+from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Stream
 
+from router.api.errors import ApiError, error_response
 from router.batch.lane import BatchLane
-from router.features import RequestError
+from router.features import ANONYMOUS, RequestError
 from router.lanes.jobs import JobLane, job_json, job_url
 from router.runtime import Runtime
 from router.storage.base import Job, JobStatus, StorageError
+from router.storage.listing import DEFAULT_LIMIT, MAX_LIMIT, JobFilter, decode_cursor, encode_cursor, list_jobs
+from router.types import JOB_LANES
 
 PENDING_RETRY_AFTER = "1"
 
@@ -28,28 +33,77 @@ async def _job_for(request: Request[Any, Any, Any], job_id: FromPath[str]) -> tu
     lanes: list[JobLane | BatchLane] = [lane for lane in (runtime.job_lane, runtime.batch_lane) if lane is not None]
     if not lanes:
         raise NotFoundException("no model of this router has an async or batch lane")
-    routing = runtime.routing
-    try:
-        caller = routing.features.caller({k.lower(): v for k, v in request.headers.items()})
-    except RequestError as exc:
-        raise PermissionDeniedException(exc.message) from None
+    caller = _tenant(request)
     for lane in lanes if len(job_id) <= 128 else ():
         try:
             job = await lane.get(job_id)
         except StorageError:
             raise _unavailable() from None
         if job is not None:
-            if job.spec.tenant != caller.tenant:
+            if job.spec.tenant != caller:
                 break
             return lane, job
     raise NotFoundException(f"no job {job_id}")
 
 
-def _unavailable() -> Exception:
-    from litestar.exceptions import HTTPException
+def _tenant(request: Request[Any, Any, Any]) -> str:
+    """The caller's tenant, from its API key or SigV4 signature; 403 for an unknown key or a bad signature."""
+    runtime: Runtime = request.app.state.runtime
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    try:
+        caller = runtime.routing.features.caller(headers)
+        signed = runtime.routing.features.signed_request(request.scope, headers)
+        if signed is not None:  # a tenant named by SigV4 must prove it: these requests have no body
+            signed.verify_body(b"")
+    except RequestError as exc:
+        raise PermissionDeniedException(exc.message) from None
+    return caller.tenant
 
-    return HTTPException(status_code=503, detail="job storage is unavailable; retry later",
-                         headers={"Retry-After": "2"})
+
+def _unavailable() -> Exception:
+    return ApiError(503, "job storage is unavailable; retry later", headers={"Retry-After": "2"})
+
+
+def _ended_error(job: Job, status: int) -> Response[Any]:
+    """A failed or expired job's answer: the router's error shape, the job's own error type, the job's fields."""
+    error = job.error or {}
+    message = str(error.get("message") or f"the job {job.status.value}")
+    return error_response(status, message, str(error.get("type") or "") or None, job_json(job, job_url(job.job_id)))
+
+
+@get("/jobs")
+async def list_caller_jobs(
+    request: Request[Any, Any, Any],
+    status: FromQuery[str | None] = None,
+    model: FromQuery[str | None] = None,
+    lane: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    next_token: Annotated[str | None, QueryParameter(name="next")] = None,
+) -> dict[str, Any]:
+    """The caller's jobs, newest first: ``{"jobs": [...], "next": token | null}``."""
+    runtime: Runtime = request.app.state.runtime
+    tenant = _tenant(request)
+    if tenant == ANONYMOUS:
+        raise PermissionDeniedException("listing jobs needs an API key: anonymous callers share one tenant, whose "
+                                        "job ids are the only way to read its jobs")
+    if status is not None and status not in {s.value for s in JobStatus}:
+        raise ValidationException(f"unknown status {status!r}: one of {', '.join(s.value for s in JobStatus)}")
+    if lane is not None and lane not in {lane.value for lane in JOB_LANES}:
+        raise ValidationException(f"unknown lane {lane!r}: jobs run on the async and batch lanes")
+    try:
+        after = decode_cursor(next_token) if next_token else None
+    except ValueError as exc:
+        raise ValidationException(str(exc)) from None
+    sources = [source.tenant_jobs for source in (runtime.job_lane and runtime.job_lane.jobs,
+                                           runtime.batch_lane and runtime.batch_lane.store) if source]
+    if not sources:
+        return {"jobs": [], "next": None}
+    try:
+        page = await list_jobs(sources, tenant, JobFilter(status, model, lane), after, limit)
+    except StorageError:
+        raise _unavailable() from None
+    return {"jobs": [job_json(job, job_url(job.job_id)) for job in page.jobs],
+            "next": encode_cursor(page.next) if page.next else None}
 
 
 @get("/jobs/{job_id:str}")
@@ -75,8 +129,7 @@ async def get_result(request: Request[Any, Any, Any], job_id: FromPath[str]) -> 
     if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
         return Response(job_json(job, job_url(job.job_id)), status_code=202,
                         headers={"Retry-After": PENDING_RETRY_AFTER})
-    status = 410 if job.status is JobStatus.EXPIRED else 424
-    return Response(job_json(job, job_url(job.job_id)), status_code=status)
+    return _ended_error(job, 410 if job.status is JobStatus.EXPIRED else 424)
 
 
 @get("/jobs/{job_id:str}/error")
@@ -98,7 +151,10 @@ async def cancel_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> 
         job = await lane.get(job_id) or job
     except StorageError:
         raise _unavailable() from None
-    return Response(job_json(job), status_code=200 if cancelled else 409)
+    if not cancelled:
+        return error_response(409, f"job {job.job_id} is {job.status.value}: only a queued job can be cancelled",
+                              "ConflictException", job_json(job))
+    return Response(job_json(job), status_code=200)
 
 
-JOB_HANDLERS = [get_job, get_result, get_error, cancel_job]
+JOB_HANDLERS = [list_caller_jobs, get_job, get_result, get_error, cancel_job]

@@ -49,7 +49,8 @@ class Connections:
 
 def build_backend(name: str, cfg: BackendConfig, connections: Connections) -> Backend:
     if isinstance(cfg, HttpBackendConfig):
-        return HttpBackend(name, cfg.url, connections.http, timeout_s=cfg.timeout, headers=cfg.headers,
+        headers = {k: v.get_secret_value() for k, v in cfg.headers.items()}
+        return HttpBackend(name, cfg.url, connections.http, timeout_s=cfg.timeout, headers=headers,
                            variant=cfg.variant)
     if isinstance(cfg, SageMakerBackendConfig):
         from router.backends.sagemaker import SageMakerBackend

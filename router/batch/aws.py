@@ -25,7 +25,7 @@ from router.batch.base import Batch, BatchedJob, BatchEntry, Buffered, JobEnd
 from router.batch.records import RecordFormat, record_format
 from router.lanes.jobs import input_key
 from router.storage.aws import SqsJobStore
-from router.storage.base import Job, JobSpec, ObjectStore, StorageError
+from router.storage.base import Job, JobCursor, JobSpec, ObjectStore, StorageError
 
 log = structlog.get_logger("router.batch")
 
@@ -76,6 +76,10 @@ class SqsBatchBuffer:
 
     async def purge(self, before: float, limit: int) -> list[str | None]:
         return []  # records and results are in S3: a bucket lifecycle rule expires them
+
+    async def tenant_jobs(self, tenant: str, after: JobCursor | None, limit: int) -> tuple[list[Job], JobCursor | None]:
+        """None: the batch jobs' records share the job lane's prefix, so its tenant index lists them."""
+        return [], None
 
     async def counts(self) -> dict[str, int]:
         stats = await self.jobs.stats(self.clock())

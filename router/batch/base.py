@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from router.batch.records import RecordFormat
-from router.storage.base import Job, JobStatus
+from router.storage.base import Job, JobCursor, JobStatus
 
 
 class RecordOutcome(NamedTuple):
@@ -115,6 +115,11 @@ class BatchBuffer(Protocol):
     async def cancel(self, job_id: str, now: float) -> bool: ...
 
     async def counts(self) -> dict[str, int]: ...
+
+    async def tenant_jobs(self, tenant: str, after: JobCursor | None, limit: int) -> tuple[list[Job], JobCursor | None]:
+        """A tenant's batch jobs for ``GET /jobs`` (see ``JobStore.tenant_jobs``); a buffer whose jobs the job store
+        lists already (one S3 tenant index for both lanes) returns none."""
+        ...
 
     async def purge(self, before: float, limit: int) -> list[str | None]:
         """Delete jobs that ended before ``before``; per deleted job its result key, or None (nothing is

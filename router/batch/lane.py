@@ -16,6 +16,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from itertools import groupby
 from typing import Any
 
@@ -27,6 +28,7 @@ from router.config import BatchConfig
 from router.lanes.jobs import JobEvents, result_key, wait_for_end
 from router.metrics import BatchGauge, RouterMetrics
 from router.storage.base import Job, JobStatus, ObjectStore, StorageError
+from router.storage.health import StorageHealth, retry_storage
 
 log = structlog.get_logger("router.batch")
 
@@ -74,6 +76,7 @@ class BatchLane:
         self._done: dict[str, asyncio.Event] = {}
         self._ticker: asyncio.Task[None] | None = None
         self.stopping = False
+        self.health = StorageHealth("batch", lambda lane, store: metrics.storage_errors(lane, store).inc())
 
     # --- accepting ------------------------------------------------------------------------------
 
@@ -86,7 +89,12 @@ class BatchLane:
             raise RecordError(1, "no records")
         entry = BatchEntry(uuid.uuid4().hex, model, tenant, fmt, records, content_type, accept, callback_url,
                            priority)
-        job = await self.store.append(entry, self.clock())
+        try:
+            job = await self.store.append(entry, self.clock())
+        except StorageError as exc:
+            self.health.failed("buffer", exc)
+            raise
+        self.health.ok("buffer")
         self._check(model)
         return job
 
@@ -136,9 +144,11 @@ class BatchLane:
                 try:
                     batch = await self.store.flush(model, batch_id, max_records=cfg.max_records,
                                                    max_bytes=cfg.max_bytes, trigger=trigger, now=self.clock())
-                except StorageError:
-                    log.warning("batch_flush_failed", model=model)
+                except StorageError as exc:
+                    self.health.failed("buffer", exc)
+                    log.warning("batch_flush_failed", model=model, error=str(exc))
                     return  # the buffer is intact; the ticker tries again
+                self.health.ok("buffer")
                 if batch is None:
                     return
                 self.metrics.batch_flushes(model, trigger).inc()
@@ -154,17 +164,22 @@ class BatchLane:
         while not self.stopping:
             now = self.clock()
             waits = [0.25]
-            for model in list(self.store.buffers):
-                cfg = self.settings(model)
-                if cfg is not None:
-                    waits.append(cfg.max_wait / 4)
-                    self._check(model)
-            if now - last_counts >= 2.0:
-                with contextlib.suppress(StorageError):
+            try:
+                for model in list(self.store.buffers):
+                    cfg = self.settings(model)
+                    if cfg is not None:
+                        waits.append(cfg.max_wait / 4)
+                        self._check(model)
+                if now - last_counts >= 2.0:
+                    last_counts = now
                     self.counts = await self.store.counts()
                     if self.retention > 0:
                         await self._purge(now - self.retention)
-                last_counts = now
+            except StorageError as exc:
+                self.health.failed("buffer", exc)
+                log.warning("batch_ticker_storage_error", error=str(exc))
+            except Exception:  # the ticker is what flushes by age: nothing may end it
+                log.exception("batch_ticker_error")
             await asyncio.sleep(max(0.01, min(waits)))
 
     async def _purge(self, before: float) -> None:
@@ -192,10 +207,18 @@ class BatchLane:
                 records = [r for j in jobs for r in j.records]
                 run_id = batch.batch_id if len(groups) == 1 else f"{batch.batch_id}-{i}"
                 outcomes = await self._outcomes(runner, run_id, records, fmt, ctype or fmt.value, accept)
-                ends += await self._store_results(jobs, outcomes)
-            try:
-                ended = await self.store.complete(batch, ends, self.clock())
-            except StorageError:
+                # a full disk is waited out: the records are not run again for it (a stop leaves the batch
+                # pending, and it runs again after the restart)
+                stored, written = await retry_storage(partial(self._store_results, jobs, outcomes), self.health,
+                                                      "objects", "batch_results", give_up=lambda: self.stopping,
+                                                      batch_id=batch.batch_id)
+                if not stored or written is None:
+                    return
+                ends += written
+            completed, ended = await retry_storage(partial(self.store.complete, batch, ends, self.clock()),
+                                                   self.health, "buffer", "batch_outcome",
+                                                   give_up=lambda: self.stopping, batch_id=batch.batch_id)
+            if not completed or ended is None:
                 log.warning("batch_not_completed", batch_id=batch.batch_id)  # pending: runs again after a restart
                 return
             failed = sum(e.failed for e in ends)

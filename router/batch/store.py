@@ -20,7 +20,7 @@ from typing import Any
 
 from router.batch.base import Batch, BatchedJob, BatchEntry, Buffered, JobEnd
 from router.batch.records import RecordFormat
-from router.storage.base import Job, JobSpec, JobStatus
+from router.storage.base import Job, JobCursor, JobSpec, JobStatus
 from router.storage.sqlite import SqliteDatabase
 
 _SCHEMA = """
@@ -51,6 +51,7 @@ CREATE INDEX IF NOT EXISTS batch_jobs_buffered ON batch_jobs (model, seq) WHERE 
 CREATE INDEX IF NOT EXISTS batch_jobs_in_batch ON batch_jobs (batch_id, seq) WHERE status = 'running';
 CREATE INDEX IF NOT EXISTS batch_jobs_status ON batch_jobs (status);
 CREATE INDEX IF NOT EXISTS batch_jobs_finished ON batch_jobs (updated_at) WHERE status IN ('succeeded', 'failed');
+CREATE INDEX IF NOT EXISTS batch_jobs_tenant ON batch_jobs (tenant, created_at);
 CREATE TABLE IF NOT EXISTS batches (
     batch_id TEXT PRIMARY KEY,
     model TEXT NOT NULL,
@@ -69,6 +70,9 @@ _INSERT = (
     " bytes, payload, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)"
 )
 _JOB_COLUMNS = "job_id, fmt, content_type, accept, callback_url, records, payload, created_at"
+# What ``_job`` reads: every column but the payload (a listing must not load the records).
+_LISTED = ("job_id, model, tenant, bytes, content_type, accept, priority, callback_url, status, created_at,"
+           " updated_at, batch_id, result_key, result_content_type, error, records, done, failed")
 
 
 def _batched(row: sqlite3.Row) -> BatchedJob:
@@ -146,6 +150,10 @@ class BatchStore(SqliteDatabase):
             return _job(row) if row is not None else None
 
         return await self._read_async(op)
+
+    async def tenant_jobs(self, tenant: str, after: JobCursor | None, limit: int) -> tuple[list[Job], JobCursor | None]:
+        """A tenant's batch jobs newest first, after ``after`` (see ``JobStore.tenant_jobs``)."""
+        return await self._tenant_page("batch_jobs", _LISTED, _job, tenant, after, limit)
 
     async def _buffered(self) -> dict[str, Buffered]:
         """Per model, what is buffered and not yet flushed (read at start-up)."""

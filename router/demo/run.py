@@ -10,7 +10,6 @@ from importlib.resources import as_file, files
 from pathlib import Path
 
 import structlog
-import uvicorn
 
 from router.app import create_app
 from router.config import load_config
@@ -18,6 +17,7 @@ from router.demo.model import FraudModel
 from router.demo.model_server import ModelServer
 from router.logging import configure_logging
 from router.runtime import Runtime
+from router.serving import RouterServer, server_config
 
 log = structlog.get_logger("router.demo")
 
@@ -102,10 +102,10 @@ async def serve_demo(port: int) -> None:
                                                     max_body=ASYNC_MAX_BODY))
         runtime = Runtime(cfg, config_path=path)
         app = create_app(runtime, tune_gc=True)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_config=None,
-                                               access_log=False, server_header=False))
-        team_key = cfg.callers[0].api_key if cfg.callers else "-"
-        sys.stdout.write(banner(port, cfg.server.admin_token or "-", team_key))
+        server = RouterServer(server_config(app, runtime, host="127.0.0.1", port=port), runtime)
+        team_key = next((c.api_key.get_secret_value() for c in cfg.callers if c.api_key is not None), "-")
+        token = cfg.server.admin_token.get_secret_value() if cfg.server.admin_token else "-"
+        sys.stdout.write(banner(port, token, team_key))
         sys.stdout.flush()
         await server.serve()
 

@@ -193,8 +193,14 @@ class Simulation:
             self.targets[bname] = _Target(tracker, door, model)
         self.overflow = self.routing.overflow_priority
         self._key = 0
-        self._keys = {c.tenant: c.api_key for c in reversed(cfg.callers)}
-        self._key_header = cfg.server.api_key_header.lower()
+        # how a trace's tenant identifies itself to the extractor: its API key, else its SigV4 access key id
+        self._keys: dict[str, tuple[str, str]] = {}
+        for c in reversed(cfg.callers):
+            if c.api_key is not None:
+                self._keys[c.tenant] = (cfg.server.api_key_header.lower(), c.api_key.get_secret_value())
+            elif c.aws_access_key_id is not None:
+                self._keys[c.tenant] = ("authorization", f"AWS4-HMAC-SHA256 Credential={c.aws_access_key_id}"
+                                        "/20260101/us-east-1/sagemaker/aws4_request, SignedHeaders=host, Signature=0")
         self._urgency_header = cfg.urgency.header.lower()
         self._levels = set(cfg.urgency.levels)
         series = self.result.series
@@ -278,7 +284,7 @@ class Simulation:
             headers[self._urgency_header] = req.urgency
         key = self._keys.get(req.caller)
         if key is not None:
-            headers[self._key_header] = key
+            headers[key[0]] = key[1]
         if req.deadline_ms is not None:
             headers["x-deadline-ms"] = str(req.deadline_ms)
             result.with_deadline += 1

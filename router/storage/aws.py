@@ -12,7 +12,10 @@ Many router replicas share one store. The pieces and what each method does with 
 
 Method by method:
 
-* ``create``: PutObject(record, IfNoneMatch=*) then SendMessage; if the send fails the record is deleted again.
+* ``create``: PutObject(record, IfNoneMatch=*), then SendMessage and PutObject(tenant index entry) at once; if
+  either fails the record is deleted again. For the first job of each second per model, PutObject(queued
+  marker), best effort (see :mod:`router.storage.s3_index`: a marked job's marker is deleted when a worker
+  takes it, and written again on ``retry`` and ``release``).
 * ``lease``: ReceiveMessage (at most 10, VisibilityTimeout = lease, ApproximateReceiveCount) and for each message
   GetObject(record), then one of: a terminal record -> DeleteMessage (a cancelled or finished job's leftover
   message); past its TTL -> record expired + DeleteMessage; attempts used up -> record failed
@@ -22,11 +25,14 @@ Method by method:
 * ``extend``: GetObject(record) (lease check) + ChangeMessageVisibility(lease).
 * ``succeed``: conditional PutObject(record succeeded) + DeleteMessage.
 * ``retry``: conditional PutObject(record queued, error, not_before) + ChangeMessageVisibility(not_before - now).
-* ``fail``: conditional PutObject(record failed) + SendMessage(DLQ) + DeleteMessage. A cancel (``lease`` None)
-  only writes the record of a queued job; the worker that later receives its message deletes it.
+* ``fail``: conditional PutObject(record failed) + DeleteMessage, and SendMessage(DLQ) when the job used up
+  its attempts. A cancel (``lease`` None) only writes the record of a queued job; the worker that later
+  receives its message deletes it.
 * ``release``: conditional PutObject(record queued, ``uncounted + 1``) + ChangeMessageVisibility(0).
 * ``expire``: a no-op returning 0; expiry is checked when a job's message is received (see ``lease``).
-* ``stats``: GetQueueAttributes of the work queue and of the DLQ.
+* ``stats``: GetQueueAttributes of the work queue and of the DLQ; every ``queued_scan_s`` (15 s) a
+  ListObjectsV2 of the queued markers' models and one per model (its oldest queued job).
+* ``list``: ListObjectsV2 of the tenant index, then GetObject per job listed.
 
 Attempts: SQS's ApproximateReceiveCount counts every receive, including those that were no attempt (a
 ``release`` by a draining worker, a receive that only re-hid a delayed retry). The record counts those in
@@ -39,9 +45,11 @@ Limitations (SQS is not the SQLite queue):
 
 * Priority is ignored: one standard queue delivers roughly in order, whatever the priority. Use one queue
   per priority level (and lease from the higher first) if it matters.
-* ``stats`` has no per-model backlog and no oldest-age (SQS gives only queue-wide approximate counts):
-  ``jobs`` holds ``("*", "queued")`` (visible + delayed messages) and ``("*", "running")`` (in-flight messages,
-  which include retries waiting out their delay); ``queued`` and ``oldest_queued_age_s`` are empty.
+* ``stats`` has no per-model backlog (SQS gives only queue-wide approximate counts): ``jobs`` holds
+  ``("*", "queued")`` (visible + delayed messages) and ``("*", "running")`` (in-flight messages, which include
+  retries waiting out their delay), and ``queued`` holds the same backlog under the model ``"*"``. The oldest
+  queued job's age is per model (from the queued markers), to within ``mark_every_s`` and at most
+  ``queued_scan_s`` old.
 * A job past its TTL is expired only when its message is next received; ``get`` shows it queued until then.
 * The lease token is a receipt handle (a few hundred characters), not a short random token.
 """
@@ -62,8 +70,9 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from router.backends.sagemaker import default_region
-from router.storage.base import TERMINAL, Job, JobSpec, JobStatus, StorageError, StoreStats
+from router.storage.base import TERMINAL, Job, JobCursor, JobSpec, JobStatus, StorageError, StoreStats
 from router.storage.s3 import CONFLICT_CODES, aws_errors, client_config, error_code
+from router.storage.s3_index import JobIndex
 
 log = structlog.get_logger("router.storage")
 
@@ -152,6 +161,9 @@ class SqsJobStore:
         endpoint_url: str | None = None,
         receive_wait_s: int = 1,
         config: Config | None = None,
+        track_queued: bool = True,
+        queued_scan_s: float = 15.0,
+        mark_every_s: float = 1.0,
     ) -> None:
         self.bucket = bucket
         self.queue_url = queue_url
@@ -165,6 +177,14 @@ class SqsJobStore:
         self._clients: tuple[Any, Any] | None = None
         self._stack = contextlib.AsyncExitStack()
         self._lock = asyncio.Lock()
+        self.index = JobIndex(bucket, prefix, self._s3)
+        self._track_queued = track_queued  # the batch buffer's store leaves the queued markers to the job lane's
+        self._queued_scan_s = queued_scan_s
+        self._mark_every_s = mark_every_s
+        self._next_mark: dict[str, float] = {}  # model -> when the next job created gets a queued marker
+        self._oldest: dict[str, float] = {}  # model -> creation time of its oldest queued job, at the last scan
+        self._scanned_at = -math.inf
+        self._queued_before = 0
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -186,6 +206,9 @@ class SqsJobStore:
                         "sqs", region_name=region, endpoint_url=self._endpoint_url, config=self._config))
                 self._clients = (s3, sqs)
             return self._clients
+
+    async def _s3(self) -> Any:
+        return (await self._aws())[0]
 
     async def close(self) -> None:
         """Close both clients and their connection pools."""
@@ -299,6 +322,24 @@ class SqsJobStore:
         attrs = resp.get("Attributes") or {}
         return {name: int(attrs.get(name, 0)) for name in names}
 
+    async def _queued(self, rec: Record, queued: bool) -> None:
+        """Add or drop the queued marker of a marked job. Only the first job of each ``mark_every_s`` per model
+        (and per replica) is marked: the oldest marker then dates the oldest queued job to within that interval,
+        at a fraction of a marker per job. Best effort: a marker left behind is checked and dropped by
+        ``JobIndex.oldest_queued``; one missing costs only the age gauge."""
+        if not rec.get("marked"):
+            return
+        spec = rec["spec"]
+        args = (str(spec["model"]), float(rec["created_at"]), str(spec["job_id"]))
+        try:
+            await (self.index.mark_queued(*args) if queued else self.index.unmark_queued(*args))
+        except StorageError as exc:
+            log.warning("job_queued_marker_failed", job_id=args[2], error=str(exc))
+
+    async def _still_queued(self, job_id: str) -> bool:
+        job = await self.get(job_id)
+        return job is not None and job.status is JobStatus.QUEUED
+
     # -- JobStore -------------------------------------------------------------------------------------------
 
     inline_max = 0  # payloads always go to S3: a record is rewritten on every change
@@ -313,18 +354,28 @@ class SqsJobStore:
         if payload is not None:
             raise ValueError("the S3 + SQS job store keeps no inline payloads")
         rec = _new_record(spec, now, records)
+        if self._track_queued and now >= self._next_mark.get(spec.model, -math.inf):
+            rec["marked"] = True  # the first job of each mark_every_s per model: see _queued
+            self._next_mark[spec.model] = now + self._mark_every_s
         if not await self._write(spec.job_id, rec, None):
             raise StorageError(f"job {spec.job_id!r} already exists")
         _, sqs = await self._aws()
-        try:
+
+        async def enqueue() -> None:
             with aws_errors(f"cannot enqueue job {spec.job_id!r}"):
                 await sqs.send_message(QueueUrl=self.queue_url, MessageBody=spec.job_id)
+
+        try:  # the message and the tenant listing's entry at once: one round trip more than the record alone
+            await asyncio.gather(enqueue(), self.index.add_tenant(spec.tenant, now, spec.job_id))
         except BaseException:
             # a record without a message would never run: take it back (the caller answers 503, not 202)
             s3, _ = await self._aws()
             with contextlib.suppress(Exception):
                 await asyncio.shield(s3.delete_object(Bucket=self.bucket, Key=self.record_key(spec.job_id)))
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.index.remove_tenant(spec.tenant, now, spec.job_id))
             raise
+        await self._queued(rec, True)
         return _to_job(rec)
 
     async def get(self, job_id: str) -> Job | None:
@@ -395,6 +446,7 @@ class SqsJobStore:
             if now >= float(rec["created_at"]) + float(spec["ttl_s"]):
                 new.update(status=JobStatus.EXPIRED.value, error=dict(_EXPIRED_ERROR))
                 if await self._write(job_id, new, etag):
+                    await self._queued(rec, False)
                     await self._delete_message(handle)
                     return None
             elif attempts > int(spec["max_attempts"]):
@@ -403,6 +455,7 @@ class SqsJobStore:
                     "type": "MaxAttemptsExceeded", "attempts": used,
                     "message": f"gave up after {used} attempts", "last_error": rec.get("error")})
                 if await self._write(job_id, new, etag):
+                    await self._queued(rec, False)
                     await self._dead_letter(job_id)
                     await self._delete_message(handle)
                     return None
@@ -416,6 +469,7 @@ class SqsJobStore:
                 new.update(status=JobStatus.RUNNING.value, attempts=attempts, lease=handle,
                            lease_until=now + lease_s)
                 if await self._write(job_id, new, etag):
+                    await self._queued(rec, False)
                     return _to_job(new)
         return None  # the record kept changing: the message comes back after lease_s
 
@@ -488,14 +542,18 @@ class SqsJobStore:
             return dict(rec, status=JobStatus.QUEUED.value, error=_error(error), not_before=not_before,
                         lease=None, lease_until=None, updated_at=now)
 
-        if await self._modify(job_id, change) is None:
+        rec = await self._modify(job_id, change)
+        if rec is None:
             return False
+        await self._queued(rec, True)
         await self._settle(job_id, lambda: self._change_visibility(lease, max(0.0, not_before - now)))
         return True
 
-    async def fail(self, job_id: str, lease: str | None, error: Mapping[str, Any], now: float) -> bool:
-        """-> failed. Leased: the id goes to the DLQ and the message is deleted. ``lease`` None (cancel): only a
-        queued job, and only its record changes (no DLQ: a cancel is no poison); its message is dropped later."""
+    async def fail(self, job_id: str, lease: str | None, error: Mapping[str, Any], now: float, *,
+                   dead_letter: bool = False) -> bool:
+        """-> failed. Leased: the message is deleted, and with ``dead_letter`` (attempts used up) the id goes to
+        the DLQ. ``lease`` None (cancel): only a queued job, and only its record changes (no DLQ: a cancel is no
+        poison); its message is dropped when next received."""
 
         def change(rec: Record) -> Record | None:
             if lease is None:
@@ -506,10 +564,14 @@ class SqsJobStore:
             return dict(rec, status=JobStatus.FAILED.value, error=_error(error), lease=None, lease_until=None,
                         updated_at=now)
 
-        if await self._modify(job_id, change) is None:
+        rec = await self._modify(job_id, change)
+        if rec is None:
             return False
-        if lease is not None:
-            await self._settle(job_id, lambda: self._dead_letter(job_id))
+        if lease is None:
+            await self._queued(rec, False)
+        else:
+            if dead_letter:
+                await self._settle(job_id, lambda: self._dead_letter(job_id))
             await self._settle(job_id, lambda: self._delete_message(lease))
         return True
 
@@ -523,8 +585,10 @@ class SqsJobStore:
                         uncounted=int(rec.get("uncounted", 0)) + 1, not_before=0.0, lease=None,
                         lease_until=None, updated_at=now)
 
-        if await self._modify(job_id, change) is None:
+        rec = await self._modify(job_id, change)
+        if rec is None:
             return False
+        await self._queued(rec, True)
         await self._settle(job_id, lambda: self._change_visibility(lease, 0))
         return True
 
@@ -536,8 +600,24 @@ class SqsJobStore:
         """0: SQS cannot list queued jobs by age, so expiry happens when a job's message is next received."""
         return 0
 
+    async def tenant_jobs(self, tenant: str, after: JobCursor | None, limit: int) -> tuple[list[Job], JobCursor | None]:
+        """A tenant's jobs (of every store sharing this prefix: the batch lane's too) from the tenant index:
+        one ListObjectsV2 and up to ``limit`` GetObject (16 at a time). An entry whose record is gone (the
+        lifecycle rule took it) is left out."""
+        ids, following = await self.index.tenant_page(tenant, after, limit)
+        gate = asyncio.Semaphore(16)
+
+        async def read(job_id: str) -> Job | None:
+            async with gate:
+                return await self.get(job_id)
+
+        jobs = await asyncio.gather(*(read(i) for i in ids))
+        return [job for job in jobs if job is not None], following
+
     async def stats(self, now: float) -> StoreStats:
-        """Queue-wide approximate counts (no per-model backlog in SQS); dead-lettered = DLQ's message count."""
+        """Queue-wide approximate counts from SQS (the backlog under model ``"*"``: SQS cannot count per model);
+        the oldest queued job per model from the queued markers, listed at most every ``queued_scan_s``;
+        dead-lettered = the DLQ's message count."""
         main = await self._queue_counts(self.queue_url, [
             "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
             "ApproximateNumberOfMessagesDelayed"])
@@ -546,8 +626,16 @@ class SqsJobStore:
             dead = (await self._queue_counts(self.dlq_url, ["ApproximateNumberOfMessages"]))[
                 "ApproximateNumberOfMessages"]
         queued = main["ApproximateNumberOfMessages"] + main["ApproximateNumberOfMessagesDelayed"]
+        # listed every queued_scan_s, and at once when jobs appear in a queue that was empty
+        due = now - self._scanned_at >= self._queued_scan_s or (queued > 0 and self._queued_before == 0)
+        if self._track_queued and due:
+            self._oldest = await self.index.oldest_queued(now, self._still_queued)
+            self._scanned_at = now
+        self._queued_before = queued
         return StoreStats(
             jobs={("*", JobStatus.QUEUED.value): queued,
                   ("*", JobStatus.RUNNING.value): main["ApproximateNumberOfMessagesNotVisible"]},
+            queued={"*": queued},
+            oldest_queued_age_s={model: max(0.0, now - created) for model, created in self._oldest.items()},
             dead_lettered=dead,
         )

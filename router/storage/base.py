@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class JobStatus(StrEnum):
@@ -98,7 +98,11 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class StoreStats:
-    """For metrics: jobs by (lane, status), and per model the queued count and the oldest queued job's age."""
+    """For metrics: jobs by (lane, status), and per model the queued count and the oldest queued job's age.
+
+    A store that cannot count per model (SQS) reports its queue-wide count under the model ``"*"``.
+    ``dead_lettered``: jobs that failed after using up their attempts (the SQS store: its DLQ's depth).
+    """
 
     jobs: Mapping[tuple[str, str], int] = field(default_factory=dict)
     queued: Mapping[str, int] = field(default_factory=dict)
@@ -132,6 +136,20 @@ class ObjectStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class JobCursor(NamedTuple):
+    """A position in a tenant's job listing: jobs come newest first, then by job id (ascending)."""
+
+    created_at: float
+    job_id: str
+
+    @classmethod
+    def of(cls, job: Job) -> JobCursor:
+        return cls(job.created_at, job.job_id)
+
+    def sort_key(self) -> tuple[float, str]:
+        return (-self.created_at, self.job_id)
 
 
 INLINE_KEY = "inline"  # a JobSpec.input_key: the payload is stored with the job (JobStore.input)
@@ -179,8 +197,11 @@ class JobStore(Protocol):
         """Running -> queued again, not leased before ``not_before``; the error is kept for the record."""
         ...
 
-    async def fail(self, job_id: str, lease: str | None, error: Mapping[str, Any], now: float) -> bool:
-        """-> failed (dead-lettered in the SQS store). ``lease`` None: only a queued job (cancel)."""
+    async def fail(self, job_id: str, lease: str | None, error: Mapping[str, Any], now: float, *,
+                   dead_letter: bool = False) -> bool:
+        """-> failed. ``lease`` None: only a queued job (cancel). ``dead_letter``: the job used up its attempts
+        (counted in ``StoreStats.dead_lettered``; the SQS store sends its id to the DLQ), as opposed to a job
+        that failed for good at once (the model rejected its input) or a cancel."""
         ...
 
     async def release(self, job_id: str, lease: str, now: float) -> bool:
@@ -197,5 +218,10 @@ class JobStore(Protocol):
         ...
 
     async def stats(self, now: float) -> StoreStats: ...
+
+    async def tenant_jobs(self, tenant: str, after: JobCursor | None, limit: int) -> tuple[list[Job], JobCursor | None]:
+        """Up to ``limit`` jobs of ``tenant`` in listing order (newest first, then by job id), after ``after``
+        if given; and where the next page starts (None: nothing follows). For ``GET /jobs``."""
+        ...
 
     async def close(self) -> None: ...

@@ -23,13 +23,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from router.storage.base import Job, JobSpec, JobStatus, StorageError, StoreStats
+from router.storage.base import Job, JobCursor, JobSpec, JobStatus, StorageError, StoreStats
 
 _T = TypeVar("_T")
 _Op = Callable[[sqlite3.Connection], Any]
 
-_SCHEMA_VERSION = 2
-_MIGRATIONS = {1: ("ALTER TABLE jobs ADD COLUMN traceparent TEXT",)}
+_SCHEMA_VERSION = 3
+_MIGRATIONS = {
+    1: ("ALTER TABLE jobs ADD COLUMN traceparent TEXT",),
+    # Dead-lettered = failed after using up its attempts (a record of such a failure carries "attempts").
+    2: ("ALTER TABLE jobs ADD COLUMN dead_lettered INTEGER NOT NULL DEFAULT 0",
+        "UPDATE jobs SET dead_lettered = 1 WHERE status = 'failed' AND json_extract(error, '$.attempts') IS NOT NULL"),
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -60,7 +65,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_until REAL,
     result_key TEXT,
     result_content_type TEXT,
-    error TEXT
+    error TEXT,
+    dead_lettered INTEGER NOT NULL DEFAULT 0  -- 1: failed after using up its attempts
 );
 -- Leasing walks queued jobs in lease order and stops after LIMIT matches: no sort of the whole backlog.
 -- Partial indexes hold live jobs only, so finished jobs do not slow the queue down.
@@ -74,6 +80,9 @@ CREATE INDEX IF NOT EXISTS jobs_queued_model ON jobs (model, created_at) WHERE s
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (updated_at) WHERE status IN ('succeeded', 'failed', 'expired');
 -- Small payloads kept with their job (input_key 'inline'): one grouped commit stores job and payload.
 CREATE TABLE IF NOT EXISTS inputs (job_id TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
+-- GET /jobs: a tenant's jobs, newest first. Dead-lettered jobs, counted for the metrics.
+CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant, created_at);
+CREATE INDEX IF NOT EXISTS jobs_dead_lettered ON jobs (updated_at) WHERE dead_lettered = 1;
 """
 
 _SPEC_COLUMNS = (
@@ -281,6 +290,19 @@ class SqliteDatabase:
                 else:
                     future.set_exception(value)
 
+    async def _tenant_page(self, table: str, columns: str, to_job: Callable[[sqlite3.Row], Job], tenant: str,
+                           after: JobCursor | None, limit: int) -> tuple[list[Job], JobCursor | None]:
+        """``JobStore.tenant_jobs`` for a table with ``tenant``, ``created_at`` and ``job_id`` columns (indexed on
+        tenant, created_at): one more row is read to tell whether more follow."""
+        where = "tenant = :t"
+        params: dict[str, Any] = {"t": tenant, "n": limit + 1}
+        if after is not None:
+            where += " AND (created_at < :c OR (created_at = :c AND job_id > :id))"
+            params.update(c=after.created_at, id=after.job_id)
+        sql = f"SELECT {columns} FROM {table} WHERE {where} ORDER BY created_at DESC, job_id LIMIT :n"
+        jobs = await self._read_async(lambda conn: [to_job(row) for row in conn.execute(sql, params).fetchall()])
+        return jobs[:limit], JobCursor.of(jobs[limit - 1]) if len(jobs) > limit else None
+
     async def _read_async(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._closed:
             raise StorageError(f"{self.NAME} store is closed")
@@ -369,7 +391,7 @@ class SqliteJobStore(SqliteDatabase):
                                  "message": f"gave up after {row['attempts']} attempts", "last_error": last}
                         conn.execute(
                             "UPDATE jobs SET status = 'failed', error = ?, lease = NULL, lease_until = NULL,"
-                            " updated_at = ? WHERE job_id = ?", (_dump_error(error), now, job_id))
+                            " dead_lettered = 1, updated_at = ? WHERE job_id = ?", (_dump_error(error), now, job_id))
                         continue
                     token = secrets.token_hex(16)
                     conn.execute(
@@ -418,13 +440,15 @@ class SqliteJobStore(SqliteDatabase):
             " updated_at = :now",
             {"job_id": job_id, "lease": lease, "not_before": not_before, "error": _dump_error(error), "now": now})
 
-    async def fail(self, job_id: str, lease: str | None, error: Mapping[str, Any], now: float) -> bool:
+    async def fail(self, job_id: str, lease: str | None, error: Mapping[str, Any], now: float, *,
+                   dead_letter: bool = False) -> bool:
         """-> failed. With ``lease`` None only a queued job is failed (cancel); a running one is left alone."""
-        params = {"job_id": job_id, "lease": lease, "error": _dump_error(error), "now": now}
+        params = {"job_id": job_id, "lease": lease, "error": _dump_error(error), "now": now,
+                  "dead": int(dead_letter)}
         if lease is not None:
             return await self._update_held(
-                "status = 'failed', error = :error, lease = NULL, lease_until = NULL, updated_at = :now", params,
-                ends=True)
+                "status = 'failed', error = :error, lease = NULL, lease_until = NULL, dead_lettered = :dead,"
+                " updated_at = :now", params, ends=True)
 
         def op(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(
@@ -462,6 +486,10 @@ class SqliteJobStore(SqliteDatabase):
 
         return await self._write(op)
 
+    async def tenant_jobs(self, tenant: str, after: JobCursor | None, limit: int) -> tuple[list[Job], JobCursor | None]:
+        """A tenant's jobs newest first (the ``jobs_tenant`` index), after ``after``."""
+        return await self._tenant_page("jobs", "*", _row_to_job, tenant, after, limit)
+
     async def stats(self, now: float) -> StoreStats:
         def op(conn: sqlite3.Connection) -> StoreStats:
             # One read transaction, so the counts and the backlog are of the same moment.
@@ -472,13 +500,14 @@ class SqliteJobStore(SqliteDatabase):
                 backlog = conn.execute(
                     "SELECT model, COUNT(*), MIN(created_at) FROM jobs WHERE status = 'queued' GROUP BY model"
                 ).fetchall()
+                dead = conn.execute("SELECT COUNT(*) FROM jobs WHERE dead_lettered = 1").fetchone()[0]
             finally:
                 conn.execute("COMMIT")
             return StoreStats(
                 jobs=jobs,
                 queued={model: count for model, count, _ in backlog},
                 oldest_queued_age_s={model: max(0.0, now - oldest) for model, _, oldest in backlog},
-                dead_lettered=sum(count for (_, status), count in jobs.items() if status == JobStatus.FAILED),
+                dead_lettered=dead,
             )
 
         return await self._read_async(op)
