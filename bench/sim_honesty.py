@@ -160,7 +160,7 @@ def compare(trace: Path, count_slack: float = 5.0) -> dict[str, Any]:
     for lane in ("realtime", "serverless"):
         durations = sorted(r.duration_s for r in recorded if recorded_outcome(r) == lane and r.duration_s)
         sim_p50 = res.latency[lane].percentile(50)
-        if len(durations) < 20 or sim_p50 is None:
+        if len(durations) < 50 or sim_p50 is None:  # a median of fewer swings with a handful of cold starts
             out["p50_ms"][lane] = {"recorded": None, "simulated": sim_p50, "met": None, "note": "too few requests"}
             continue
         rec_p50 = durations[len(durations) // 2]
