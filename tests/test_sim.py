@@ -242,3 +242,26 @@ def test_statistics_stay_the_same_size_however_long_the_run() -> None:
     assert len(h.counts) == size
     assert h.percentile(50) == pytest.approx(5.0, rel=0.01)
     assert h.percentile(99) == pytest.approx(9.9, rel=0.01)
+
+
+def test_autoscaling_adds_instances_after_their_delay_and_bills_them_from_the_decision() -> None:
+    text = """\
+backends:
+  rt: {kind: http, url: "http://h/", max_concurrency: 100, queue: {max_depth: 0},
+       cost: {instance_type: ml.m5.large, instances: 1},
+       simulate: {service_time: 1s, service_p99: 1s, per_instance: 2,
+                  autoscale: {min: 1, max: 3, target: 0.5, interval: 60s, delay: 120s, cooldown: 600s}}}
+models:
+  m: {lanes: {realtime: rt}}
+"""
+    # two calls in flight all along: one instance (2 slots) is fully busy, over the 50% target
+    reqs = [_req(float(t)) for t in range(600) for _ in range(2)]
+    res = _sim(text, reqs).result
+    rt = res.backends["rt"]
+    # at 60 s one instance was 100% busy: a second (2 = ceil(1 x 1.0 / 0.5)), serving from 180 s; at 120 s
+    # it is still pending, so nothing more; from 180 s two instances are 50% busy: on target
+    assert rt.peak_instances == 2
+    assert res.outcomes["realtime"] == 1200
+    # billed from the decision: one instance for the 599 s of the trace, the second from 60 s
+    assert rt.cost == pytest.approx(0.115 * (599 + (599 - 60)) / 3600)
+    assert rt.utilisation == pytest.approx(1200 / ((599 + 539) * 2))

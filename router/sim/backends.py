@@ -203,6 +203,8 @@ class Instances(Modelled):
         a = self.autoscale
         assert a is not None
         now = self.loop.now
+        if self.loop.draining and not self.inflight and not self.waiting:
+            return  # the run is over: no more decisions
         slots = max(1, self.instances * self.per_instance)
         busy = self.busy_s - self._busy_mark + self.inflight * 0.0
         self._busy_mark = self.busy_s

@@ -11,10 +11,11 @@ from typing import Any
 class EventLoop:
     """``at(t, fn, arg)`` runs ``fn(arg)`` when the clock reaches ``t``. ``now`` is the virtual time."""
 
-    __slots__ = ("_heap", "_seq", "now")
+    __slots__ = ("_heap", "_seq", "draining", "now")
 
     def __init__(self) -> None:
         self.now = 0.0
+        self.draining = False  # the trace has ended: periodic work stops once it has nothing left to do
         self._heap: list[tuple[float, int, Callable[[Any], None], Any]] = []
         self._seq = count()
 
