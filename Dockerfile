@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# Build: docker build -t inference-router .
-# Run:   docker run -p 8080:8080 -v $PWD/my.yaml:/etc/inference-router/router.yaml:ro inference-router
+# Build: docker build -t inference-router:0.1.0 .
+# Run:   docker run -p 8080:8080 -v $PWD/my.yaml:/etc/inference-router/router.yaml:ro inference-router:0.1.0
+# The router listens where the config's server.listen says (policies/default.yaml: 0.0.0.0:8080).
 # Linted by hadolint in `make lint`.
 
 FROM python:3.11-slim AS build
@@ -14,7 +15,8 @@ RUN /opt/router/bin/pip install -c constraints.txt . \
  && /opt/router/bin/pip uninstall --yes pip
 
 FROM python:3.11-slim
-ENV PATH=/opt/router/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+ENV PATH=/opt/router/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    ROUTER_CONFIG=/etc/inference-router/router.yaml
 # no package manager tooling in the final image: the base image's pip, setuptools and wheel go too
 RUN python -m pip uninstall --yes --no-cache-dir pip setuptools wheel \
  && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin router \
@@ -27,7 +29,8 @@ WORKDIR /var/lib/inference-router
 VOLUME ["/var/lib/inference-router"]
 USER 10001:10001
 EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=2s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=1).status != 200)"]
+# probes the address the config listens on (server.listen), whatever the config mounted
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; from router.config import load_config; s = load_config(os.environ['ROUTER_CONFIG']).server; host = '127.0.0.1' if s.host in ('0.0.0.0', '::', '') else s.host; urllib.request.urlopen(f'http://{host}:{s.port}/healthz', timeout=2)"]
 ENTRYPOINT ["inference-router"]
-CMD ["serve", "--config", "/etc/inference-router/router.yaml", "--host", "0.0.0.0", "--port", "8080"]
+CMD ["serve"]

@@ -5,25 +5,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hmac
 import signal
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
 from litestar import Litestar, Request, Response, get, post
-from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, ValidationException
-from litestar.handlers.base import BaseRouteHandler
+from litestar.exceptions import ValidationException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from router.api.dataplane import DataPlane
 from router.api.errors import EXCEPTION_HANDLERS, error_response
+from router.api.guard import admin_guard
 from router.api.jobs import JOB_HANDLERS
 from router.api.openapi import openapi_document
+from router.api.ui import UI_HANDLERS
+from router.config import Size
+from router.explain import StateOverride
 from router.features import RequestError
 from router.readiness import readiness
 from router.runtime import Runtime
+from router.status import StatusHistory
 
 log = structlog.get_logger("router.app")
 
@@ -32,18 +35,8 @@ class ExplainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
     headers: dict[str, str] = Field(default_factory=dict)
-    bytes: int = Field(0, ge=0)
-
-
-def _admin_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    runtime: Runtime = connection.app.state.runtime
-    secret = runtime.routing.config.server.admin_token
-    token = secret.get_secret_value() if secret is not None else ""
-    if not token:
-        raise PermissionDeniedException("admin API disabled: set server.admin_token")
-    scheme, _, given = connection.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise NotAuthorizedException("a valid 'Authorization: Bearer <admin token>' header is required")
+    bytes: Size = Field(0, ge=0)  # 100, or with units: "6MB"
+    state: dict[str, StateOverride] = Field(default_factory=dict)  # by lane or backend: as explain should see it
 
 
 @get("/healthz", sync_to_thread=False)
@@ -71,7 +64,7 @@ def openapi(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return openapi_document(runtime.routing.config)
 
 
-@get("/admin/policy", guards=[_admin_guard], sync_to_thread=False)
+@get("/admin/policy", guards=[admin_guard], sync_to_thread=False)
 def admin_policy(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """The config in force; every secret (typed SecretStr in the config) shows as '**********'."""
     runtime: Runtime = request.app.state.runtime
@@ -79,17 +72,17 @@ def admin_policy(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return doc
 
 
-@post("/admin/explain", guards=[_admin_guard], status_code=200)
+@post("/admin/explain", guards=[admin_guard], status_code=200)
 async def admin_explain(request: Request[Any, Any, Any]) -> dict[str, Any]:
     runtime: Runtime = request.app.state.runtime
     try:
         ask = ExplainRequest.model_validate_json(await request.body())
     except ValueError as exc:
         raise ValidationException(str(exc)) from None
-    return explain(runtime, ask.model, ask.headers, ask.bytes)
+    return explain(runtime, ask.model, ask.headers, ask.bytes, ask.state)
 
 
-@post("/admin/reload", guards=[_admin_guard], status_code=200)
+@post("/admin/reload", guards=[admin_guard], status_code=200)
 async def admin_reload(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     runtime: Runtime = request.app.state.runtime
     errors = await runtime.reload_from_file()
@@ -99,16 +92,20 @@ async def admin_reload(request: Request[Any, Any, Any]) -> Response[dict[str, An
     return Response({"status": "reloaded", "models": sorted(runtime.routing.models)}, status_code=200)
 
 
-def explain(runtime: Runtime, model: str, headers: dict[str, str], nbytes: int) -> dict[str, Any]:
-    """The decision for a described request; raises ValidationException for unknown models or bad headers."""
+def explain(runtime: Runtime, model: str, headers: dict[str, str], nbytes: int,
+            state: Mapping[str, StateOverride] | None = None) -> dict[str, Any]:
+    """The decision for a described request; raises ValidationException for unknown models, bad headers, or a
+    state naming a lane or backend the model does not have."""
     if model not in runtime.routing.models:
         raise ValidationException(f"unknown model {model!r}")
     lowered = {k.lower(): v for k, v in headers.items()}
     try:
         features = runtime.routing.features.extract(model, lowered, nbytes)
+        return runtime.explain(features, state)
     except RequestError as exc:
         raise ValidationException(exc.message) from None
-    return runtime.explain(features)
+    except ValueError as exc:
+        raise ValidationException(str(exc)) from None
 
 
 def _install_sighup(runtime: Runtime) -> None:
@@ -133,8 +130,11 @@ def create_app(runtime: Runtime, *, tune_gc: bool = False) -> DataPlane:
     of the collector's way and collects young objects less often: measured 10% of CPU otherwise.
     """
 
+    history = StatusHistory(runtime.metrics)
+
     async def startup() -> None:
         await runtime.start()
+        history.start()
         _install_sighup(runtime)
         if tune_gc:
             gc.collect()
@@ -142,10 +142,12 @@ def create_app(runtime: Runtime, *, tune_gc: bool = False) -> DataPlane:
             gc.set_threshold(20_000, 10, 10)
 
     async def shutdown() -> None:
+        await history.stop()
         await runtime.close()
 
     app = Litestar(
-        route_handlers=[healthz, readyz, metrics, openapi, admin_policy, admin_explain, admin_reload, *JOB_HANDLERS],
+        route_handlers=[healthz, readyz, metrics, openapi, admin_policy, admin_explain, admin_reload, *JOB_HANDLERS,
+                        *UI_HANDLERS],
         on_startup=[startup],
         on_shutdown=[shutdown],
         logging_config=None,
@@ -153,4 +155,5 @@ def create_app(runtime: Runtime, *, tune_gc: bool = False) -> DataPlane:
         exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.runtime = runtime
+    app.state.status_history = history
     return DataPlane(app, runtime)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from pathlib import Path as FsPath
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -13,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    RootModel,
     SecretStr,
     Tag,
     ValidationError,
@@ -691,7 +694,7 @@ def _path_issues(model_name: str, model: dict[str, Any], backends: dict[str, Any
 
 def _policy_issues(data: dict[str, Any], located: Located, file: str) -> list[ConfigIssue]:
     """Build every policy from the raw YAML, so each policy's own params errors are reported too."""
-    from router.policy.registry import PolicyBuildError, build_policy
+    from router.policy.registry import PolicyBuildError, build_policy, policy_types
 
     raw_levels = _mapping(data.get("urgency")).get("levels")
     levels = raw_levels if isinstance(raw_levels, dict) and raw_levels else _DEFAULT_LEVELS
@@ -708,7 +711,9 @@ def _policy_issues(data: dict[str, Any], located: Located, file: str) -> list[Co
                 line, col = located.position(where)
                 issues.append(ConfigIssue(file, line, col, format_path(where), message))
         except ValidationError as exc:
-            issues += _issues_from_validation(exc, located, file, (*base, "params"), raw.get("params"))
+            params_model = policy_types().get(raw["type"])
+            issues += _issues_from_validation(exc, located, file, (*base, "params"), raw.get("params"),
+                                              params_model.Params if params_model is not None else None)
     return issues
 
 
@@ -732,17 +737,61 @@ def _pydantic_path(loc: tuple[str | int, ...], data: Any) -> Path:
 _TAGS = {"http", "sagemaker", "sagemaker-batch", "sagemaker-async", "local", "aws", "fixed", "adaptive"}
 
 
+def known_keys(model: Any, path: Path, data: Any) -> list[str]:
+    """The keys the config model accepts at ``path`` of ``data`` (for "did you mean"); [] where unknown."""
+    annotation: Any = model
+    node = data
+    for part in (*path, None):
+        while True:  # unwrap Annotated, Optional and unions (by the "kind" the data names, else the first model)
+            origin, args = get_origin(annotation), get_args(annotation)
+            if origin is Annotated:
+                annotation = args[0]
+            elif origin in (UnionType, Union):
+                models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+                kind = node.get("kind") if isinstance(node, dict) else None
+                chosen = [m for m in models if m.model_fields.get("kind") is not None
+                          and kind in get_args(m.model_fields["kind"].annotation)]
+                annotation = (chosen or models or [args[0]])[0]
+            elif isinstance(annotation, type) and issubclass(annotation, RootModel):
+                annotation = annotation.model_fields["root"].annotation
+            else:
+                break
+        if part is None:
+            break
+        origin, args = get_origin(annotation), get_args(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and isinstance(part, str):
+            field = annotation.model_fields.get(part)
+            if field is None:
+                return []
+            annotation = field.annotation
+        elif origin is dict and args:
+            annotation = args[1]
+        elif origin is list and args:
+            annotation = args[0]
+        else:
+            return []
+        node = node.get(part) if isinstance(node, dict) else node[part] if isinstance(node, list) \
+            and isinstance(part, int) and part < len(node) else None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
+
+
 def _issues_from_validation(
-    exc: ValidationError, located: Located, file: str, prefix: Path = (), data: Any = None
+    exc: ValidationError, located: Located, file: str, prefix: Path = (), data: Any = None, model: Any = None
 ) -> list[ConfigIssue]:
     out = []
     root = located.data if data is None else data
+    model = RouterConfig if model is None else model
     for err in exc.errors(include_url=False):
         rel = _pydantic_path(tuple(err["loc"]), root)
         path = (*prefix, *rel)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+            guess = difflib.get_close_matches(str(path[-1]), known_keys(model, rel[:-1], root), n=1) if rel else []
+            if guess:
+                msg = f"unknown key {path[-1]!r}: did you mean {guess[0]!r}?"
             line, col = located.key_position(path)
         elif err["type"] == "missing":
             msg = "required field is missing"
@@ -755,12 +804,16 @@ def _issues_from_validation(
     return out
 
 
-def parse_config(text: str, file: str = "<config>", env: Mapping[str, str] | None = None) -> RouterConfig:
-    """Validate a config. Raises ConfigError with every issue found, sorted by position."""
-    located = load_located(text, file, env)
+def parse_config(text: str, file: str = "<config>", env: Mapping[str, str] | None = None, *,
+                 warnings: list[ConfigIssue] | None = None) -> RouterConfig:
+    """Validate a config. Raises ConfigError with every issue found, sorted by position. ``warnings``, if given,
+    receives what works but not as written (router.config_checks): dead rules, unreachable lanes."""
+    from router.config_checks import config_warnings, semantic_errors
+
+    located = load_located(text, file, env, keep_going=True)
     data = located.data
     if not isinstance(data, dict):
-        raise ConfigError([ConfigIssue(file, 1, 1, "", "the config must be a YAML mapping")])
+        raise ConfigError([*located.issues, ConfigIssue(file, 1, 1, "", "the config must be a YAML mapping")])
     issues: list[ConfigIssue] = []
     cfg: RouterConfig | None = None
     try:
@@ -771,6 +824,11 @@ def parse_config(text: str, file: str = "<config>", env: Mapping[str, str] | Non
         line, col = located.key_position(path) if at_key else located.position(path)
         issues.append(ConfigIssue(file, line, col, format_path(path), message))
     issues += _policy_issues(data, located, file)
+    issues += semantic_errors(data, located, file)
+    if located.issues:  # a missing ${VAR} became "": what that empty value breaks is the same mistake
+        unset = [i.path for i in located.issues if i.message.startswith("environment variable")]
+        issues = [i for i in issues if not any(i.path == p or i.path.startswith(p + ".") for p in unset)]
+        issues += located.issues
     if cfg is not None:
         from router.cost import cost_issues
 
@@ -779,6 +837,12 @@ def parse_config(text: str, file: str = "<config>", env: Mapping[str, str] | Non
             issues.append(ConfigIssue(file, line, col, format_path(path), message))
     if issues or cfg is None:
         raise ConfigError(_sorted(issues))
+    if warnings is not None:
+        try:
+            warnings += config_warnings(cfg, located, file)
+        except Exception as exc:  # the analysis must never stand between a valid config and the router
+            warnings.append(ConfigIssue(file, 1, 1, "", f"the rules could not be analysed ({type(exc).__name__}: "
+                                        f"{exc}); please report it", "warning"))
     return cfg
 
 
@@ -786,11 +850,12 @@ def _sorted(issues: list[ConfigIssue]) -> list[ConfigIssue]:
     return sorted(set(issues), key=lambda i: (i.line, i.col, i.path, i.message))
 
 
-def load_config(path: str | FsPath, env: Mapping[str, str] | None = None) -> RouterConfig:
+def load_config(path: str | FsPath, env: Mapping[str, str] | None = None, *,
+                warnings: list[ConfigIssue] | None = None) -> RouterConfig:
     """Read and validate a config file; ConfigError lists every problem as FILE:LINE:COL."""
     p = FsPath(path)
     try:
         data = p.read_bytes()
     except OSError as exc:
         raise ConfigError([ConfigIssue(str(path), 1, 1, "", f"cannot read config: {exc.strerror}")]) from None
-    return parse_config(decode_text(data, str(path)), str(path), env)
+    return parse_config(decode_text(data, str(path)), str(path), env, warnings=warnings)

@@ -37,6 +37,11 @@ class _Children:
         self._metric = metric
         self._cache: dict[tuple[str, ...], Any] = {}
 
+    @property
+    def metric(self) -> Any:
+        """The labelled metric itself (for reading its samples)."""
+        return self._metric
+
     def __call__(self, *labels: str) -> Any:
         child = self._cache.get(labels)
         if child is None:

@@ -29,6 +29,7 @@ from router.config import (
 )
 from router.config_state import ConfigFile, config_hash, router_version
 from router.cost import BackendCost, costs
+from router.explain import StateOverride, expected_answer, not_consulted, verdict_json, with_state
 from router.features import ANONYMOUS, FeatureExtractor
 from router.flow.admission import Admissions, QueueSettings
 from router.flow.budget import RetryBudget
@@ -38,16 +39,17 @@ from router.lanes.sync import SyncLane, Target
 from router.metrics import ConfigInfo, RouterMetrics
 from router.notify import CallbackPolicy, WebhookNotifier
 from router.paths import PathTable
-from router.policy.engine import ModelRoutes, PolicyEngine
+from router.policy.engine import ModelRoutes, PolicyEngine, Verdict
 from router.policy.registry import build_policy
 from router.protocols import PathRule
 from router.readiness import BackendChecks
 from router.shadow import Shadows
 from router.state import Clock, SaturationTracker, TrackerSettings
+from router.status import new_recent_decisions
 from router.storage import open_stores
 from router.storage.base import ObjectStore, StoreStats
 from router.storage.health import StorageHealth
-from router.types import JOB_LANES, Backend, Decision, Lane, RequestFeatures, Route
+from router.types import JOB_LANES, Backend, Decision, Lane, RequestFeatures, Route, Snapshot
 from router.yamlpos import ConfigError
 
 if TYPE_CHECKING:  # botocore is imported only when SNS notifications are configured
@@ -210,6 +212,7 @@ class Runtime:
                              self.metrics, self.routing.overflow_priority, clock)
         self.sync.costs = self.routing.costs
         self.metrics.watch_costs(lambda: ((n, c.fixed_per_hour) for n, c in self.routing.costs.items()))
+        self.recent = new_recent_decisions()  # the last requests answered, for the status page
         self.started = False
         self.draining = False  # /readyz is 503 (SIGTERM's drain); requests are still served
         self.closing = False  # the lanes are stopping: no new work is taken
@@ -403,13 +406,22 @@ class Runtime:
         await self.connections.close()
         log.info("router_stopped")
 
-    def explain(self, req: RequestFeatures) -> dict[str, Any]:
-        """The decision for ``req`` as JSON-ready data, without calling any backend."""
+    def explain(self, req: RequestFeatures, state: Mapping[str, StateOverride] | None = None) -> dict[str, Any]:
+        """The decision for ``req`` as JSON-ready data, without calling any backend: every policy's verdict in
+        chain order and the answer the client would get; ``state`` describes backends as they are not (yet)."""
         entry = self.routing.models[req.model]
         snap = self.tracker.snapshot(entry.routes.lanes, entry.routes.limits)
-        route = self.routing.engine.decide(req, snap)
+        if state:
+            snap = with_state(snap, state)
+        verdicts: list[Verdict] = []
+        route = self.routing.engine.decide(req, snap, verdicts)
         out = route_json(route, req)
-        out["queue"] = self._queue_positions(route, req)
+        out["queue"] = self._queue_positions(route, req, snap if state else None)
+        chain = [p.name for p in entry.routes.chain]
+        out["policies"] = [verdict_json(v) for v in verdicts] + not_consulted(chain, verdicts)
+        out["answer"] = expected_answer(route, req, out["queue"], max_bytes=entry.max_bytes,
+                                        overflow_priority=self.routing.overflow_priority,
+                                        deferral=self.routing.engine.deferral(req))
         shadows = self.routing.shadows
         if shadows is not None and req.model in shadows.models:
             out["shadow"] = route_json(shadows.engine.decide(req, snap), req)  # not counted: nothing was served
@@ -421,8 +433,10 @@ class Runtime:
         shadows = self.routing.shadows
         return shadows.status() if shadows is not None else {}
 
-    def _queue_positions(self, route: Route, req: RequestFeatures) -> list[dict[str, Any]]:
-        """Per sync hop: a free slot now, or the position this request would take in its queue and its wait."""
+    def _queue_positions(self, route: Route, req: RequestFeatures,
+                         described: Snapshot | None = None) -> list[dict[str, Any]]:
+        """Per sync hop: a free slot now, or the position this request would take in its queue and its wait.
+        With a ``described`` snapshot (explain's state), its backends are read instead of the live queues."""
         now = self.clock()
         deadline_at = now + req.deadline_ms / 1000.0 if req.deadline_ms else None
         weight = self.routing.weight(req.caller)
@@ -431,14 +445,20 @@ class Runtime:
             admission = self.admissions.by_backend.get(hop.backend)
             if hop.lane in JOB_LANES or admission is None:
                 continue
-            ahead, wait_s = admission.predict(req.priority, req.caller, weight, deadline_at)
+            state = described.backends.get(hop.backend) if described is not None else None
+            if state is not None:
+                room, depth = state.available, state.queue_depth
+                ahead, wait_s = depth, state.wait_for(req.priority)
+            else:
+                room, depth = admission.has_room(), len(admission.queue)
+                ahead, wait_s = admission.predict(req.priority, req.caller, weight, deadline_at)
             budget_s = admission.budget_s(now, deadline_at)
-            out.append({"lane": hop.lane.value, "backend": hop.backend, "room_now": admission.has_room(),
-                        "queue_depth": len(admission.queue), "ahead": ahead,
+            out.append({"lane": hop.lane.value, "backend": hop.backend, "room_now": room,
+                        "queue_depth": depth, "ahead": ahead,
                         # None: more urgent traffic takes every slot, the wait has no bound
                         "predicted_wait_s": round(wait_s, 6) if math.isfinite(wait_s) else None,
                         "max_wait_s": round(budget_s, 6),
-                        "would_wait": not admission.has_room() and budget_s > 0.0 and wait_s <= budget_s})
+                        "would_wait": not room and budget_s > 0.0 and wait_s <= budget_s})
         return out
 
 

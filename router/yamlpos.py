@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -37,10 +37,12 @@ class ConfigIssue:
     col: int  # 1-based
     path: str  # dotted field path, e.g. models.fraud.lanes.realtime
     message: str
+    severity: str = "error"  # or "warning": the config works, but not as written (see router.config_checks)
 
     def __str__(self) -> str:
         where = self.path or "(root)"
-        return f"{self.file}:{self.line}:{self.col}: {where}: {self.message}"
+        kind = "warning: " if self.severity == "warning" else ""
+        return f"{self.file}:{self.line}:{self.col}: {where}: {kind}{self.message}"
 
 
 class ConfigError(Exception):
@@ -58,6 +60,7 @@ class Located:
     data: Any
     positions: dict[Path, tuple[int, int]]
     key_positions: dict[Path, tuple[int, int]]
+    issues: list[ConfigIssue] = field(default_factory=list)  # found while building, with keep_going
 
     def position(self, path: Path) -> tuple[int, int]:
         """The closest known position for ``path``: itself, else its nearest ancestor."""
@@ -203,10 +206,41 @@ def _syntax_issue(text: str, file: str, exc: yaml.YAMLError) -> ConfigIssue:
         return ConfigIssue(file, line, col, "", f"YAML syntax: character #x{exc.character:04x} is not allowed "
                            "in YAML (control characters must be written as escapes in double quotes)")
     if isinstance(exc, yaml.MarkedYAMLError):
-        mark = exc.problem_mark or exc.context_mark
+        opened = exc.context_mark
+        if opened is not None and exc.context == "while scanning a quoted scalar":
+            # the scanner only notices at the end of the file; the mistake is where the quote opens
+            quote = text[opened.index] if opened.index < len(text) else '"'
+            return ConfigIssue(file, opened.line + 1, opened.column + 1, "",
+                               f"YAML syntax: this {quote} quote is never closed")
+        mark = exc.problem_mark or opened
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        return ConfigIssue(file, line, col, "", f"YAML syntax: {exc.problem or exc}")
+        message = f"YAML syntax: {exc.problem or exc}"
+        left_open = _open_quote_before(text, mark)
+        if left_open is not None:  # a quote left open swallows the lines after it: the mistake is where it opens
+            (q_line, q_col), char = left_open
+            return ConfigIssue(file, q_line, q_col, "", f"YAML syntax: this {char} quote runs on over several lines; "
+                               f"is it closed? (then: {exc.problem or exc}, at line {line}, column {col})")
+        if opened is not None and mark is not opened and exc.context and exc.context.startswith("while parsing a flow"):
+            what = exc.context.removeprefix("while parsing a ")
+            message += f" (in the {what} opened at line {opened.line + 1}, column {opened.column + 1})"
+        return ConfigIssue(file, line, col, "", message)
     return ConfigIssue(file, 1, 1, "", f"YAML syntax: {exc}")
+
+
+def _open_quote_before(text: str, mark: Any) -> tuple[tuple[int, int], str] | None:
+    """The first quoted string before ``mark`` that spans several lines (likely a quote left open), if any."""
+    if mark is None:
+        return None
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            start, end = token.start_mark, token.end_mark
+            if (start.line, start.column) >= (mark.line, mark.column):
+                return None
+            if isinstance(token, yaml.ScalarToken) and token.style in ('"', "'") and end.line > start.line:
+                return (start.line + 1, start.column + 1), token.style
+    except yaml.YAMLError:
+        return None
+    return None
 
 
 def _check_depth(text: str, file: str) -> None:
@@ -223,8 +257,10 @@ def _check_depth(text: str, file: str) -> None:
             depth -= 1
 
 
-def load_located(text: str, file: str, env: Mapping[str, str] | None = None) -> Located:
-    """Parse one YAML document. Raises ConfigError listing every syntax, duplicate-key and env error."""
+def load_located(text: str, file: str, env: Mapping[str, str] | None = None, *, keep_going: bool = False) -> Located:
+    """Parse one YAML document. Raises ConfigError listing every syntax, duplicate-key and env error; with
+    ``keep_going``, duplicate keys (the first one kept) and missing variables (replaced by "") are returned in
+    ``Located.issues`` instead, so the caller can report them beside the errors of the rest of the file."""
     try:
         _check_depth(text, file)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -235,6 +271,7 @@ def load_located(text: str, file: str, env: Mapping[str, str] | None = None) -> 
         data = {} if node is None else builder.build(node, ())
     except _TooBig as exc:
         builder._issue(exc.node, exc.path, exc.message)
-    if builder.issues:
+        raise ConfigError(builder.issues) from None
+    if builder.issues and not keep_going:
         raise ConfigError(builder.issues)
-    return Located(data, builder.positions, builder.key_positions)
+    return Located(data, builder.positions, builder.key_positions, builder.issues)

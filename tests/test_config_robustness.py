@@ -35,7 +35,7 @@ models:
   fraud: {lanes: {realtime: rt}}
 """
 
-# (what, file bytes, the line and column the first error must point at)
+# (what, file bytes, the line and column an error must point at; the rest of the file is checked as well)
 CORPUS: list[tuple[str, bytes, tuple[int, int]]] = [
     ("invalid UTF-8", GOOD.encode().replace(b"fraud:", b"fr\xffaud:"), (6, 5)),
     ("a control character", GOOD.encode().replace(b"rt: {", b"rt: \x07{"), (4, 7)),
@@ -75,17 +75,15 @@ def test_a_config_that_crashed_the_loader_is_an_error_at_its_position(what: str,
                                                                       where: tuple[int, int]) -> None:
     with pytest.raises(ConfigError) as caught:
         load_bytes(data)
-    first = caught.value.issues[0]
-    assert (first.line, first.col) == where, str(first)
-    assert all(ISSUE.match(str(issue)) for issue in caught.value.issues)
+    issues = caught.value.issues
+    assert where in [(i.line, i.col) for i in issues], [str(i) for i in issues]
+    assert all(ISSUE.match(str(issue)) for issue in issues)
 
 
 def test_check_lists_the_error_of_a_file_that_is_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "router.yaml"
     path.write_bytes(CORPUS[0][1])
-    with pytest.raises(SystemExit) as exited:
-        main(["check", "--config", str(path)])
-    assert exited.value.code == 2
+    assert main(["check", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{path}:6:5: (root): not UTF-8")
 
@@ -102,7 +100,7 @@ async def test_reload_of_a_crashing_file_is_400_and_counted_invalid(tmp_path: Pa
                                  headers={"Authorization": "Bearer admin-secret-token"}) as r:
                 assert r.status == 400
                 errors = (await r.json())["errors"]
-            assert errors[0].startswith(f"{path}:{line}:{col}: ")
+            assert any(e.startswith(f"{path}:{line}:{col}: ") for e in errors), errors
         assert registry.get_sample_value("router_config_reloads_total", {"result": "invalid"}) == 10
         assert not registry.get_sample_value("router_config_reloads_total", {"result": "failed"})
         async with http.get(router.url + "/admin/policy",

@@ -105,8 +105,8 @@ def test_deployment_is_hardened_probed_and_drains_within_its_grace_period() -> N
         spec = docs[kind]["spec"]
         selector = spec["selector"].get("matchLabels", spec["selector"])
         assert selector.items() <= labels.items(), kind
-    args = router["args"]
-    assert args[args.index("--config") + 1] == f"{config_mount['mountPath']}/router.yaml"
+    env = {e["name"]: e.get("value") for e in router["env"]}
+    assert env["ROUTER_CONFIG"] == f"{config_mount['mountPath']}/router.yaml"
 
 
 def test_the_configmaps_router_config_is_valid() -> None:
@@ -163,3 +163,56 @@ def test_compose_runs_the_demo_with_prometheus_and_a_provisioned_grafana() -> No
     provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/inference-router.yaml").read_text())
     dashboards_mount = next(v for v in services["grafana"]["volumes"] if v.startswith("./grafana/dashboards:"))
     assert provider["providers"][0]["options"]["path"] == dashboards_mount.split(":")[1]
+
+
+def _version() -> str:
+    match = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert match
+    return match.group(1)
+
+
+def test_every_deploy_file_and_the_readme_name_one_image_tag() -> None:
+    tag = f"inference-router:{_version()}"
+    pod = manifests()["Deployment"]["spec"]["template"]["spec"]
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    images = {c["image"] for c in pod["containers"]}
+    images |= {s["image"] for name, s in compose.items() if name not in ("prometheus", "grafana")}
+    assert images == {tag}
+    for text in ((ROOT / "Dockerfile").read_text(), (ROOT / "README.md").read_text()):
+        named = set(re.findall(r"(?:-t |ro )(inference-router(?::[\w.-]+)?)\b", text))
+        assert named == {tag}, named
+
+
+def _listen_port(text: str, env: dict[str, str]) -> int:
+    return parse_config(text, "router.yaml", env).server.port
+
+
+def test_the_deploy_files_serve_on_their_configs_listen_address() -> None:
+    """No --host/--port overrides anywhere: each container listens where its config says, and its ports, probes and
+    health checks agree."""
+    docs = manifests()
+    router = next(c for c in docs["Deployment"]["spec"]["template"]["spec"]["containers"] if c["name"] == "router")
+    configmap_port = _listen_port(docs["ConfigMap"]["data"]["router.yaml"], {"ROUTER_ADMIN_TOKEN": "t" * 20})
+    assert router["args"] == ["serve"]
+    assert [p["containerPort"] for p in router["ports"]] == [configmap_port]
+    reloader = next(c for c in docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+                    if c["name"] == "config-reloader")
+    assert f"http://127.0.0.1:{configmap_port}/admin/reload" in reloader["args"][0]
+
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["router"]
+    env = {k: str(v) for k, v in compose["environment"].items()}
+    assert "--port" not in compose["command"]
+    assert "--host" not in compose["command"]
+    demo = (ROOT / "router" / "demo" / "demo.yaml").read_text()
+    assert parse_config(demo, "demo.yaml", env).server.host == "0.0.0.0"  # reachable from the other containers
+    assert compose["ports"] == [f"8080:{_listen_port(demo, env)}"]
+    assert _listen_port(demo, {}) == 8080
+    assert parse_config(demo, "demo.yaml", {}).server.host == "127.0.0.1"
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    baked = (ROOT / "policies" / "default.yaml").read_text()
+    assert "COPY policies/default.yaml /etc/inference-router/router.yaml" in dockerfile
+    assert f"EXPOSE {_listen_port(baked, {})}" in dockerfile
+    assert 'CMD ["serve"]' in dockerfile
+    assert "ROUTER_CONFIG=/etc/inference-router/router.yaml" in dockerfile
+    assert "load_config(os.environ['ROUTER_CONFIG']).server" in dockerfile  # the health check follows the config

@@ -216,7 +216,7 @@ class DataPlane:
         entry = routing.models.get(name)
         model_label = name if entry is not None else UNKNOWN_MODEL
         protocol = proxy.protocol if proxy is not None else None
-        lane = backend = reason = "none"
+        lane = backend = reason = policy = "none"
         status = 500
         features = None
         waited = 0.0
@@ -252,7 +252,7 @@ class DataPlane:
             if routing.shadows is not None and name in routing.shadows.models:
                 routing.shadows.observe(features, snap, route)  # decided beside the live chain, never served
             decision = route.decision
-            lane, reason = decision.lane.value, decision.reason
+            lane, reason, policy = decision.lane.value, decision.reason, decision.policy
             metrics.decisions(name, lane, reason).inc()
             if decision.deferred_from is not None:
                 metrics.deferred(name, lane, decision.deferred_from).inc()
@@ -359,6 +359,10 @@ class DataPlane:
             metrics.duration(model_label, lane).observe(elapsed)
             if first_byte is not None:
                 metrics.first_byte(model_label, lane).observe(first_byte - started)
+            # the status page's ring: a plain tuple (a DecisionRecord when read), one append
+            runtime.recent.append((time.time(), request_id, model_label, lane, backend, reason, policy, status, elapsed,
+                                   features.urgency if features else None, features.caller if features else None,
+                                   features.payload_bytes if features else None))
             if routing.config.server.access_log:
                 log.info("request", request_id=request_id, trace_id=trace.trace_id, model=model_label, lane=lane,
                          backend=backend, reason=reason, status=status, duration_ms=round(elapsed * 1000.0, 3),

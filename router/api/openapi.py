@@ -139,12 +139,21 @@ def _components() -> dict[str, Any]:
                 "job_lanes": {"type": "object", "additionalProperties": {"type": "object"}}}},
             "ExplainRequest": {"type": "object", "required": ["model"], "additionalProperties": False, "properties": {
                 "model": {"type": "string"}, "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-                "bytes": {"type": "integer", "minimum": 0}}},
+                "bytes": {"oneOf": [{"type": "integer", "minimum": 0}, {"type": "string"}]},
+                "state": {"type": "object", "additionalProperties": {"$ref": _REF + "BackendStateOverride"}}}},
+            "BackendStateOverride": {"type": "object", "additionalProperties": False, "properties": {
+                "saturation": {"type": "number", "minimum": 0, "maximum": 1}, "cold": {"type": "boolean"},
+                "breaker": {"type": "string", "enum": ["closed", "open", "half_open"]},
+                "queue_depth": {"type": "integer", "minimum": 0, "maximum": 1000000},
+                "latency": {"oneOf": [{"type": "number", "minimum": 0}, {"type": "string"}]}}},
             "Explained": {"type": "object", "required": ["model", "lane", "reason", "policy"], "properties": {
                 "model": {"type": "string"}, "lane": {"type": "string"},
                 "backend": {"type": "string", "nullable": True},
                 "fallback": {"type": "array", "items": {"type": "object"}}, "reason": {"type": "string"},
-                "policy": {"type": "string"}, "request": {"type": "object"}}},
+                "policy": {"type": "string"}, "request": {"type": "object"},
+                "policies": {"type": "array", "items": {"type": "object"}},
+                "answer": {"type": "object", "properties": {"status": {"type": "integer"},
+                                                            "why": {"type": "string"}}}}},
             "Reloaded": {"type": "object", "required": ["status"], "properties": {
                 "status": {"type": "string", "enum": ["reloaded", "rejected"]},
                 "models": {"type": "array", "items": {"type": "string"}},
@@ -245,6 +254,38 @@ def openapi_document(cfg: RouterConfig) -> dict[str, Any]:
                                     "responses": {"200": _json("Explained", "the decision"),
                                                   "400": _litestar("an unknown model, a bad header or body"),
                                                   **admin_errors}}},
+        "/ui": {"get": {"summary": "The live status page (it asks for the admin token)", "tags": ["operations"],
+                        "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {
+                            "type": "string"}}}}}}},
+        "/admin/status": {"get": {"summary": "What the status page shows: backends, lane split, jobs",
+                                  "tags": ["admin"], "security": [{"adminToken": []}], "responses": {
+            "200": {"description": "the status", "content": {_JSON: {"schema": {"type": "object"}}}},
+            **admin_errors}}},
+        "/admin/decisions": {"get": {
+            "summary": "The last requests this process answered, newest first", "tags": ["admin"],
+            "security": [{"adminToken": []}],
+            "parameters": [{"name": "request_id", "in": "query", "required": False, "schema": {"type": "string"}},
+                           {"name": "model", "in": "query", "required": False, "schema": {"type": "string"}},
+                           {"name": "limit", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+            "responses": {"200": {"description": "decisions", "content": {_JSON: {"schema": {"type": "object"}}}},
+                          "400": _litestar("a bad limit"), **admin_errors}}},
+        "/admin/jobs": {"get": {
+            "summary": "Every tenant's newest jobs", "tags": ["admin"], "security": [{"adminToken": []}],
+            "parameters": [{"name": "status", "in": "query", "required": False,
+                            "schema": {"type": "string", "enum": [s.value for s in JobStatus]}},
+                           {"name": "limit", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100}}],
+            "responses": {"200": {"description": "jobs", "content": {_JSON: {"schema": {"type": "object"}}}},
+                          "400": _litestar("a bad filter or limit"), "503": _litestar("storage unavailable"),
+                          **admin_errors}}},
+        "/admin/jobs/{job_id}/result": {
+            "parameters": [_job_id()],
+            "get": {"summary": "A job's result whatever its tenant", "tags": ["admin"],
+                    "security": [{"adminToken": []}], "responses": {
+                "200": {"description": "the result, or the job while it has none",
+                        "content": {"*/*": {"schema": {}}}},
+                "404": _litestar("no such job"), "503": _litestar("storage unavailable"), **admin_errors}}},
         "/admin/reload": {"post": {"summary": "Reload the config file; on any error keep the old config",
                                    "tags": ["admin"], "security": [{"adminToken": []}],
                                    "responses": {"200": _json("Reloaded", "reloaded"),

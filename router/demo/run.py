@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 from contextlib import AsyncExitStack
@@ -13,6 +14,7 @@ import structlog
 
 from router.app import create_app
 from router.config import load_config
+from router.demo.examples import EXAMPLES
 from router.demo.model import FraudModel
 from router.demo.model_server import ModelServer
 from router.logging import configure_logging
@@ -37,58 +39,36 @@ def demo_config_path() -> Path:
         return Path(path)
 
 
-def banner(port: int, admin_token: str, team_key: str) -> str:
-    base = f"http://127.0.0.1:{port}"
-    row = "120.5,2,0.8,350,7,30"
-    row2 = "4999.0,3,0.95,4200,31,2"  # a risky one
-    return f"""
-inference-router demo is running on {base}
-  model "fraud": real-time server on :{RT_PORT} (4 concurrent), serverless server on :{SLS_PORT}
-  (scales to zero after 30 s idle, 2 s cold start, throttles above 8 concurrent), and an
-  "Async Inference" server on :{ASYNC_PORT} for jobs (4 concurrent, bodies up to 250 MB)
-
-Score a transaction (CSV: amount,hour,merchant_risk,distance_km,tx_last_24h,card_age_days):
-  curl -s -i -X POST {base}/endpoints/fraud/invocations -H 'Content-Type: text/csv' --data '{row}'
-JSON, and a team API key that may claim critical urgency:
-  curl -s -X POST {base}/endpoints/fraud/invocations -H 'Content-Type: application/json' \\
-       -H 'X-Api-Key: {team_key}' -H 'X-Urgency: critical' --data '{{"instances": [[{row}]]}}'
-A deadline the cold serverless lane cannot meet is kept on real-time:
-  curl -s -i -X POST {base}/endpoints/fraud/invocations -H 'Content-Type: text/csv' \\
-       -H 'X-Deadline-Ms: 500' --data '{row}'
-A burst larger than the 12 sync slots waits for free slots (most urgent first) instead of failing:
-  seq 100 | xargs -P 50 -I{{}} curl -s -o /dev/null -w '%{{http_code}} ' -X POST \\
-       {base}/endpoints/fraud/invocations -H 'Content-Type: text/csv' -H 'X-Urgency: high' --data '{row}'
-A large payload from a client that accepts a 202 becomes a job (the async lane); fetch it when done:
-  python3 -c "print('\\n'.join(['{row}'] * 340000))" > big.csv      # about 7 MB
-  curl -s -i -X POST {base}/endpoints/fraud/invocations -H 'Content-Type: text/csv' \\
-       -H 'Prefer: respond-async' --data-binary @big.csv
-  curl -s {base}/jobs/<job_id>            # status
-  curl -s {base}/jobs/<job_id>/result     # the model's answer once succeeded
-Low urgency goes to the batch lane: many records in one request, one score per record, in order
-(flushed within 2 s):
-  printf '{row}\\n{row2}\\n{row}\\n' > batch.csv
-  curl -s -i -X POST {base}/endpoints/fraud/invocations -H 'Content-Type: text/csv' \\
-       -H 'X-Urgency: low' -H 'Prefer: respond-async' --data-binary @batch.csv
-  curl -s {base}/jobs/<job_id>            # records done / total
-  curl -s {base}/jobs/<job_id>/result     # one line per record, in input order
-KServe V2 and TorchServe clients keep their URLs:
-  curl -s -X POST {base}/v2/models/fraud/infer -H 'Content-Type: application/json' \\
-       --data '{{"instances": [[{row}]]}}'
-Why a request goes where it goes:
-  curl -s -X POST {base}/admin/explain -H 'Authorization: Bearer {admin_token}' \\
-       --data '{{"model": "fraud", "headers": {{"X-Urgency": "low"}}, "bytes": 100}}'
-Metrics: curl -s {base}/metrics | grep ^router_
-Ctrl-C stops everything.
-"""
+def banner(port: int, admin_token: str, team_key: str, ports: tuple[int, int, int] = (RT_PORT, SLS_PORT,
+                                                                                    ASYNC_PORT)) -> str:
+    """What the demo prints: where everything runs, then the README's Quick start examples, command for command."""
+    base = f"localhost:{port}"
+    rt, sls, async_port = ports
+    lines = [
+        "",
+        f"inference-router demo is running on http://{base}",
+        f'  model "fraud": real-time server on :{rt} (4 concurrent), serverless server on :{sls}',
+        "  (scales to zero after 30 s idle, 2 s cold start, throttles above 8 concurrent), and an",
+        f'  "Async Inference" server on :{async_port} for jobs (4 concurrent, bodies up to 250 MB)',
+        f"  status page: http://{base}/ui (admin token: {admin_token})",
+        "",
+    ]
+    for example in EXAMPLES:
+        lines.append(f"# {example.says}")
+        lines += [command.replace("{base}", base).replace("demo-team-a-key", team_key)
+                  .replace("demo-admin-token", admin_token) for command in example.commands]
+        lines.append("")
+    lines += [f"Metrics: curl -s {base}/metrics | grep ^router_", "Ctrl-C stops everything.", ""]
+    return "\n".join(lines)
 
 
-async def serve_demo(port: int) -> None:
+async def serve_demo(port: int, log_level: int = logging.INFO) -> None:
     os.environ.setdefault("DEMO_RT_PORT", str(RT_PORT))
     os.environ.setdefault("DEMO_SLS_PORT", str(SLS_PORT))
     os.environ.setdefault("DEMO_ASYNC_PORT", str(ASYNC_PORT))
     path = demo_config_path()
     cfg = load_config(path)
-    configure_logging(cfg.server.log_format)
+    configure_logging(cfg.server.log_format, log_level)
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(ModelServer(port=int(os.environ["DEMO_RT_PORT"]), latency_s=0.005,
                                                     max_concurrency=4, overload_status=503))
@@ -105,15 +85,16 @@ async def serve_demo(port: int) -> None:
         server = RouterServer(server_config(app, runtime, host="127.0.0.1", port=port), runtime)
         team_key = next((c.api_key.get_secret_value() for c in cfg.callers if c.api_key is not None), "-")
         token = cfg.server.admin_token.get_secret_value() if cfg.server.admin_token else "-"
-        sys.stdout.write(banner(port, token, team_key))
+        ports = (int(os.environ["DEMO_RT_PORT"]), int(os.environ["DEMO_SLS_PORT"]), int(os.environ["DEMO_ASYNC_PORT"]))
+        sys.stdout.write(banner(port, token, team_key, ports))
         sys.stdout.flush()
         await server.serve()
 
 
-def run_demo(port: int = 8080) -> None:
+def run_demo(port: int = 8080, log_level: int = logging.INFO) -> None:
     try:
         import uvloop
 
-        uvloop.run(serve_demo(port))
+        uvloop.run(serve_demo(port, log_level))
     except ImportError:  # uvloop is optional (not on Windows)
-        asyncio.run(serve_demo(port))
+        asyncio.run(serve_demo(port, log_level))

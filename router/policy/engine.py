@@ -17,6 +17,17 @@ SkipHook = Callable[[str, str, str], None]  # (model, policy, why)
 
 
 @dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one policy of a chain did with a request, for ``explain``: decided, abstained or skipped (and why:
+    the reason code, or the engine's reason for skipping it)."""
+
+    policy: str
+    outcome: str  # "decided" | "abstained" | "skipped"
+    why: str | None = None
+    decision: Decision | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ModelRoutes:
     """What the engine needs of one model: its lanes, their payload limits, its chain and default."""
 
@@ -44,27 +55,39 @@ class PolicyEngine:
         self._backends = backends
         self._on_skip = on_skip
 
-    def decide(self, req: RequestFeatures, snap: Snapshot) -> Route:
+    def decide(self, req: RequestFeatures, snap: Snapshot, verdicts: list[Verdict] | None = None) -> Route:
+        """The route for ``req``. ``verdicts``, if given (explain), receives each policy's verdict in chain order."""
         model = self._models[req.model]
         for policy in model.chain:
             try:
                 decision = policy.decide(req, snap)
-            except Exception:
+            except Exception as exc:
                 log.exception("policy_raised", policy=policy.name, model=req.model)
                 self._skip(req.model, policy.name, "raised")
+                if verdicts is not None:
+                    verdicts.append(Verdict(policy.name, "skipped", f"raised {type(exc).__name__}"))
                 continue
             if decision is None:
+                if verdicts is not None:
+                    verdicts.append(Verdict(policy.name, "abstained"))
                 continue
             route = self._resolve(model, decision, req)
             if isinstance(route, str):
                 self._skip(req.model, policy.name, route)
+                if verdicts is not None:
+                    verdicts.append(Verdict(policy.name, "skipped", route, decision))
                 continue
+            if verdicts is not None:
+                verdicts.append(Verdict(policy.name, "decided", decision.reason, decision))
             if decision.lane is Lane.SHED and (hop := self._deferral(model, req)) is not None:
                 d = route.decision
                 return Route(Decision(hop.lane, reason=f"deferred_{d.reason}", policy=d.policy,
                                       deferred_from=d.reason), (hop,))
             return route
         route = self._resolve(model, model.default, req)
+        if verdicts is not None:
+            verdicts.append(Verdict("default", "decided" if isinstance(route, Route) else "skipped",
+                                    "default" if isinstance(route, Route) else route, model.default))
         if isinstance(route, Route):
             return route
         return self._any_lane_that_fits(model, req)

@@ -10,6 +10,7 @@ wait in the lane backend's admission queue, by its urgency). A number matcher is
 
 from __future__ import annotations
 
+import difflib
 import operator
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -85,6 +86,17 @@ _LANE: dict[str, tuple[str, Callable[[Any], Any], Callable[[BackendState], Any]]
 }
 
 
+LANE_SIGNALS: frozenset[str] = frozenset(_LANE)
+
+
+def matcher_kind(key: str) -> tuple[str, Callable[[Any], Any]] | None:
+    """A matcher's kind (number, choice, flag) and the converter of its values; None for an unknown matcher.
+    For ``check``'s analysis of rules (router.config_checks)."""
+    signal, _, lane = key.partition(".")
+    entry = _REQUEST.get(key) if not lane else _LANE.get(signal)
+    return (entry[0], entry[1]) if entry is not None else None
+
+
 def _test(kind: str, convert: Callable[[Any], Any], spec: Any, path: tuple[str | int, ...]) -> Callable[[Any], bool]:
     """A test on one value, from its YAML spec."""
     try:
@@ -157,7 +169,10 @@ def _predicate(key: str, spec: Any, levels: Mapping[str, int], path: tuple[str |
 
         return on_lane
     known = sorted([*_REQUEST, *(f"{k}.<lane>" for k in _LANE)])
-    raise PolicyBuildError(f"unknown matcher {key!r} (known: {', '.join(known)})", path)
+    guess = difflib.get_close_matches(key, [*_REQUEST, *(f"{k}.{lane.value}" for k in _LANE for lane in Lane
+                                                          if lane is not Lane.SHED)], n=1)
+    hint = f"did you mean {guess[0]!r}? " if guess else ""
+    raise PolicyBuildError(f"unknown matcher {key!r} ({hint}known: {', '.join(known)})", path)
 
 
 class RulesPolicy:
