@@ -41,14 +41,14 @@ callers:
   - {api_key: "team-a-key-123", tenant: team-a, max_urgency: critical}
 backends:
   model-rt:
-    kind: sagemaker
-    endpoint: my-model-rt
+    kind: http
+    url: "http://model-rt/invocations"
     max_concurrency: 16
     cost: {instance_type: ml.c5.xlarge, instances: 2}
     simulate: {service_time: 20ms, service_p99: 60ms}
   model-sls:
-    kind: sagemaker
-    endpoint: my-model-sls
+    kind: http
+    url: "http://model-sls/invocations"
     max_concurrency: 20
     serverless: {idle_after: 10m, cold_start: 5s}
     cost: {memory_mb: 2048}

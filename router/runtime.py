@@ -419,12 +419,12 @@ class Runtime:
         out["queue"] = self._queue_positions(route, req, snap if state else None)
         chain = [p.name for p in entry.routes.chain]
         out["policies"] = [verdict_json(v) for v in verdicts] + not_consulted(chain, verdicts)
-        out["answer"] = expected_answer(route, req, out["queue"], max_bytes=entry.max_bytes,
-                                        overflow_priority=self.routing.overflow_priority,
-                                        deferral=self.routing.engine.deferral(req))
         shadows = self.routing.shadows
         if shadows is not None and req.model in shadows.models:
             out["shadow"] = route_json(shadows.engine.decide(req, snap), req)  # not counted: nothing was served
+        out["answer"] = expected_answer(route, req, out["queue"], max_bytes=entry.max_bytes,
+                                        overflow_priority=self.routing.overflow_priority,
+                                        deferral=self.routing.engine.deferral(req))
         return out
 
     def shadow_status(self) -> dict[str, Any]:
