@@ -1,4 +1,4 @@
-"""``inference-router serve | check | explain | demo``."""
+"""``inference-router serve | check | explain | demo | simulate | recommend``."""
 
 from __future__ import annotations
 
@@ -235,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local model servers + the router on policies/demo.yaml, no cloud account")
     p.add_argument("--port", type=int, default=8080)
     p.set_defaults(fn=cmd_demo)
+
+    from router.sim.cli import add_parsers
+
+    add_parsers(sub)
     return parser
 
 

@@ -244,6 +244,63 @@ class QueueConfig(Strict):
     max_wait: Duration = Field(1.0, ge=0.0, le=3600.0)  # the longest a request waits; its deadline may cut it
 
 
+class CostConfig(Strict):
+    """What a backend costs: for the live estimate (router_estimated_cost_dollars_total) and simulate/recommend.
+
+    Real-time and async backends are billed by instance-hour, serverless ones (a ``serverless`` block) by
+    GB-second, ``sagemaker-batch`` ones by the instance-hours of each job. Prices come from the shipped table
+    (router/prices.json), the config's ``prices`` block, or ``hourly`` / ``gb_second`` here.
+    """
+
+    instance_type: str | None = Field(None, pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+    hourly: float | None = Field(None, ge=0.0)  # $ per instance-hour; overrides the price table
+    instances: int = Field(1, ge=0, le=1000)  # real-time: how many; async: the most it scales to
+    memory_mb: int | None = Field(None, ge=1024, le=6144, multiple_of=1024)  # serverless MemorySizeInMB
+    gb_second: float | None = Field(None, ge=0.0)  # serverless $ per GB-second; overrides the price table
+    provisioned_concurrency: int = Field(0, ge=0, le=200)  # serverless: kept warm, billed while configured
+    provisioned_gb_second: float | None = Field(None, ge=0.0)  # no default price: required with the above
+    slots: int | None = Field(None, ge=1)  # calls one instance serves at once (a call's share of its time)
+
+
+class AutoscaleConfig(Strict):
+    """Simulated target-tracking autoscaling of a real-time or async backend's instances."""
+
+    min: int = Field(1, ge=0, le=1000)
+    max: int = Field(4, ge=1, le=1000)
+    target: float = Field(0.7, gt=0.0, le=1.0)  # busy share of the slots it aims for
+    interval: Duration = Field(60.0, gt=0.0)  # how often it decides
+    delay: Duration = Field(300.0, ge=0.0)  # a new instance serves this long after the decision (billed from it)
+    cooldown: Duration = Field(300.0, ge=0.0)  # at least this long between two scale-ins
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscaleConfig:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class SimulateConfig(Strict):
+    """How ``simulate`` and ``recommend`` model this backend's behaviour; live serving ignores it.
+
+    Unset service times are learned from the trace (the durations of the backend's answered calls).
+    """
+
+    service_time: Duration | None = Field(None, gt=0.0)  # median time of one call
+    service_p99: Duration | None = Field(None, gt=0.0)  # its 99th percentile (lognormal between the two)
+    per_instance: int | None = Field(None, ge=1, le=10_000)  # calls one instance serves at once
+    overload: Literal["refuse", "queue"] = "refuse"  # above its capacity: answer 503/429, or queue inside
+    max_concurrency: int | None = Field(None, ge=1, le=10_000)  # serverless MaxConcurrency
+    cold_start: Duration | None = None  # the real cold start (default: serverless.cold_start)
+    idle_after: Duration | None = None  # the real idle timeout (default: serverless.idle_after)
+    cold_starts: Literal["container", "endpoint"] = "container"  # one per new container, or one shared
+    memory_speedup: float = Field(0.0, ge=0.0, le=1.0)  # service time x (memory_mb / new memory) ** this
+    autoscale: AutoscaleConfig | None = None
+    scale_to_zero_after: Duration = Field(600.0, ge=0.0)  # async: idle this long, instances go to 0
+    startup: Duration = Field(300.0, ge=0.0)  # batch transform job start-up; async scale-up from zero
+    per_record: Duration = Field(0.0, ge=0.0)  # batch: extra time per record of a batch call
+    fail_rate: float = Field(0.0, ge=0.0, le=1.0)  # this share of calls fails with a 5xx
+
+
 class _BackendBase(Strict):
     # A fixed integer (AIMD below it on throttling), or auto / {initial, min, max}: learned from latency.
     max_concurrency: MaxConcurrency = 8
@@ -251,6 +308,8 @@ class _BackendBase(Strict):
     serverless: ServerlessConfig | None = None
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
+    cost: CostConfig | None = None
+    simulate: SimulateConfig | None = None
 
 
 class HttpBackendConfig(_BackendBase):
@@ -412,6 +471,8 @@ class ModelConfig(Strict):
     # Answer 202 + a job even without Prefer: respond-async (for clients built for an async API).
     async_without_prefer: bool = False
     batch: BatchConfig = Field(default_factory=BatchConfig)
+    # A candidate chain that decides on live traffic without dispatching (router_shadow_decisions_total).
+    shadow: list[str] = Field(default_factory=list)
 
     def limit(self, lane: Lane) -> int:
         limit: int = self.limits.get(lane.value, DEFAULT_LIMITS[lane])  # type: ignore[call-overload]
@@ -476,6 +537,13 @@ class JobNotificationsConfig(Strict):
     attempts: int = Field(3, ge=1, le=10)
 
 
+class PricesConfig(Strict):
+    """Overrides of the shipped price table (router/prices.json, us-east-1)."""
+
+    instance_hourly: dict[str, float] = Field(default_factory=dict)  # instance type -> $ per hour
+    serverless_gb_second: float | None = Field(None, ge=0.0)
+
+
 class ProxyConfig(Strict):
     """Requests forwarded as they came (extra paths): which request headers the router keeps to itself. The
     urgency header, the API key header and the webhooks' callback header are always kept back too."""
@@ -496,6 +564,7 @@ class RouterConfig(Strict):
     webhooks: WebhookConfig | None = None
     notifications: JobNotificationsConfig | None = None
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    prices: PricesConfig = Field(default_factory=PricesConfig)
 
     def backend_names(self) -> set[str]:
         return set(self.backends)
@@ -571,10 +640,10 @@ def _semantic_issues(data: dict[str, Any]) -> list[tuple[Path, str, bool]]:
                 if isinstance(lane, str) and lane not in lanes:
                     issues.append(((*base, "default", *where), f"lane {lane!r} has no backend in this model's lanes",
                                    False))
-        chain = _list(model.get("policy"))
-        for j, policy in enumerate(chain):
-            if isinstance(policy, str) and policy not in policies:
-                issues.append(((*base, "policy", j), f"unknown policy {policy!r}", False))
+        for key in ("policy", "shadow"):
+            for j, policy in enumerate(_list(model.get(key))):
+                if isinstance(policy, str) and policy not in policies:
+                    issues.append(((*base, key, j), f"unknown policy {policy!r}", False))
         issues += _path_issues(model_name, model, backends, paths)
     return issues
 
@@ -760,6 +829,12 @@ def parse_config(text: str, file: str = "<config>", env: Mapping[str, str] | Non
         unset = [i.path for i in located.issues if i.message.startswith("environment variable")]
         issues = [i for i in issues if not any(i.path == p or i.path.startswith(p + ".") for p in unset)]
         issues += located.issues
+    if cfg is not None:
+        from router.cost import cost_issues
+
+        for path, message in cost_issues(cfg):
+            line, col = located.position(path)
+            issues.append(ConfigIssue(file, line, col, format_path(path), message))
     if issues or cfg is None:
         raise ConfigError(_sorted(issues))
     if warnings is not None:

@@ -395,6 +395,7 @@ def config_warnings(cfg: Any, located: Located, file: str) -> list[ConfigIssue]:
     used_backends: set[str] = set()
     for name, model in cfg.models.items():
         used_policies.update(model.policy)
+        used_policies.update(model.shadow)  # a shadow chain decides on every request too
         used_backends.update(model.lanes.values())
         view = View(cfg.urgency.levels, model.lanes, _universe(cfg, name, None))
         walk = _walk(cfg, name, view)

@@ -115,7 +115,7 @@ class FeatureExtractor:
         authorization = headers.get("authorization")
         return self._sigv4.request(scope, authorization) if authorization else None
 
-    def extract(self, model: str, headers: Mapping[str, str], payload_bytes: int) -> RequestFeatures:
+    def extract(self, model: str, headers: Mapping[str, str], payload_bytes: int, key: int = 0) -> RequestFeatures:
         caller = self.caller(headers)
         raw = headers.get(self._header)
         if raw is None:
@@ -148,4 +148,5 @@ class FeatureExtractor:
             deadline_ms=deadline_ms,
             accepts_async=prefer.respond_async,
             wait_s=prefer.wait_s,
+            key=key,
         )

@@ -91,6 +91,21 @@ class BackendCollector(Collector):
         yield from families.values()
 
 
+class CostCollector(Collector):
+    """What backends cost per hour whatever the traffic (always-on instances, provisioned concurrency)."""
+
+    def __init__(self, fixed: Callable[[], Iterable[tuple[str, float]]]) -> None:
+        self._fixed = fixed
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        g = GaugeMetricFamily("router_backend_fixed_cost_per_hour_dollars",
+                              "What a backend costs per hour whatever the traffic (from its cost block); the same "
+                              "on every replica: take max, not sum", labels=["backend"])
+        for backend, per_hour in self._fixed():
+            g.add_metric([backend], per_hour)
+        yield g
+
+
 class JobCollector(Collector):
     """Job gauges from the job lane's last stats (refreshed by its janitor), read at scrape time."""
 
@@ -275,6 +290,16 @@ class RouterMetrics:
         self.queue_rejections = _Children(Counter(
             "router_queue_rejected", "Requests a backend's admission queue did not serve, by reason",
             ["backend", "reason"], registry=r))
+        self.estimated_cost = _Children(Counter(
+            "router_estimated_cost_dollars", "Estimated cost of the calls made: serverless GB-seconds, a call's "
+            "share of an instance's time, Batch Transform jobs (backends with a cost block)",
+            ["model", "lane", "backend"], registry=r))
+        self.shadow_decisions = _Children(Counter(
+            "router_shadow_decisions", "Decisions of the model's shadow chain beside the live one (not dispatched)",
+            ["model", "live_lane", "shadow_lane"], registry=r))
+        self.shadow_cost = _Children(Counter(
+            "router_shadow_estimated_cost_dollars", "Estimated cost of the live and the shadow chain's decisions",
+            ["model", "chain"], registry=r))
         self.deferred = _Children(Counter(
             "router_deferred", "Requests that became jobs instead of being rejected for capacity or shed",
             ["model", "lane", "reason"], registry=r))
@@ -300,6 +325,15 @@ class RouterMetrics:
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600, 86400), registry=r))
         self.batch_records = _Children(Counter("router_batch_records", "Batch records run, by outcome",
                                                ["model", "outcome"], registry=r))
+
+    def shadow_decision(self, model: str, live_lane: str, shadow_lane: str, live_cost: float,
+                        shadow_cost: float) -> None:
+        self.shadow_decisions(model, live_lane, shadow_lane).inc()
+        self.shadow_cost(model, "live").inc(live_cost)
+        self.shadow_cost(model, "shadow").inc(shadow_cost)
+
+    def watch_costs(self, fixed: Callable[[], Iterable[tuple[str, float]]]) -> None:
+        self.registry.register(CostCollector(fixed))
 
     def queue_waited(self, backend: str, seconds: float) -> None:
         self.queue_wait(backend).observe(seconds)

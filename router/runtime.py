@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ from router.config import (
     load_config,
 )
 from router.config_state import ConfigFile, config_hash, router_version
+from router.cost import BackendCost, costs
 from router.explain import StateOverride, expected_answer, not_consulted, verdict_json, with_state
 from router.features import ANONYMOUS, FeatureExtractor
 from router.flow.admission import Admissions, QueueSettings
@@ -42,6 +43,7 @@ from router.policy.engine import ModelRoutes, PolicyEngine, Verdict
 from router.policy.registry import build_policy
 from router.protocols import PathRule
 from router.readiness import BackendChecks
+from router.shadow import Shadows
 from router.state import Clock, SaturationTracker, TrackerSettings
 from router.status import new_recent_decisions
 from router.storage import open_stores
@@ -81,6 +83,8 @@ class Routing:
     strip_headers: frozenset[str] = frozenset()
     weights: Mapping[str, float] = field(default_factory=dict)  # tenant -> fair-share weight in admission queues
     level_names: Mapping[int, str] = field(default_factory=dict)  # urgency priority -> level name
+    costs: Mapping[str, BackendCost] = field(default_factory=dict)  # priced backends (their cost block)
+    shadows: Shadows | None = None  # the models' shadow chains, when any model has one
 
     def weight(self, tenant: str) -> float:
         return self.weights.get(tenant, 1.0)
@@ -106,6 +110,10 @@ def tracker_settings(cfg: BackendConfig) -> TrackerSettings:
     )
 
 
+def queue_settings(cfg: BackendConfig) -> QueueSettings:
+    return QueueSettings(cfg.queue.max_depth, cfg.queue.max_wait)
+
+
 def build_routing(
     cfg: RouterConfig,
     tracker: SaturationTracker,
@@ -120,7 +128,7 @@ def build_routing(
     targets = {}
     for name, bcfg in cfg.backends.items():
         t = tracker.track(name, tracker_settings(bcfg))
-        a = admissions.track(name, t, QueueSettings(bcfg.queue.max_depth, bcfg.queue.max_wait))
+        a = admissions.track(name, t, queue_settings(bcfg))
         if name in backends:
             targets[name] = Target(backends[name], t, a)
     tracker.retain(cfg.backends)
@@ -151,6 +159,11 @@ def build_routing(
 
     serves = {name: KIND_LANES.get(b.kind) for name, b in cfg.backends.items()}
     engine = PolicyEngine({n: e.routes for n, e in models.items()}, serves, on_skip)
+    priced = costs(cfg)
+    shadowed = {n: replace(models[n].routes, chain=tuple(policies[p] for p in m.shadow))
+                for n, m in cfg.models.items() if m.shadow}
+    shadows = Shadows(PolicyEngine(shadowed, serves, on_skip), frozenset(shadowed), priced, metrics) \
+        if shadowed else None
     features = FeatureExtractor(cfg.urgency, cfg.callers, cfg.server.api_key_header,
                                 on_clamp=lambda model: metrics.urgency_clamped(model).inc())
     overflow = levels.get(cfg.fallback.overflow_min_urgency, max(levels.values()))
@@ -164,7 +177,8 @@ def build_routing(
     for level, priority in sorted(levels.items(), key=lambda kv: kv[1]):
         names.setdefault(priority, level)
     return Routing(cfg, models, engine, features, targets, PathTable(rules), overflow, callbacks,
-                   frozenset(h.lower() for h in strip), MappingProxyType(weights), MappingProxyType(names))
+                   frozenset(h.lower() for h in strip), MappingProxyType(weights), MappingProxyType(names),
+                   MappingProxyType(priced), shadows)
 
 
 class Runtime:
@@ -199,6 +213,8 @@ class Runtime:
         retry = cfg.fallback
         self.sync = SyncLane(RetryBudget(retry.retry_budget, retry.min_retries_per_second, clock, retry.retry_burst),
                              self.metrics, self.routing.overflow_priority, clock)
+        self.sync.costs = self.routing.costs
+        self.metrics.watch_costs(lambda: ((n, c.fixed_per_hour) for n, c in self.routing.costs.items()))
         self.recent = new_recent_decisions()  # the last requests answered, for the status page
         self.started = False
         self.draining = False  # /readyz is 503 (SIGTERM's drain); requests are still served
@@ -254,6 +270,7 @@ class Runtime:
         if self.started:
             await self.backend_checks.update(cfg.backends)
         self.sync.overflow_priority = routing.overflow_priority
+        self.sync.costs = routing.costs
         self._set_notifier(cfg)
         retry = cfg.fallback
         self.sync.budget.reconfigure(retry.retry_budget, retry.min_retries_per_second, retry.retry_burst)
@@ -369,7 +386,8 @@ class Runtime:
         return LocalRunner(self.sync, target, max_payload=settings.max_payload, max_records=settings.max_records,
                            max_concurrent=settings.max_concurrent, attempts=jobs.max_attempts,
                            backoff_s=jobs.backoff, max_backoff_s=jobs.max_backoff,
-                           timeout_s=jobs.invocation_timeout, stopping=lambda: lane is None or lane.stopping)
+                           timeout_s=jobs.invocation_timeout, stopping=lambda: lane is None or lane.stopping,
+                           model=model)
 
     def _job_target(self, model: str, lane: Lane) -> Target | None:
         entry = self.routing.models.get(model)
@@ -404,10 +422,19 @@ class Runtime:
         out["queue"] = self._queue_positions(route, req, snap if state else None)
         chain = [p.name for p in entry.routes.chain]
         out["policies"] = [verdict_json(v) for v in verdicts] + not_consulted(chain, verdicts)
+        shadows = self.routing.shadows
+        if shadows is not None and req.model in shadows.models:
+            out["shadow"] = route_json(shadows.engine.decide(req, snap), req)  # not counted: nothing was served
         out["answer"] = expected_answer(route, req, out["queue"], max_bytes=entry.max_bytes,
                                         overflow_priority=self.routing.overflow_priority,
                                         deferral=self.routing.engine.deferral(req))
         return out
+
+    def shadow_status(self) -> dict[str, Any]:
+        """What each model's shadow chain decided on live traffic beside the live chain, and the estimated cost
+        of both (``router.shadow.Shadows.status``); empty without shadow chains. For the status page."""
+        shadows = self.routing.shadows
+        return shadows.status() if shadows is not None else {}
 
     def _queue_positions(self, route: Route, req: RequestFeatures,
                          described: Snapshot | None = None) -> list[dict[str, Any]]:

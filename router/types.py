@@ -48,6 +48,7 @@ class RequestFeatures(NamedTuple):
     deadline_ms: int | None = None  # the client's remaining budget, from X-Deadline-Ms
     accepts_async: bool = False  # Prefer: respond-async
     wait_s: float | None = None  # Prefer: wait=N
+    key: int = 0  # a hash of the request's id: lets a policy split traffic deterministically (weighted)
 
 
 class BackendState(NamedTuple):

@@ -39,7 +39,7 @@ def test_python_dash_m_router_is_the_same_command() -> None:
     done = subprocess.run([sys.executable, "-m", "router", "check", "--config", DEMO], capture_output=True,
                           text=True, timeout=60, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(f"{DEMO}: ok (1 models, 3 backends, 3 policies)")
+    assert done.stdout.startswith(f"{DEMO}: ok (1 models, 3 backends, 4 policies)")
 
 
 def test_router_config_stands_in_for_config(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,

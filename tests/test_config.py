@@ -65,7 +65,7 @@ policies:
         "cfg.yaml:8:14: models.m.policy.0: unknown policy 'missing'",
         "cfg.yaml:10:44: policies.p1.params.below_urgency: unknown urgency level 'urgent' "
         "(levels: critical, high, normal, low)",
-        "cfg.yaml:11:14: policies.p3.type: unknown policy type 'nosuch' (known: deadline, rules, shed)",
+        "cfg.yaml:11:14: policies.p3.type: unknown policy type 'nosuch' (known: deadline, rules, shed, weighted)",
     ]
 
 

@@ -283,7 +283,7 @@ async def drive_every_lane(http: aiohttp.ClientSession, router: RunningRouter, r
                          json={"model": "fraud", "bytes": 7_000_000}) as r:
         assert r.status == 200
 
-    async_server.latency_s = 3.0  # leave a backlog: the workers hold four slow jobs, the rest stay queued
+    async_server.latency_s = 6.0  # leave a backlog through every query below: slow jobs held, the rest queued
     for _ in range(8):
         await invoke_async(http, router)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from random import getrandbits  # request ids need uniqueness, not secrecy; uuid4 costs a syscall
@@ -37,6 +38,7 @@ from router.flow.admission import Ticket
 from router.headers import request_headers
 from router.lanes.jobs import JobLane, job_url
 from router.lanes.sync import SyncFailure
+from router.lanes.walk import CAPACITY_REASONS, job_after_failure
 from router.logging import request_trace_id
 from router.metrics import UNKNOWN_MODEL
 from router.notify import requested_callback
@@ -74,8 +76,6 @@ _encode = msgspec.json.Encoder().encode
 ClientDisconnected = CallerGone  # the client went away while the router read its body
 
 
-# Why a sync route took no request, when a job lane could have it instead (defer instead of reject).
-_CAPACITY = frozenset({"saturated", "full", "evicted", "timeout", "wait_exceeds_deadline"})
 
 
 async def read_prefix(receive: Any, limit: int) -> tuple[bytes, bool]:
@@ -207,6 +207,7 @@ class DataPlane:
                      sagemaker_async: bool = False, response_stream: bool = False,
                      refuse: RequestError | None = None, allow: str | None = None) -> None:
         started = time.perf_counter()
+        arrival = time.time()  # wall clock, for traces: `simulate` replays access logs in arrival order
         runtime = self.runtime
         routing = runtime.routing
         metrics = runtime.metrics
@@ -218,6 +219,7 @@ class DataPlane:
         lane = backend = reason = policy = "none"
         status = 500
         features = None
+        waited = 0.0
         first_byte: float | None = None
         try:
             if entry is None:
@@ -243,10 +245,12 @@ class DataPlane:
                 size = len(prefix) if complete else max(len(prefix), entry.max_sync_bytes + 1)
             else:
                 size = declared
-            features = routing.features.extract(name, headers, size)
+            features = routing.features.extract(name, headers, size, zlib.crc32(request_id.encode()))
             signed = routing.features.signed_request(scope, headers)  # SigV4: checked once the body is known
             snap = runtime.tracker.snapshot(entry.routes.lanes, entry.routes.limits)
             route = routing.engine.decide(features, snap)
+            if routing.shadows is not None and name in routing.shadows.models:
+                routing.shadows.observe(features, snap, route)  # decided beside the live chain, never served
             decision = route.decision
             lane, reason, policy = decision.lane.value, decision.reason, decision.policy
             metrics.decisions(name, lane, reason).inc()
@@ -290,13 +294,13 @@ class DataPlane:
             except SyncFailure as exc:
                 if exc.reason == "client_gone":
                     raise ClientDisconnected from None
-                deferrable = exc.reason in _CAPACITY
-                if job_hop is None and deferrable:
-                    job_hop = routing.engine.deferral(features)
-                    if job_hop is not None:
-                        reason = "deferred_saturated"
-                if job_hop is None or (exc.error is not None and not exc.error.retryable):
+                deferrable = exc.reason in CAPACITY_REASONS
+                job = job_after_failure(exc.reason, exc.error, job_hop, lambda: routing.engine.deferral(features))
+                if job is None:
                     raise
+                if job_hop is None:
+                    reason = "deferred_saturated"
+                job_hop = job
                 last = exc.hop.backend if exc.hop else sync_hops[-1].backend
                 metrics.fallbacks(name, last, job_hop.backend, exc.reason).inc()
                 if deferrable:
@@ -306,6 +310,7 @@ class DataPlane:
                                 job_hop) from None
             lane, backend = outcome.hop.lane.value, outcome.hop.backend
             status = outcome.result.status
+            waited = outcome.waited_s
             own = _router_headers(request_id, lane, backend, reason)
             if response_stream:
                 first_byte = await send_event_stream(send, receive, outcome.result, own)
@@ -363,7 +368,12 @@ class DataPlane:
                          backend=backend, reason=reason, status=status, duration_ms=round(elapsed * 1000.0, 3),
                          caller=features.caller if features else None,
                          urgency=features.urgency if features else None,
-                         bytes=features.payload_bytes if features else None)
+                         bytes=features.payload_bytes if features else None, arrival=round(arrival, 6),
+                         content_type=features.content_type if features else None,
+                         deadline_ms=features.deadline_ms if features else None,
+                         respond_async=features.accepts_async if features else None,
+                         wait_s=features.wait_s if features else None,
+                         queue_wait_ms=round(waited * 1000.0, 3) if waited else None)
             request_trace_id.reset(trace_token)
 
     async def _control(self, scope: Any, receive: Any, send: Any, rule: PathRule) -> None:

@@ -39,6 +39,20 @@ _RESULT_TYPES = {RecordFormat.CSV: "text/csv", RecordFormat.JSONL: "application/
                  RecordFormat.JSON: "application/json"}
 
 
+def flush_trigger(cfg: BatchConfig, buffered: Buffered, now: float) -> str | None:
+    """Which limit a buffer reached: "records", "bytes" or "age" (its oldest record waited ``max_wait``); None
+    while under all three. Pure: the simulator flushes by the same rule."""
+    if not buffered.jobs:
+        return None
+    if buffered.records >= cfg.max_records:
+        return "records"
+    if buffered.bytes >= cfg.max_bytes:
+        return "bytes"
+    if buffered.oldest is not None and now - buffered.oldest >= cfg.max_wait:
+        return "age"
+    return None
+
+
 class BatchLane:
     """Accepts batch requests and runs their records in batches; ``runs`` batches at once per process."""
 
@@ -108,15 +122,9 @@ class BatchLane:
         """Which limit ``model``'s buffer reached: "records", "bytes" or "age"; None while under all three."""
         cfg = self.settings(model)
         buffered = self.store.buffers.get(model)
-        if cfg is None or buffered is None or not buffered.jobs:
+        if cfg is None or buffered is None:
             return None
-        if buffered.records >= cfg.max_records:
-            return "records"
-        if buffered.bytes >= cfg.max_bytes:
-            return "bytes"
-        if buffered.oldest is not None and self.clock() - buffered.oldest >= cfg.max_wait:
-            return "age"
-        return None
+        return flush_trigger(cfg, buffered, self.clock())
 
     def _check(self, model: str) -> None:
         """Flush ``model``'s buffer if it reached a limit."""

@@ -31,8 +31,9 @@ class LocalRunner:
 
     def __init__(self, sync: SyncLane, target: Target, *, max_payload: int, max_records: int, max_concurrent: int,
                  attempts: int = 3, backoff_s: float = 0.5, max_backoff_s: float = 30.0, timeout_s: float = 900.0,
-                 stopping: Callable[[], bool] = lambda: False) -> None:
+                 stopping: Callable[[], bool] = lambda: False, model: str | None = None) -> None:
         self.sync = sync
+        self.model = model  # for the estimated cost of its calls
         self.target = target
         self.max_payload = max_payload
         self.max_records = max_records
@@ -87,7 +88,7 @@ class LocalRunner:
                 raise asyncio.CancelledError  # draining: the batch stays pending and runs after a restart
             self.calls += 1
             try:
-                result = await self.sync.call(self.target, inv, self.sync.clock())
+                result = await self.sync.call(self.target, inv, self.sync.clock(), model=self.model, lane="batch")
             except BackendError as exc:
                 message = f"{exc.kind.value}: {exc.message}"
                 if not exc.retryable:

@@ -380,7 +380,7 @@ class JobLane:
                          job_timeout_s=spec.timeout_s, stream=None if isinstance(payload, bytes) else payload,
                          size=spec.input_bytes, headers=trace.headers() if trace else {})
         try:
-            result = await self.sync.call(target, inv, self.sync.clock())
+            result = await self.sync.call(target, inv, self.sync.clock(), model=spec.model, lane=spec.lane)
         except BackendError as exc:
             error = {"type": ERROR_TYPES[exc.kind], "message": exc.message,
                      "status": exc.original_status or exc.status}

@@ -1,4 +1,5 @@
-"""The sync lane: call the route's backends in order until one answers.
+"""The sync lane: call the route's backends in order until one answers. The decisions are the walk's
+(``router.lanes.walk``, pure, shared with the simulator); this module makes the calls and the waits.
 
 A hop is skipped when its breaker is open or it has no free slot; after a retryable failure the next
 hop is tried if the retry budget allows, so a failing fleet is not hit by a retry storm. Every move
@@ -19,20 +20,17 @@ from dataclasses import dataclass, replace
 
 import structlog
 
+from router.cost import BackendCost
 from router.flow.admission import Admission, Rejected, Ticket
 from router.flow.budget import RetryBudget
 from router.lanes.streams import TrackedStream
+from router.lanes.walk import Call, Refusal, Served, Wait, walk
 from router.metrics import RouterMetrics
 from router.state import BackendTracker, Clock
 from router.types import Backend, BackendError, CallerGone, FailureKind, Hop, Invocation, InvocationResult, Route
 
 log = structlog.get_logger("router.sync")
 
-# A request with a deadline queues only if its predicted wait is within this share of its budget. Without a
-# margin a class whose demand exceeds its share fills its queue up to exactly the budget, and every waiter
-# at the tail times out on the first bad luck (a few more urgent arrivals than the average): a 503 after
-# waiting instead of at once.
-FIT = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +45,7 @@ class SyncOutcome:
     result: InvocationResult
     hop: Hop
     attempts: int
+    waited_s: float = 0.0  # time spent in admission queues
 
 
 class SyncFailure(Exception):
@@ -66,121 +65,86 @@ def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
     return min(max_s, base_s * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.5)
 
 
+class _Counters:
+    """The walk's counts, as metrics."""
+
+    __slots__ = ("metrics",)
+
+    def __init__(self, metrics: RouterMetrics) -> None:
+        self.metrics = metrics
+
+    def fallback(self, model: str, from_backend: str, to_backend: str, reason: str) -> None:
+        self.metrics.fallbacks(model, from_backend, to_backend, reason).inc()
+
+    def budget_exhausted(self, model: str) -> None:
+        self.metrics.retry_budget_exhausted(model).inc()
+
+
 class SyncLane:
     def __init__(self, budget: RetryBudget, metrics: RouterMetrics, overflow_priority: int,
                  clock: Clock = time.monotonic) -> None:
         self.budget = budget
         self.metrics = metrics
+        self.counters = _Counters(metrics)
+        self.costs: Mapping[str, BackendCost] = {}  # priced backends: the estimated cost of each call
         self.overflow_priority = overflow_priority
         self.clock = clock
 
     async def serve(self, model: str, route: Route, inv: Invocation, priority: int,
                     targets: Mapping[str, Target], deadline_at: float | None = None,
                     ticket: Ticket | None = None) -> SyncOutcome:
-        self.budget.deposit()
-        hops = route.hops
-        last_error: BackendError | None = None
-        last_hop: Hop | None = None
-        full: list[Hop] = []
-        attempts = 0
-        for i, hop in enumerate(hops):
-            target = targets[hop.backend]
-            tracker = target.tracker
-            now = self.clock()
-            if not tracker.admits(now):
-                why = "breaker_open"
-            elif not target.admission.has_room():
-                full.append(hop)
-                why = "saturated"
-            elif deadline_at is not None and tracker.cold(now) and now + tracker.cold_start_s >= deadline_at:
-                why = "cold_start"  # a cold start alone would outlast the client's deadline
-            else:
-                if deadline_at is not None and now >= deadline_at:
-                    break
-                if last_error is not None and not self.budget.withdraw():
-                    self.metrics.retry_budget_exhausted(model).inc()
-                    break
-                attempts += 1
-                try:
-                    result = await self.call(target, inv, now, deadline_at)
-                    return SyncOutcome(result, hop, attempts)
-                except BackendError as exc:
-                    if not exc.retryable:
-                        raise SyncFailure(exc.kind.value, hop, exc) from None
-                    last_error, last_hop, why = exc, hop, exc.kind.value
-            if i + 1 < len(hops):
-                self.metrics.fallbacks(model, hop.backend, hops[i + 1].backend, why).inc()
-        refused: tuple[Hop, Rejected] | None = None
-        if full and (last_error is None or self.budget.withdraw()):
-            waited = await self._wait(full, targets, ticket or Ticket(priority), deadline_at)
-            if isinstance(waited, Hop):
-                try:
-                    result = await self.call(targets[waited.backend], inv, self.clock(), deadline_at)
-                except BackendError as exc:
-                    raise SyncFailure(exc.kind.value, waited, exc) from None
-                return SyncOutcome(result, waited, attempts + 1)
-            refused = waited
-            if refused[1].reason == "client_gone":
-                raise SyncFailure("client_gone", refused[0])
-        elif full:
-            self.metrics.retry_budget_exhausted(model).inc()
-        if last_error is not None:
-            raise SyncFailure(last_error.kind.value, last_hop, last_error)
-        now = self.clock()
-        in_time = deadline_at is None or now < deadline_at
-        if full and in_time and priority >= self.overflow_priority and targets[full[0].backend].tracker.admits(now):
-            hop = full[0]  # never refused for capacity alone: over the limit of the first full hop
-            try:
-                result = await self.call(targets[hop.backend], inv, now, deadline_at)
-            except BackendError as exc:
-                raise SyncFailure(exc.kind.value, hop, exc) from None
-            return SyncOutcome(result, hop, attempts + 1)
-        if refused is not None:
-            raise SyncFailure(refused[1].reason, refused[0], retry_after_s=refused[1].retry_after_s)
-        if not in_time:
-            raise SyncFailure("deadline", last_hop,
-                              BackendError(FailureKind.TIMEOUT, "the deadline passed before a backend answered"))
-        raise SyncFailure("saturated" if full else "breaker_open", hops[-1] if hops else None)
-
-    async def _wait(self, full: list[Hop], targets: Mapping[str, Target], ticket: Ticket,
-                    deadline_at: float | None) -> Hop | tuple[Hop, Rejected]:
-        """Wait on the first full hop whose predicted wait fits the request's budget; the hop whose slot it
-        got, or the last refusal. A refusal after waiting (timeout, evicted) ends the walk."""
-        refused: tuple[Hop, Rejected] | None = None
-        # A backend with no latency measured yet (a serverless one still in its cold start) cannot predict a
-        # wait: the hops that can go first, otherwise in route order.
-        for hop in sorted(full, key=lambda h: targets[h.backend].tracker.latency_s <= 0.0):
-            target = targets[hop.backend]
-            admission = target.admission
-            now = self.clock()
-            if admission.has_room():
-                return hop  # a slot freed while the walk went on, and nobody waits for it
-            budget_s = admission.budget_s(now, deadline_at)
-            _ahead, wait_s = admission.predict(ticket.priority, ticket.tenant, ticket.weight, deadline_at)
-            # a deadline is the client's: keep a margin for the prediction's error; max_wait alone is ours
-            if budget_s <= 0.0 or wait_s > (FIT if deadline_at is not None else 1.0) * budget_s:
-                admission.rejected("wait_exceeds_deadline")
-                if refused is None:
-                    refused = (hop, Rejected("wait_exceeds_deadline", wait_s))
-                continue
-            try:
-                await admission.wait(ticket, now, budget_s, deadline_at)
-            except Rejected as exc:
-                refused = (hop, exc)
-                if exc.reason in ("full", "breaker_open"):
-                    continue  # it never waited (or the backend broke): the next full hop may take it
-                return refused
-            return hop  # a slot is ours: the breaker let the admission hand it out
-        return refused if refused is not None else (full[-1], Rejected("saturated"))
+        """Drive the walk (``router.lanes.walk``, the decisions) with real calls and waits."""
+        ticket = ticket or Ticket(priority)
+        steps = walk(model, route.hops, ticket, targets, self.budget, self.overflow_priority,
+                     self.clock, self.counters, deadline_at)
+        outcome: BackendError | Refusal | None = None
+        result: InvocationResult | None = None
+        waited = 0.0
+        try:
+            while True:
+                step = steps.send(outcome)
+                target = targets[step.hop.backend]
+                if type(step) is Call:
+                    try:
+                        result = await self.call(target, inv, step.now, deadline_at, model, step.hop.lane.value)
+                        outcome = None
+                    except BackendError as exc:
+                        outcome = exc
+                else:
+                    assert isinstance(step, Wait)
+                    try:
+                        await target.admission.wait(ticket, step.now, step.budget_s, deadline_at)
+                        outcome = None
+                    except Rejected as exc:
+                        outcome = Refusal(exc.reason, exc.retry_after_s)
+                    waited += self.clock() - step.now
+        except StopIteration as stop:
+            end = stop.value
+        if isinstance(end, Served):
+            assert result is not None
+            return SyncOutcome(result, end.hop, end.attempts, waited)
+        raise SyncFailure(end.reason, end.hop, end.error, end.retry_after_s)
 
     async def room(self, target: Target, stopping: Callable[[], bool]) -> bool:
         """Wait until ``target`` has a slot no sync request waits for: background work (jobs, batches) takes the
         room sync traffic leaves. False when ``stopping()`` says to give up instead."""
-        return await target.admission.background(stopping)
+        return await target.admission.wait_background(stopping)
 
-    async def call(self, target: Target, inv: Invocation, now: float,
-                   deadline_at: float | None = None) -> InvocationResult:
-        """One tracked call: in-flight, latency, breaker and metrics are updated whatever happens."""
+    async def call(self, target: Target, inv: Invocation, now: float, deadline_at: float | None = None,
+                   model: str | None = None, lane: str | None = None) -> InvocationResult:
+        """One tracked call: in-flight, latency, breaker and metrics are updated whatever happens; with a
+        ``model`` and ``lane``, so is its estimated cost (``router_estimated_cost_dollars_total``)."""
+        tracker = target.tracker
+        cost = self.costs.get(tracker.name)
+        if cost is not None and model is not None:
+            try:
+                return await self._call(target, inv, now, deadline_at)
+            finally:
+                self.metrics.estimated_cost(model, lane or "", tracker.name).inc(cost.call(self.clock() - now))
+        return await self._call(target, inv, now, deadline_at)
+
+    async def _call(self, target: Target, inv: Invocation, now: float,
+                    deadline_at: float | None = None) -> InvocationResult:
         tracker = target.tracker
         if deadline_at is not None:
             remaining = deadline_at - now

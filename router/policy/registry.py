@@ -19,6 +19,7 @@ from router.policy.deadline import DeadlinePolicy
 from router.policy.errors import PolicyBuildError
 from router.policy.rules import RulesPolicy
 from router.policy.shed import ShedPolicy
+from router.policy.weighted import WeightedPolicy
 from router.types import Policy
 
 __all__ = ["PolicyBuildError", "PolicyType", "build_policy", "policy_types"]
@@ -37,6 +38,7 @@ BUILTINS: dict[str, PolicyType] = {
     "rules": RulesPolicy,
     "shed": ShedPolicy,
     "deadline": DeadlinePolicy,
+    "weighted": WeightedPolicy,
 }
 
 

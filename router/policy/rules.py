@@ -122,6 +122,9 @@ def _test(kind: str, convert: Callable[[Any], Any], spec: Any, path: tuple[str |
             checks.append((_OPS[op], convert(raw)))
     except (ValueError, TypeError) as exc:
         raise PolicyBuildError(str(exc), path) from None
+    if len(checks) == 1:  # the usual {gt: 6MB}: no generator per test (a decision runs dozens of these)
+        (only, target), = checks
+        return lambda v: v is not None and only(v, target)
     return lambda v: v is not None and all(fn(v, t) for fn, t in checks)
 
 
