@@ -69,6 +69,7 @@ class RequestLine(msgspec.Struct):
     respond_async: bool | None
     wait_s: float | None
     queue_wait_ms: float | None
+    cold_start: bool | None  # the answering call waited for a cold start: its duration is not service time
     event: str = "request"
     level: str = "info"
     timestamp: str = ""

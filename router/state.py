@@ -127,6 +127,11 @@ class BackendTracker:
         s = self.settings
         return s.serverless and not self.inflight and now - self.last_active > s.idle_after_s
 
+    def warming(self, now: float) -> bool:
+        """Whether a call starting now waits for a cold start: the backend is cold, or a cold start is under way
+        (no call that started it has answered yet). Such a call's latency is not the backend's service time."""
+        return self.cold(now) or (self._cold_since is not None and self._warm_at is None)
+
     def admits(self, now: float) -> bool:
         """Whether the breaker lets a call through now (while open: a share of requests, as probes)."""
         return self.breaker.admits(now)

@@ -16,7 +16,7 @@ from router.logging import ACCESS_LOG, RequestLine, configure_logging
 def _line() -> RequestLine:
     return RequestLine("rid-1", "0af7651916cd43dd8448eb211c80319c", "fraud", "serverless", "fraud-sls",
                        "realtime_full", 200, 12.5, "team-a", "high", 60, 1767225600.123456, "text/csv", 250, True,
-                       5.0, 1.25)
+                       5.0, 1.25, True)
 
 
 @pytest.fixture(autouse=True)

@@ -220,6 +220,7 @@ class DataPlane:
         status = 500
         features = None
         waited = 0.0
+        cold_start = False
         first_byte: float | None = None
         try:
             if entry is None:
@@ -311,6 +312,7 @@ class DataPlane:
             lane, backend = outcome.hop.lane.value, outcome.hop.backend
             status = outcome.result.status
             waited = outcome.waited_s
+            cold_start = outcome.cold_start
             own = _router_headers(request_id, lane, backend, reason)
             if response_stream:
                 first_byte = await send_event_stream(send, receive, outcome.result, own)
@@ -369,12 +371,13 @@ class DataPlane:
                 arrival = round(arrival, 6)
                 if features is None:
                     line = RequestLine(request_id, trace.trace_id, model_label, lane, backend, reason, status,
-                                       duration_ms, None, None, None, arrival, None, None, None, None, queue_wait_ms)
+                                       duration_ms, None, None, None, arrival, None, None, None, None, queue_wait_ms,
+                                       None)
                 else:
                     line = RequestLine(request_id, trace.trace_id, model_label, lane, backend, reason, status,
                                        duration_ms, features.caller, features.urgency, features.payload_bytes,
                                        arrival, features.content_type, features.deadline_ms, features.accepts_async,
-                                       features.wait_s, queue_wait_ms)
+                                       features.wait_s, queue_wait_ms, True if cold_start else None)
                 ACCESS_LOG.write(line)
             request_trace_id.reset(trace_token)
 

@@ -402,12 +402,16 @@ class Simulation:
         if r.deadline_at is not None:
             limit = min(limit, r.deadline_at - now)
         req = r.req
-        replay = None
+        replay = cold = None
         if req.backend == hop.backend and req.status == 200 and req.duration_s is not None:
-            # served where the trace says it was: its own recorded time (cold starts and stalls left to the model)
+            # served where the trace says it was: its own recorded time, stalls included; a call that waited for a
+            # cold start brings it to the model, which decides whether this call waits for one
             own = req.duration_s - (req.queue_wait_s or 0.0)
-            replay = own if own <= target.backend.service.p99 else None
-        seconds = target.backend.call(0.0, self._answered, call, replay)
+            if req.cold_start:
+                cold = own
+            else:
+                replay = own
+        seconds = target.backend.call(0.0, self._answered, call, replay, cold)
         if seconds is None or seconds > limit:
             self.loop.at(now + limit, self._timed_out, call)
 
