@@ -16,7 +16,14 @@ from router.sim.fit import fit_service_times
 from router.sim.run import Simulation, simulate
 from router.sim.stats import LatencyHistogram, TimeSeries
 from router.sim.synthetic import Mix, synthetic
-from router.sim.trace import TraceRequest, TraceStats, in_arrival_order, read_trace, write_trace
+from router.sim.trace import (
+    TraceRequest,
+    TraceStats,
+    in_arrival_order,
+    longest_duration_s,
+    read_trace,
+    write_trace,
+)
 from tests.conftest import serve_router
 
 HEAD = """\
@@ -86,6 +93,18 @@ def test_a_request_longer_than_every_one_before_it_replays_at_its_arrival(tmp_pa
     assert out[0].t == 0.0
     assert out[0].cold_start
     assert stats.late == 0
+
+
+def test_the_reorder_window_is_the_longest_request_of_a_second_or_more(tmp_path: Path) -> None:
+    def log(*durations: bytes) -> Path:
+        path = tmp_path / "access.log"
+        path.write_bytes(b"".join(b'{"event":"request","model":"m","duration_ms":%s}\n' % d for d in durations))
+        return path
+
+    assert longest_duration_s(log(b"12", b"2500.25", b"3e3", b"999.5")) == 3.0
+    assert longest_duration_s(log(b"12", b"1.5e3", b"1000")) == 1.5
+    # shorter ones never widen the window: it is at least a second anyway
+    assert longest_duration_s(log(b"12", b"999.99", b"5e2")) == 0.0
 
 
 def test_service_times_learned_from_a_trace_leave_out_calls_that_waited_for_a_cold_start() -> None:

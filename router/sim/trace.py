@@ -66,6 +66,7 @@ class _Line(msgspec.Struct, omit_defaults=True):
 
 
 _decode = msgspec.json.Decoder(_Line).decode
+_UNDECODABLE = (msgspec.DecodeError, msgspec.ValidationError)
 _MARK = b'"request"'
 
 
@@ -84,14 +85,8 @@ class TraceStats:
         self.bytes_read = 0
 
 
-def _parse(raw: bytes) -> tuple[float, float, _Line] | None:
-    """(arrival epoch, end epoch, line) of a request line; None for anything else."""
-    if _MARK not in raw:
-        return None
-    try:
-        line = _decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
+def _times(line: _Line) -> tuple[float, float, _Line] | None:
+    """(arrival epoch, end epoch, line) of a decoded line, if it is a request's; None otherwise."""
     if line.event != "request" or not line.model or line.model == "_unknown":
         return None
     duration = line.duration_ms / 1000.0 if line.duration_ms else 0.0
@@ -106,13 +101,16 @@ def _parse(raw: bytes) -> tuple[float, float, _Line] | None:
     return end - duration, end, line
 
 
-_DURATION = re.compile(rb'"duration_ms":\s*(-?[0-9][0-9.eE+-]*)')
+# a duration of 1,000 ms or more (shorter ones never widen the window, which is at least a second)
+_LONG_DURATION = re.compile(rb'"duration_ms":\s*(-?(?:[1-9][0-9]{3,}(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?'
+                            rb'|[0-9]+(?:\.[0-9]*)?[eE][+-]?[0-9]+))')
+MIN_WINDOW_S = 1.0
 
 
 def longest_duration_s(path: str | Path) -> float:
-    """The longest ``duration_ms`` of any line of an access log, in seconds (0 without any): how long a line may
-    be written after a later arrival's. A scan of the raw bytes, without decoding the JSON (``"duration_ms":``
-    cannot occur inside a JSON string: its quotes would be escaped)."""
+    """The longest ``duration_ms`` of any line of an access log, in seconds, if a second or more (else 0): how long
+    a line may be written after a later arrival's. A scan of the raw bytes, without decoding the JSON
+    (``"duration_ms":`` cannot occur inside a JSON string: its quotes would be escaped)."""
     longest = 0.0
     rest = b""
     with open(path, "rb") as fh:
@@ -123,20 +121,14 @@ def longest_duration_s(path: str | Path) -> float:
             block = rest + block
             cut = block.rfind(b"\n") + 1
             rest = block[cut:]
-            for value in _DURATION.findall(block, 0, cut):
-                try:
-                    longest = max(longest, float(value))
-                except ValueError:
-                    continue
-    for value in _DURATION.findall(rest):
-        try:
-            longest = max(longest, float(value))
-        except ValueError:
-            continue
-    return longest / 1000.0
+            for value in _LONG_DURATION.findall(block, 0, cut):
+                longest = max(longest, float(value))
+    for value in _LONG_DURATION.findall(rest):
+        longest = max(longest, float(value))
+    return longest / 1000.0 if longest >= 1000.0 else 0.0  # the exponent form may match a shorter one
 
 
-def in_arrival_order(lines: Iterable[bytes], stats: TraceStats | None = None, min_window_s: float = 1.0,
+def in_arrival_order(lines: Iterable[bytes], stats: TraceStats | None = None, min_window_s: float = MIN_WINDOW_S,
                      window_s: float | None = None) -> Iterator[TraceRequest]:
     """The requests of an access log in arrival order, ``t`` from the first arrival.
 
@@ -153,16 +145,29 @@ def in_arrival_order(lines: Iterable[bytes], stats: TraceStats | None = None, mi
     origin: float | None = None
     last = -math.inf
     seq = n_lines = n_bytes = skipped = late = requests = 0
-    push, pop, parse = heapq.heappush, heapq.heappop, _parse
+    push, pop, decode, mark, bad = heapq.heappush, heapq.heappop, _decode, _MARK, _UNDECODABLE
     try:
-        for raw in lines:
+        for raw in lines:  # the usual request line is handled inline: this loop runs once per line of the log
             n_lines += 1
             n_bytes += len(raw)
-            parsed = parse(raw)
-            if parsed is None:
+            if mark not in raw:
                 skipped += 1
                 continue
-            arrival, end, line = parsed
+            try:
+                line = decode(raw)
+            except bad:
+                skipped += 1
+                continue
+            arrival = line.arrival
+            if arrival is not None and line.event == "request" and line.model and line.model != "_unknown":
+                duration_ms = line.duration_ms
+                end = arrival + duration_ms / 1000.0 if duration_ms else arrival
+            else:
+                parsed = _times(line)
+                if parsed is None:
+                    skipped += 1
+                    continue
+                arrival, end, line = parsed
             if grows and end - arrival > longest:
                 longest = end - arrival
             seq += 1
