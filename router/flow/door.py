@@ -99,9 +99,10 @@ class Door:
                 deadline_at: float | None = None) -> tuple[int, float]:
         """(waiters ahead, predicted wait in seconds) for a request arriving now."""
         t = self.tracker
-        if self.has_room():
+        queue = self.queue
+        if not queue and t.inflight + self.reserved < t.capacity:  # has_room()
             return 0, 0.0
-        ahead = self.queue.ahead(priority, tenant, weight, math.inf if deadline_at is None else deadline_at)
+        ahead = queue.ahead(priority, tenant, weight, math.inf if deadline_at is None else deadline_at)
         if t.latency_s <= 0.0:  # no call finished yet: a serverless backend's calls share one cold start
             return ahead, (ahead // max(1, t.capacity) + 1) * t.cold_start_s
         return ahead, predicted_wait_s(ahead, t.capacity, t.latency_s, self.rates.above(priority, self.clock()))

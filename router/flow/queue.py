@@ -67,7 +67,7 @@ class Push(NamedTuple):
 class AdmissionQueue:
     """Waiters of one backend in serving order. ``max_depth`` 0 refuses everyone (queueing off)."""
 
-    __slots__ = ("_levels", "_priorities", "_seq", "_size", "max_depth")
+    __slots__ = ("_counts", "_levels", "_priorities", "_seq", "_size", "max_depth")
 
     def __init__(self, max_depth: int) -> None:
         self.max_depth = max_depth
@@ -75,13 +75,18 @@ class AdmissionQueue:
         self._priorities: list[int] = []  # levels that have waiters, most urgent first
         self._seq = 0
         self._size = 0
+        self._counts: tuple[tuple[int, int], ...] | None = None  # levels(), until the queue changes
 
     def __len__(self) -> int:
         return self._size
 
     def levels(self) -> tuple[tuple[int, int], ...]:
         """(priority, waiters) of every level that has waiters, most urgent first."""
-        return tuple((p, len(self._levels[p].by_seq)) for p in self._priorities)
+        counts = self._counts
+        if counts is None:  # every request's snapshot reads it: built once per change of the queue
+            levels = self._levels
+            counts = self._counts = tuple((p, len(levels[p].by_seq)) for p in self._priorities)
+        return counts
 
     def push(self, waiter: Waiter) -> Push:
         """Queue ``waiter``; when full, evict a less urgent waiter to make room or refuse."""
@@ -105,6 +110,7 @@ class AdmissionQueue:
         bisect.insort(tenant.waiters, waiter, key=_order)
         level.by_seq[waiter.seq] = waiter
         self._size += 1
+        self._counts = None
         return Push(True, evicted)
 
     def pop(self) -> Waiter | None:
@@ -121,6 +127,7 @@ class AdmissionQueue:
                 waiter = tenant.waiters.pop(0)
                 del level.by_seq[waiter.seq]
                 self._size -= 1
+                self._counts = None
                 if not tenant.waiters:
                     self._drop_tenant(priority, level, tenant)
                 elif tenant.deficit < 1.0:
@@ -142,6 +149,7 @@ class AdmissionQueue:
         del tenant.waiters[i]
         del level.by_seq[waiter.seq]
         self._size -= 1
+        self._counts = None
         if not tenant.waiters:
             self._drop_tenant(waiter.priority, level, tenant)
         return True

@@ -170,7 +170,8 @@ def _wait(full: list[Hop], targets: Mapping[str, WalkTarget], ticket: Ticket, cl
     refused: tuple[Hop, str, float] | None = None
     # A backend with no latency measured yet (a serverless one still in its cold start) cannot predict a
     # wait: the hops that can go first, otherwise in route order.
-    for hop in sorted(full, key=lambda h: targets[h.backend].tracker.latency_s <= 0.0):
+    order = full if len(full) == 1 else sorted(full, key=lambda h: targets[h.backend].tracker.latency_s <= 0.0)
+    for hop in order:
         door = targets[hop.backend].admission
         now = clock()
         if door.has_room():

@@ -221,7 +221,10 @@ class Simulation:
                                         "/20260101/us-east-1/sagemaker/aws4_request, SignedHeaders=host, Signature=0")
         self._urgency_header = cfg.urgency.header.lower()
         self._levels = set(cfg.urgency.levels)
-        self._extracted: dict[tuple[Any, ...], RequestFeatures | RequestError] = {}
+        self._extracted: dict[tuple[Any, ...], tuple[RequestFeatures | RequestError, Ticket | None]] = {}
+        # per route's hops (by identity: the engine keeps its resolved routes): whether it starts on a job lane,
+        # its sync hops, its job hop
+        self._splits: dict[int, tuple[tuple[Hop, ...], bool, tuple[Hop, ...], Hop | None]] = {}
         series = self.result.series
         self.jobs = AsyncLane(loop, self.rng, cfg.jobs, self._room, self._job_call, self._job_done,
                               depth=lambda t, n: series.peak(t, 1, n))
@@ -311,26 +314,38 @@ class Simulation:
             headers["prefer"] = "respond-async" if req.wait_s is None else f"respond-async, wait={int(req.wait_s)}"
         return headers
 
-    def _features(self, req: TraceRequest) -> RequestFeatures | RequestError:
-        """The live ``FeatureExtractor``'s features for the request's headers (or its refusal). Extracting is a pure
-        function of the headers and traces repeat a few header sets, so each set is extracted once; the payload size
-        and the request's key are the request's own."""
+    def _features(self, req: TraceRequest) -> tuple[RequestFeatures | RequestError, Ticket | None]:
+        """The live ``FeatureExtractor``'s features for the request's headers (or its refusal), and its ticket for
+        the admission queues. Extracting is a pure function of the headers and traces repeat a few header sets, so
+        each set is extracted once; the payload size and the request's key are the request's own."""
         ident = (req.model, req.content_type, req.urgency, req.caller, req.deadline_ms, req.accepts_async, req.wait_s)
         known = self._extracted.get(ident)
         if known is None:
             try:
-                known = self.routing.features.extract(req.model, self._headers(req), 0)
+                extracted = self.routing.features.extract(req.model, self._headers(req), 0)
+                known = (extracted, Ticket(extracted.priority, extracted.caller,
+                                           self.routing.weight(extracted.caller)))
             except RequestError as exc:
-                known = exc
+                known = (exc, None)
             if len(self._extracted) >= _EXTRACTED_SIZE:
                 self._extracted.clear()
             self._extracted[ident] = known
-        if type(known) is not RequestFeatures:
+        f, ticket = known
+        if type(f) is not RequestFeatures:
             return known
-        f = known
         # model, caller, payload_bytes, content_type, urgency, priority, deadline_ms, accepts_async, wait_s, key
         return _tuple_new(RequestFeatures, (f[0], f[1], req.payload_bytes, f[3], f[4], f[5], f[6], f[7], f[8],
-                                            self._key))
+                                            self._key)), ticket
+
+    def _split(self, hops: tuple[Hop, ...]) -> tuple[tuple[Hop, ...], bool, tuple[Hop, ...], Hop | None]:
+        """(hops, whether the first is a job lane's, the sync hops, the first job hop), once per route."""
+        job_hop = next((h for h in hops if h.lane in JOB_LANES), None)
+        split = (hops, bool(hops) and hops[0].lane in JOB_LANES, tuple(h for h in hops if h.lane not in JOB_LANES),
+                 job_hop)
+        if len(self._splits) >= _EXTRACTED_SIZE:
+            self._splits.clear()
+        self._splits[id(hops)] = split
+        return split
 
     def _arrive(self, req: TraceRequest) -> None:
         now = self.loop.now
@@ -343,10 +358,11 @@ class Simulation:
         entry = routing.models.get(req.model)
         if entry is None:
             return self._end(r, _O_REJECTED, "unknown_model")
-        features = self._features(req)
+        features, ticket = self._features(req)
         if type(features) is not RequestFeatures:
             assert isinstance(features, RequestError)
             return self._end(r, _O_REJECTED, features.error_type)
+        assert ticket is not None
         r.features = features
         if features.deadline_ms is not None:
             r.deadline_at = now + features.deadline_ms / 1000.0
@@ -359,17 +375,13 @@ class Simulation:
         hops = route.hops
         if not hops:
             return self._end(r, _O_REJECTED, "too_large")
-        first = hops[0]
-        if first.lane in JOB_LANES:
-            return self._accept(r, first)
-        job_hop = None
-        for hop in hops:
-            if hop.lane in JOB_LANES:
-                job_hop = hop
-                hops = tuple(h for h in hops if h.lane not in JOB_LANES)
-                break
-        r.job_hop = job_hop
-        ticket = Ticket(features.priority, features.caller, routing.weight(features.caller))
+        split = self._splits.get(id(hops))
+        if split is None or split[0] is not hops:
+            split = self._split(hops)
+        if split[1]:
+            return self._accept(r, hops[0])
+        hops = split[2]
+        r.job_hop = split[3]
         r.ticket = ticket
         r.gen = walk(req.model, hops, ticket, self.targets,
                      self.budget, self.overflow, self.loop.clock, self, r.deadline_at)
