@@ -36,6 +36,13 @@ class QueueView(Protocol):
     def levels(self) -> tuple[tuple[int, int], ...]: ...
 
 
+class SlotsView(Protocol):
+    """What a snapshot reads of a backend's admission (router.flow.door.Door): slots handed to waiters that have
+    not started their call yet."""
+
+    reserved: int
+
+
 @dataclass(frozen=True, slots=True)
 class TrackerSettings:
     max_concurrency: int  # a fixed limit, or the most an adaptive one may reach
@@ -78,6 +85,7 @@ class BackendTracker:
         "_report_at",
         "_report_header",
         "_warm_at",
+        "admission",
         "breaker",
         "clock",
         "cold_start_s",
@@ -115,6 +123,7 @@ class BackendTracker:
         # Called whenever a slot may have become free (a call ended, the limit grew): wakes whoever waits for room.
         self.on_free: Callable[[], None] | None = None
         self.queue: QueueView | None = None  # the backend's admission queue, read into snapshots
+        self.admission: SlotsView | None = None  # its admission: a slot handed to a waiter is not free
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -157,7 +166,10 @@ class BackendTracker:
         if state is _OPEN or (state is _HALF_OPEN and breaker.probing):
             saturation = 1.0
         else:
-            saturation = inflight / capacity
+            # a slot handed to a waiter that has not started its call yet is taken: counted as in flight, as the
+            # admission counts it (else a request arriving before the waiter wakes sees room that is not there)
+            admission = self.admission
+            saturation = (inflight + admission.reserved if admission is not None else inflight) / capacity
             if reported is not None and reported > saturation:
                 saturation = reported
             if saturation > 1.0:

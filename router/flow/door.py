@@ -69,6 +69,7 @@ class Door:
         self.tracker = tracker
         tracker.on_free = self.dispatch
         tracker.queue = self.queue
+        tracker.admission = self
 
     def reconfigure(self, settings: QueueSettings) -> None:
         self.settings = settings
