@@ -31,6 +31,8 @@ _tuple_new = tuple.__new__  # builds a NamedTuple from its fields in order, with
 class QueueView(Protocol):
     """What a snapshot reads of a backend's admission queue (router.flow.queue.AdmissionQueue)."""
 
+    size: int  # waiters queued
+
     def __len__(self) -> int: ...
 
     def levels(self) -> tuple[tuple[int, int], ...]: ...
@@ -178,7 +180,7 @@ class BackendTracker:
         serverless = s.serverless
         cold = serverless and not inflight and now - self.last_active > s.idle_after_s
         queue = self.queue
-        depth = len(queue) if queue is not None else 0
+        depth = queue.size if queue is not None else 0
         return _tuple_new(BackendState, (self.name, inflight, capacity, self.limiter.ceiling, saturation,
                                          self.latency_s, self.error_rate, state, serverless, cold, self.cold_start_s,
                                          depth, reported, queue.levels() if depth and queue is not None else ()))

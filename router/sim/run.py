@@ -401,7 +401,7 @@ class Simulation:
             self.targets[step.hop.backend].admission.wait(r, r.ticket, step.now, step.budget_s, r.deadline_at)
 
     def _queue_depth(self, now: float) -> None:
-        self.result.series.peak(now, 0, sum(len(t.admission.queue) for t in self.targets.values()))
+        self.result.series.peak(now, 0, sum(t.admission.queue.size for t in self.targets.values()))
 
     def _call(self, r: _Request, step: Call) -> None:
         hop = step.hop
