@@ -94,6 +94,8 @@ class ModelServer:
         self.inflight = 0
         self.peak_inflight = 0
         self.served_ok = 0
+        # time from arrival to answer of the last served requests, its own queue included (GET /control's p50)
+        self._latencies: deque[float] = deque(maxlen=2000)
         self.cold_starts = 0
         self.last_headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
         self.last_path: str | None = None
@@ -119,13 +121,22 @@ class ModelServer:
 
     def reset_counters(self) -> None:
         self.requests = self.served_ok = self.cold_starts = self.refused = 0
+        self._latencies.clear()
         self.peak_inflight = self.inflight
 
     def state(self) -> dict[str, Any]:
         """Knobs and counters, as GET /control answers them."""
         names = (*_KNOBS, *_FLAGS, "requests", "inflight", "queued", "peak_inflight", "served_ok", "refused",
                  "cold_starts")
-        return {k: getattr(self, k) for k in names} | {"pending_failures": len(self._fail_queue)}
+        return {k: getattr(self, k) for k in names} | {"pending_failures": len(self._fail_queue),
+                                                        "latency_p50_ms": self.latency_p50_ms()}
+
+    def latency_p50_ms(self) -> float | None:
+        """Median time from arrival to answer of the last 2,000 served requests (queueing here included)."""
+        if not self._latencies:
+            return None
+        ordered = sorted(self._latencies)
+        return 1000.0 * ordered[len(ordered) // 2]
 
     async def start(self) -> str:
         app = web.Application(client_max_size=self.max_body)
@@ -203,6 +214,7 @@ class ModelServer:
         return _json_response(200, self.state())
 
     async def _invoke(self, request: web.Request) -> web.Response:
+        arrived = time.monotonic()
         self.requests += 1
         self.last_headers = CIMultiDictProxy(request.headers.copy())
         self.last_path = request.raw_path
@@ -235,6 +247,7 @@ class ModelServer:
                     response = _json_response(400, {"message": exc.message})
                 else:
                     self.served_ok += 1
+                    self._latencies.append(time.monotonic() - arrived)
                     response = web.Response(body=payload, content_type=ctype)
             report = self.load_report() if self.orca else None  # as it stands while this request holds a slot
         finally:
