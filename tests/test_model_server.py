@@ -208,13 +208,26 @@ async def test_control_endpoint_injects_failures_and_reports_state(
     assert (state["requests"], state["served_ok"], state["pending_failures"]) == (1, 0, 0)
 
 
-@pytest.mark.parametrize("body", [{"latency": 1}, {"latency_s": "slow"}, {"latency_s": None}, [1]])
+@pytest.mark.parametrize("body", [{"latency": 1}, {"latency_s": "slow"}, {"latency_s": None}, [1],
+                                  {"latency_jitter": 1.5}, {"latency_jitter": -0.1}, {"latency_jitter": None}])
 async def test_control_endpoint_rejects_unknown_keys_and_bad_values(
     server: ModelServer, http: aiohttp.ClientSession, body: object
 ) -> None:
     async with http.post(server.url + "/control", json=body) as resp:
         assert resp.status == 400
-    assert server.latency_s == 0.0
+    assert (server.latency_s, server.latency_jitter) == (0.0, 0.0)
+
+
+async def test_control_endpoint_sets_a_latency_jitter_each_call_stays_within(
+    server: ModelServer, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(server.url + "/control", json={"latency_s": 0.1, "latency_jitter": 0.5}) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["latency_jitter"] == 0.5
+    for _ in range(3):
+        status, elapsed = await timed_invoke(http, server)
+        assert status == 200
+        assert elapsed >= 0.05  # 0.1 s x (1 - 0.5) at the least
 
 
 async def test_the_command_line_sets_the_overload_status(http: aiohttp.ClientSession) -> None:
