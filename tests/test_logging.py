@@ -21,8 +21,11 @@ def _line() -> RequestLine:
 
 @pytest.fixture(autouse=True)
 def _json_logging() -> Iterator[None]:
+    saved = structlog.get_config()
     yield
-    configure_logging("json")  # as tests/conftest.py left it
+    configure_logging("json")  # as tests/conftest.py left it (the access log's path, the root handler)...
+    # ...with structlog's very processor list: loggers cached since hold it, and capture_logs() edits it in place
+    structlog.configure(**saved)
 
 
 def _lines(capfd: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
