@@ -40,10 +40,14 @@ class Prefer:
     wait_s: float | None = None
 
 
+_NO_PREFER = Prefer()
+_tuple_new = tuple.__new__  # builds a NamedTuple from its fields in order, without its Python-level __new__
+
+
 def parse_prefer(value: str | None) -> Prefer:
     """RFC 7240 ``Prefer``; preferences we do not understand are ignored, as the RFC asks."""
     if not value:
-        return Prefer()
+        return _NO_PREFER
     respond_async = False
     wait: float | None = None
     for item in value.split(","):
@@ -137,16 +141,9 @@ class FeatureExtractor:
             if deadline_ms is None or not 0 < deadline_ms <= MAX_DEADLINE_MS:
                 raise RequestError(400, "ValidationError",
                                    f"invalid X-Deadline-Ms header: whole milliseconds, 1 to {MAX_DEADLINE_MS}")
-        prefer = parse_prefer(headers.get("prefer"))
-        return RequestFeatures(
-            model=model,
-            caller=caller.tenant,
-            payload_bytes=payload_bytes,
-            content_type=headers.get("content-type", "application/octet-stream"),
-            urgency=urgency,
-            priority=priority,
-            deadline_ms=deadline_ms,
-            accepts_async=prefer.respond_async,
-            wait_s=prefer.wait_s,
-            key=key,
-        )
+        raw_prefer = headers.get("prefer")
+        prefer = parse_prefer(raw_prefer) if raw_prefer else _NO_PREFER
+        # model, caller, payload_bytes, content_type, urgency, priority, deadline_ms, accepts_async, wait_s, key
+        return _tuple_new(RequestFeatures, (model, caller.tenant, payload_bytes,
+                                            headers.get("content-type", "application/octet-stream"), urgency,
+                                            priority, deadline_ms, prefer.respond_async, prefer.wait_s, key))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any, Literal
@@ -46,6 +47,81 @@ class FdLogger:
     log = debug = info = warn = warning = error = err = critical = exception = fatal = failure = msg
 
 
+class RequestLine(msgspec.Struct):
+    """The access log's line for one request, in the order a structlog ``log.info("request", ...)`` call renders
+    it (its keys, then ``event``, ``level``, ``timestamp``); None is written as null. It is ``simulate``'s trace
+    format (``router.sim.trace``)."""
+
+    request_id: str
+    trace_id: str
+    model: str
+    lane: str
+    backend: str
+    reason: str
+    status: int
+    duration_ms: float
+    caller: str | None
+    urgency: str | None
+    bytes: int | None
+    arrival: float
+    content_type: str | None
+    deadline_ms: int | None
+    respond_async: bool | None
+    wait_s: float | None
+    queue_wait_ms: float | None
+    cold_start: bool | None  # the answering call waited for a cold start: its duration is not service time
+    event: str = "request"
+    level: str = "info"
+    timestamp: str = ""
+
+
+class _IsoClock:
+    """UTC ISO 8601 timestamps with microseconds, as structlog's ``TimeStamper(fmt="iso", utc=True)`` writes them,
+    at a tenth of its cost: the date and time of day are formatted once a second."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def now(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+
+
+class AccessLog:
+    """Where the data plane writes its line per request. In JSON mode (``configure_logging``) a line is one msgspec
+    encode and one ``write``, not structlog's processor chain (about 10 µs a line, a third of it the timestamp);
+    otherwise (a console, or before logging is configured) it goes through structlog like any other line."""
+
+    def __init__(self) -> None:
+        self._out: FdLogger | None = None
+        self._clock = _IsoClock()
+        self._log = structlog.get_logger("router.access")
+
+    def direct(self, out: FdLogger | None) -> None:
+        """Write JSON lines straight to ``out``; None: through structlog."""
+        self._out = out
+
+    def write(self, line: RequestLine) -> None:
+        out = self._out
+        if out is not None:
+            line.timestamp = self._clock.now()
+            out.msg(_encoder.encode(line))
+            return
+        fields = msgspec.structs.asdict(line)
+        for key in ("event", "level", "timestamp"):
+            del fields[key]
+        self._log.info("request", **fields)
+
+
+ACCESS_LOG = AccessLog()
+
+
 def _add_trace_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     if "trace_id" not in event:
         trace_id = request_trace_id.get()
@@ -72,6 +148,8 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: i
     renderer: Any = (structlog.dev.ConsoleRenderer() if fmt == "console"
                      else structlog.processors.JSONRenderer(serializer=_json))
     stderr = FdLogger(2)
+    # the access log's own path, for the same JSON; a level above info drops its lines, as it drops log.info's
+    ACCESS_LOG.direct(stderr if fmt == "json" and level <= logging.INFO else None)
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -24,14 +24,25 @@ LATENCY_ALPHA = 0.2
 ERROR_ALPHA = 0.1
 COLD_ALPHA = 0.5
 REPORT_STALE_S = 10.0  # an ORCA report older than this no longer counts toward saturation
+_CLOSED, _OPEN, _HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
+_tuple_new = tuple.__new__  # builds a NamedTuple from its fields in order, without its Python-level __new__
 
 
 class QueueView(Protocol):
     """What a snapshot reads of a backend's admission queue (router.flow.queue.AdmissionQueue)."""
 
+    size: int  # waiters queued
+
     def __len__(self) -> int: ...
 
     def levels(self) -> tuple[tuple[int, int], ...]: ...
+
+
+class SlotsView(Protocol):
+    """What a snapshot reads of a backend's admission (router.flow.door.Door): slots handed to waiters that have
+    not started their call yet."""
+
+    reserved: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +74,8 @@ def build_limit(settings: TrackerSettings, now: float) -> ConcurrencyLimit:
 # How each failure counts for the concurrency limit: only throttling and timeouts speak of load.
 LIMIT_OUTCOMES: dict[FailureKind, Outcome] = {FailureKind.THROTTLED: Outcome.THROTTLED,
                                               FailureKind.TIMEOUT: Outcome.DROPPED}
+_SUCCESS, _IGNORED, _NOT_READY = Outcome.SUCCESS, Outcome.IGNORED, FailureKind.NOT_READY
+_INPUT_FAILURES = frozenset({FailureKind.MODEL_ERROR, FailureKind.VALIDATION})  # the backend answered: not health
 
 
 class BackendTracker:
@@ -74,6 +87,7 @@ class BackendTracker:
         "_report_at",
         "_report_header",
         "_warm_at",
+        "admission",
         "breaker",
         "clock",
         "cold_start_s",
@@ -111,16 +125,23 @@ class BackendTracker:
         # Called whenever a slot may have become free (a call ended, the limit grew): wakes whoever waits for room.
         self.on_free: Callable[[], None] | None = None
         self.queue: QueueView | None = None  # the backend's admission queue, read into snapshots
+        self.admission: SlotsView | None = None  # its admission: a slot handed to a waiter is not free
 
     # --- reading --------------------------------------------------------------------------------
 
     @property
     def capacity(self) -> int:
-        return max(1, int(self.limiter.limit))
+        limit = int(self.limiter.limit)
+        return limit if limit > 1 else 1
 
     def cold(self, now: float) -> bool:
         s = self.settings
-        return s.serverless and self.inflight == 0 and now - self.last_active > s.idle_after_s
+        return s.serverless and not self.inflight and now - self.last_active > s.idle_after_s
+
+    def warming(self, now: float) -> bool:
+        """Whether a call starting now waits for a cold start: the backend is cold, or a cold start is under way
+        (no call that started it has answered yet). Such a call's latency is not the backend's service time."""
+        return self.cold(now) or (self._cold_since is not None and self._warm_at is None)
 
     def admits(self, now: float) -> bool:
         """Whether the breaker lets a call through now (while open: a share of requests, as probes)."""
@@ -133,25 +154,43 @@ class BackendTracker:
         return self.reported_utilization
 
     def state(self, now: float) -> BackendState:
-        breaker = self.breaker.current(now)
-        capacity = self.capacity
-        reported = self.utilization(now)
-        if breaker is BreakerState.OPEN or (breaker is BreakerState.HALF_OPEN and self.breaker.probing):
+        # Inlined reads (capacity, cold, utilization, breaker.current): every request takes a snapshot
+        breaker = self.breaker
+        state = breaker.state
+        if state is not _CLOSED:
+            state = breaker.current(now)
+        limit = int(self.limiter.limit)
+        capacity = limit if limit > 1 else 1
+        inflight = self.inflight
+        reported = self.reported_utilization
+        if reported is not None and now - self._report_at > REPORT_STALE_S:
+            reported = None
+        if state is _OPEN or (state is _HALF_OPEN and breaker.probing):
             saturation = 1.0
         else:
-            saturation = min(1.0, max(self.inflight / capacity, reported or 0.0))
+            # a slot handed to a waiter that has not started its call yet is taken: counted as in flight, as the
+            # admission counts it (else a request arriving before the waiter wakes sees room that is not there)
+            admission = self.admission
+            saturation = (inflight + admission.reserved if admission is not None else inflight) / capacity
+            if reported is not None and reported > saturation:
+                saturation = reported
+            if saturation > 1.0:
+                saturation = 1.0
         s = self.settings
+        serverless = s.serverless
+        cold = serverless and not inflight and now - self.last_active > s.idle_after_s
         queue = self.queue
-        depth = len(queue) if queue is not None else 0
-        return BackendState(self.name, self.inflight, capacity, self.limiter.ceiling, saturation, self.latency_s,
-                            self.error_rate, breaker, s.serverless, self.cold(now), self.cold_start_s, depth,
-                            reported, queue.levels() if queue is not None and depth else ())
+        depth = queue.size if queue is not None else 0
+        return _tuple_new(BackendState, (self.name, inflight, capacity, self.limiter.ceiling, saturation,
+                                         self.latency_s, self.error_rate, state, serverless, cold, self.cold_start_s,
+                                         depth, reported, queue.levels() if depth and queue is not None else ()))
 
     # --- recording ------------------------------------------------------------------------------
 
     def start(self, now: float) -> None:
         """A call begins; pair with exactly one ``succeeded``, ``failed`` or ``abandoned``."""
-        if self.cold(now):
+        s = self.settings
+        if s.serverless and not self.inflight and now - self.last_active > s.idle_after_s:  # cold
             self._cold_since, self._warm_at = now, None
         self.breaker.on_start(now)
         self.inflight += 1
@@ -175,23 +214,23 @@ class BackendTracker:
         else:
             self.latency_s = elapsed_s if self.latency_s == 0.0 else (
                 self.latency_s + LATENCY_ALPHA * (elapsed_s - self.latency_s))
-            limiter.on_sample(now, elapsed_s, self.inflight, Outcome.SUCCESS)
+            limiter.on_sample(now, elapsed_s, self.inflight, _SUCCESS)
         self.error_rate -= ERROR_ALPHA * self.error_rate
         self.breaker.on_result(now, healthy=True)
         self._finish(now)  # also wakes waiters when the limit grew
 
     def failed(self, now: float, kind: FailureKind) -> None:
-        if kind in (FailureKind.MODEL_ERROR, FailureKind.VALIDATION):
+        if kind in _INPUT_FAILURES:
             # The backend answered; it just did not like this input. Not a health signal.
             self.breaker.on_result(now, healthy=True)
             self._finish(now)
             return
-        self.limiter.on_sample(now, 0.0, self.inflight, LIMIT_OUTCOMES.get(kind, Outcome.IGNORED))
+        self.limiter.on_sample(now, 0.0, self.inflight, LIMIT_OUTCOMES.get(kind, _IGNORED))
         self.error_rate += ERROR_ALPHA * (1.0 - self.error_rate)
         if kind in BREAKER_FAILURES:
             self.breaker.on_result(now, healthy=False)
         self._finish(now)
-        if kind is FailureKind.NOT_READY:
+        if kind is _NOT_READY:
             self.last_active = -math.inf  # it told us it is cold
 
     def abandoned(self, now: float) -> None:
@@ -233,11 +272,13 @@ class BackendTracker:
             self.limiter.on_queue_report(now, waiting)
 
     def _finish(self, now: float) -> None:
-        self.inflight = max(0, self.inflight - 1)
+        if self.inflight > 0:
+            self.inflight -= 1
         self.last_active = now
         self.breaker.on_end()
-        if self.on_free is not None:
-            self.on_free()
+        on_free = self.on_free
+        if on_free is not None:
+            on_free()
 
 
 class SaturationTracker:
@@ -246,6 +287,8 @@ class SaturationTracker:
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self.clock = clock
         self.trackers: dict[str, BackendTracker] = {}
+        # per lane table (by identity): its backends, each once, in lane order
+        self._names: dict[int, tuple[Mapping[Lane, str], tuple[str, ...]]] = {}
 
     def track(self, name: str, settings: TrackerSettings) -> BackendTracker:
         """The tracker for ``name``; a reload keeps its live numbers and applies the new settings."""
@@ -265,9 +308,15 @@ class SaturationTracker:
     def snapshot(self, lanes: Mapping[Lane, str], limits: Mapping[Lane, int]) -> Snapshot:
         """The model's view: only its lanes' backends, so the cost does not grow with the fleet."""
         now = self.clock()
+        known = self._names.get(id(lanes))
+        if known is None or known[0] is not lanes:
+            if len(self._names) > 256:  # lane tables of reloads past
+                self._names.clear()
+            known = self._names[id(lanes)] = (lanes, tuple(dict.fromkeys(lanes.values())))
         trackers = self.trackers
         states: dict[str, BackendState] = {}
-        for name in lanes.values():
-            if name not in states and (t := trackers.get(name)) is not None:
+        for name in known[1]:
+            t = trackers.get(name)
+            if t is not None:
                 states[name] = t.state(now)
-        return Snapshot(states, lanes, limits, now)
+        return _tuple_new(Snapshot, (states, lanes, limits, now))

@@ -33,6 +33,9 @@ class BreakerState(StrEnum):
     HALF_OPEN = "half_open"
 
 
+_OPEN = BreakerState.OPEN  # enum reads cost ~0.1 µs each in Python 3.11
+
+
 class RequestFeatures(NamedTuple):
     """What the router knows about one request before choosing a lane. Built from headers only.
 
@@ -72,7 +75,7 @@ class BackendState(NamedTuple):
     @property
     def available(self) -> bool:
         """Whether a call could be made now without exceeding the capacity or hitting an open breaker."""
-        return self.breaker is not BreakerState.OPEN and self.inflight < self.capacity and not self.queue_depth
+        return self.breaker is not _OPEN and self.inflight < self.capacity and not self.queue_depth
 
     def wait_for(self, priority: int) -> float:
         """Predicted queue wait of a request of ``priority`` arriving now: 0 with a free slot and nobody

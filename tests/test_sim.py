@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import json
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from router.config import parse_config
+from router.sim.fit import fit_service_times
 from router.sim.run import Simulation, simulate
 from router.sim.stats import LatencyHistogram, TimeSeries
 from router.sim.synthetic import Mix, synthetic
-from router.sim.trace import TraceRequest, TraceStats, in_arrival_order, write_trace
+from router.sim.trace import (
+    TraceRequest,
+    TraceStats,
+    in_arrival_order,
+    longest_duration_s,
+    read_trace,
+    write_trace,
+)
 from tests.conftest import serve_router
 
 HEAD = """\
@@ -68,6 +78,46 @@ def test_a_written_trace_reads_back_the_same() -> None:
                                (1.5, "team-a", 0, None, None, True, "text/csv")]
 
 
+def test_a_request_longer_than_every_one_before_it_replays_at_its_arrival(tmp_path: Path) -> None:
+    # A cold start: the first long call arrived at 100.0 and ended at 102.0, after 40 short ones that arrived
+    # later; its line is written last. Its time is its arrival, not that of the last line replayed before it.
+    lines = [{"event": "request", "arrival": 100.1 + i * 0.05, "duration_ms": 5, "model": "m", "bytes": i + 1}
+             for i in range(38)]
+    lines.append({"event": "request", "arrival": 100.0, "duration_ms": 2000, "model": "m", "bytes": 0,
+                  "backend": "sls", "status": 200, "cold_start": True})
+    path = tmp_path / "access.log"
+    path.write_bytes(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+    stats = TraceStats()
+    out = list(read_trace(path, stats))
+    assert [r.payload_bytes for r in out] == list(range(39))
+    assert out[0].t == 0.0
+    assert out[0].cold_start
+    assert stats.late == 0
+
+
+def test_the_reorder_window_is_the_longest_request_of_a_second_or_more(tmp_path: Path) -> None:
+    def log(*durations: bytes) -> Path:
+        path = tmp_path / "access.log"
+        path.write_bytes(b"".join(b'{"event":"request","model":"m","duration_ms":%s}\n' % d for d in durations))
+        return path
+
+    assert longest_duration_s(log(b"12", b"2500.25", b"3e3", b"999.5")) == 3.0
+    assert longest_duration_s(log(b"12", b"1.5e3", b"1000")) == 1.5
+    # shorter ones never widen the window: it is at least a second anyway
+    assert longest_duration_s(log(b"12", b"999.99", b"5e2")) == 0.0
+
+
+def test_service_times_learned_from_a_trace_leave_out_calls_that_waited_for_a_cold_start() -> None:
+    # 3% of the answered calls waited for one 2 s cold start: none of them is the backend's service time
+    warm = [_req(i * 0.1, lane="serverless", backend="sls", status=200, duration_s=0.010 + (i % 10) * 0.001)
+            for i in range(300)]
+    cold = [_req(30.0, lane="serverless", backend="sls", status=200, duration_s=2.0, cold_start=True)
+            for _ in range(10)]
+    fitted = fit_service_times([*cold, *warm])["sls"]
+    assert fitted.p99 < 0.05
+    assert 0.010 <= fitted.p50 <= 0.020
+
+
 def test_synthetic_traces_repeat_with_their_seed_at_about_the_asked_rate() -> None:
     mix = Mix(models=["m"])
     a = list(synthetic("spiky", 200, 60, mix, seed=4))
@@ -103,6 +153,31 @@ models:
     assert r0.payload_bytes == 20
     assert r0.duration_s is not None
     assert r0.duration_s > 0
+    assert not r0.cold_start
+
+
+async def test_the_access_log_marks_the_calls_that_waited_for_a_cold_start(capfd: pytest.CaptureFixture[str]) -> None:
+    from router.demo.model_server import ModelServer
+
+    async with ModelServer(idle_after_s=30.0, cold_start_s=0.3) as server:
+        text = HEAD + f"""\
+backends:
+  sls: {{kind: http, url: "{server.url}/invocations", serverless: {{idle_after: 30s, cold_start: 300ms}}}}
+models:
+  m: {{lanes: {{serverless: sls}}}}
+"""
+        async with serve_router(text) as router, aiohttp.ClientSession() as http:
+            async def post() -> None:
+                async with http.post(router.endpoint("m"), data=b"120.5,2,0.8,350,7,30",
+                                     headers={"Content-Type": "text/csv"}) as r:
+                    assert r.status == 200
+
+            await asyncio.gather(post(), post())  # both wait for the one cold start
+            await post()  # warm
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if '"event":"request"' in line]
+    assert [line["cold_start"] for line in lines] == [True, True, None]
+    out = list(in_arrival_order(json.dumps(line).encode() for line in lines))
+    assert [r.cold_start for r in out] == [True, True, False]
 
 
 # --- the router's decisions on a virtual clock -----------------------------------------------------
@@ -129,6 +204,40 @@ def test_a_full_real_time_backend_overflows_to_serverless_which_starts_cold_once
     assert res.latency["serverless"].max == pytest.approx(2.1, abs=0.01)
     assert res.latency["serverless"].percentile(0) == pytest.approx(0.1, rel=0.02)
     assert res.fallbacks == 2
+
+
+def test_a_request_served_where_it_was_recorded_keeps_its_recorded_time_a_stall_too() -> None:
+    # 99 calls of 10 ms and one that stalled for 400 ms: replayed on the same backend, each takes its own time
+    text = """\
+backends:
+  rt: {kind: http, url: "http://h/", max_concurrency: 4, simulate: {service_time: 10ms, service_p99: 10ms}}
+models:
+  m: {lanes: {realtime: rt}}
+"""
+    trace = [_req(i * 0.1, lane="realtime", backend="rt", status=200, duration_s=0.4 if i == 50 else 0.01)
+             for i in range(100)]
+    lat = _sim(text, trace).result.latency["realtime"]
+    assert lat.max == pytest.approx(0.4, rel=0.02)
+    assert lat.percentile(50) == pytest.approx(0.01, rel=0.02)
+
+
+def test_a_recorded_cold_start_is_the_one_the_serverless_model_waits_for() -> None:
+    # the config guesses 2 s; the trace shows the calls that waited for the cold start took 3 s (its first) and
+    # 2.5 s (one that came later): the model's endpoint is warm 3 s after the first, less one service time
+    text = """\
+backends:
+  sls: {kind: http, url: "http://h/", max_concurrency: 10, serverless: {idle_after: 30s, cold_start: 2s},
+        simulate: {service_time: 100ms, service_p99: 100ms, cold_starts: endpoint}}
+models:
+  m: {lanes: {serverless: sls}}
+"""
+    recorded = {"lane": "serverless", "backend": "sls", "status": 200}
+    trace = [_req(0.0, duration_s=3.0, cold_start=True, **recorded),
+             _req(0.5, duration_s=2.5, cold_start=True, **recorded), _req(5.0, duration_s=0.1, **recorded)]
+    res = _sim(text, trace).result
+    assert res.backends["sls"].cold_starts == 1
+    assert sorted(round(v, 2) for v, n in res.latency["serverless"].buckets() for _ in range(n)) == \
+        [pytest.approx(0.1, rel=0.02), pytest.approx(2.5, rel=0.02), pytest.approx(3.0, rel=0.02)]
 
 
 def test_a_request_waits_in_the_admission_queue_for_the_slot_it_was_predicted_to_get() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from router.flow.limits import GradientSettings
@@ -239,3 +241,23 @@ def test_a_reload_from_fixed_to_auto_starts_learning_and_wakes_waiters_when_the_
     tracked.track("b", TrackerSettings(max_concurrency=100, adaptive=GradientSettings(initial=10, max=100)))
     assert t.capacity == 10
     assert woken == [10]
+
+
+async def test_a_slot_handed_to_a_waiter_that_has_not_started_its_call_is_not_free_in_the_snapshot() -> None:
+    from router.flow.admission import Admission, QueueSettings, Ticket
+
+    clock = Clock()
+    t = tracker(clock, max_concurrency=1)
+    admission = Admission("b", t, QueueSettings(max_depth=4, max_wait_s=5.0), clock=clock)
+    t.start(clock.now)
+    waiter = asyncio.create_task(admission.wait(Ticket(1), clock.now, 5.0))
+    await asyncio.sleep(0)  # it queues
+    assert len(admission.queue) == 1
+    clock.now += 0.01
+    t.succeeded(clock.now, 0.01)  # the call ends: its slot is handed to the waiter, which has not woken yet
+    assert (t.inflight, admission.reserved) == (0, 1)
+    assert not admission.has_room()
+    assert t.state(clock.now).saturation == 1.0  # a request deciding now sees the backend full, as the door does
+    await waiter
+    t.start(clock.now)  # the waiter's call
+    assert (t.inflight, admission.reserved, t.state(clock.now).saturation) == (1, 0, 1.0)

@@ -39,7 +39,7 @@ from router.headers import request_headers
 from router.lanes.jobs import JobLane, job_url
 from router.lanes.sync import SyncFailure
 from router.lanes.walk import CAPACITY_REASONS, job_after_failure
-from router.logging import request_trace_id
+from router.logging import ACCESS_LOG, RequestLine, request_trace_id
 from router.metrics import UNKNOWN_MODEL
 from router.notify import requested_callback
 from router.numbers import parse_uint
@@ -220,6 +220,7 @@ class DataPlane:
         status = 500
         features = None
         waited = 0.0
+        cold_start = False
         first_byte: float | None = None
         try:
             if entry is None:
@@ -311,6 +312,7 @@ class DataPlane:
             lane, backend = outcome.hop.lane.value, outcome.hop.backend
             status = outcome.result.status
             waited = outcome.waited_s
+            cold_start = outcome.cold_start
             own = _router_headers(request_id, lane, backend, reason)
             if response_stream:
                 first_byte = await send_event_stream(send, receive, outcome.result, own)
@@ -364,16 +366,19 @@ class DataPlane:
                                    features.urgency if features else None, features.caller if features else None,
                                    features.payload_bytes if features else None))
             if routing.config.server.access_log:
-                log.info("request", request_id=request_id, trace_id=trace.trace_id, model=model_label, lane=lane,
-                         backend=backend, reason=reason, status=status, duration_ms=round(elapsed * 1000.0, 3),
-                         caller=features.caller if features else None,
-                         urgency=features.urgency if features else None,
-                         bytes=features.payload_bytes if features else None, arrival=round(arrival, 6),
-                         content_type=features.content_type if features else None,
-                         deadline_ms=features.deadline_ms if features else None,
-                         respond_async=features.accepts_async if features else None,
-                         wait_s=features.wait_s if features else None,
-                         queue_wait_ms=round(waited * 1000.0, 3) if waited else None)
+                duration_ms = round(elapsed * 1000.0, 3)
+                queue_wait_ms = round(waited * 1000.0, 3) if waited else None
+                arrival = round(arrival, 6)
+                if features is None:
+                    line = RequestLine(request_id, trace.trace_id, model_label, lane, backend, reason, status,
+                                       duration_ms, None, None, None, arrival, None, None, None, None, queue_wait_ms,
+                                       None)
+                else:
+                    line = RequestLine(request_id, trace.trace_id, model_label, lane, backend, reason, status,
+                                       duration_ms, features.caller, features.urgency, features.payload_bytes,
+                                       arrival, features.content_type, features.deadline_ms, features.accepts_async,
+                                       features.wait_s, queue_wait_ms, True if cold_start else None)
+                ACCESS_LOG.write(line)
             request_trace_id.reset(trace_token)
 
     async def _control(self, scope: Any, receive: Any, send: Any, rule: PathRule) -> None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from router.types import BreakerState
 
 BUCKETS = 10  # the window is kept as this many time buckets
+# Enum members as module constants: reading ``BreakerState.OPEN`` costs ~0.1 µs each time in Python 3.11
+_CLOSED, _OPEN, _HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +80,10 @@ class Breaker:
         self._turned_away = 0
 
     def current(self, now: float) -> BreakerState:
-        if self.state is BreakerState.OPEN and now - self._opened_at >= self.settings.open_for_s:
-            self.state = BreakerState.HALF_OPEN
-        return self.state
+        state = self.state
+        if state is _OPEN and now - self._opened_at >= self.settings.open_for_s:
+            state = self.state = _HALF_OPEN
+        return state
 
     @property
     def probing(self) -> bool:
@@ -89,10 +92,10 @@ class Breaker:
 
     def admits(self, now: float) -> bool:
         """Whether a call may be made now. While open, each refusal counts toward the next share probe."""
-        state = self.current(now)
-        if state is BreakerState.CLOSED:
+        if self.state is _CLOSED:
             return True
-        if state is BreakerState.HALF_OPEN and not self._probe_inflight:
+        state = self.current(now)
+        if state is _HALF_OPEN and not self._probe_inflight:
             return True
         share = self.settings.probe_share
         if share <= 0.0:
@@ -104,7 +107,7 @@ class Breaker:
         return False
 
     def on_start(self, now: float) -> None:
-        if self.state is not BreakerState.CLOSED:
+        if self.state is not _CLOSED:
             self._probe_inflight = True
 
     def on_end(self) -> None:
@@ -116,8 +119,8 @@ class Breaker:
         s = self.settings
         if healthy:
             self.consecutive = 0
-            if self.state is not BreakerState.CLOSED:
-                self.state = BreakerState.CLOSED
+            if self.state is not _CLOSED:
+                self.state = _CLOSED
                 self.window.clear()  # judge it afresh: the failures that opened it are history
                 self._turned_away = 0
             else:
@@ -125,16 +128,16 @@ class Breaker:
             return
         self.consecutive += 1
         state = self.current(now)
-        if state is BreakerState.HALF_OPEN:
+        if state is _HALF_OPEN:
             self._open(now)
-        elif state is BreakerState.CLOSED:
+        elif state is _CLOSED:
             self.window.add(now, failed=True)
             calls, failures = self.window.counts(now)
             if self.consecutive >= s.failures or (calls >= s.min_requests and failures >= s.failure_rate * calls):
                 self._open(now)
 
     def _open(self, now: float) -> None:
-        self.state = BreakerState.OPEN
+        self.state = _OPEN
         self._opened_at = now
         self._turned_away = 0
 

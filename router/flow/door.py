@@ -69,6 +69,7 @@ class Door:
         self.tracker = tracker
         tracker.on_free = self.dispatch
         tracker.queue = self.queue
+        tracker.admission = self
 
     def reconfigure(self, settings: QueueSettings) -> None:
         self.settings = settings
@@ -93,15 +94,16 @@ class Door:
     def has_room(self) -> bool:
         """A slot is free and nobody waits for one: a call may start now (the breaker is checked apart)."""
         t = self.tracker
-        return not self.queue and t.inflight + self.reserved < t.capacity
+        return not self.queue.size and t.inflight + self.reserved < t.capacity
 
     def predict(self, priority: int, tenant: str = "anonymous", weight: float = 1.0,
                 deadline_at: float | None = None) -> tuple[int, float]:
         """(waiters ahead, predicted wait in seconds) for a request arriving now."""
         t = self.tracker
-        if self.has_room():
+        queue = self.queue
+        if not queue.size and t.inflight + self.reserved < t.capacity:  # has_room()
             return 0, 0.0
-        ahead = self.queue.ahead(priority, tenant, weight, math.inf if deadline_at is None else deadline_at)
+        ahead = queue.ahead(priority, tenant, weight, math.inf if deadline_at is None else deadline_at)
         if t.latency_s <= 0.0:  # no call finished yet: a serverless backend's calls share one cold start
             return ahead, (ahead // max(1, t.capacity) + 1) * t.cold_start_s
         return ahead, predicted_wait_s(ahead, t.capacity, t.latency_s, self.rates.above(priority, self.clock()))
@@ -151,7 +153,7 @@ class Door:
     def background_room(self, now: float) -> bool:
         """A background task may take a slot at once: one is free, no one waits, the breaker takes calls."""
         t = self.tracker
-        return (not self.queue and not self.background and t.inflight + self.reserved < t.capacity
+        return (not self.queue.size and not self.background and t.inflight + self.reserved < t.capacity
                 and self.takes_calls(now))
 
     # --- slot hand-off --------------------------------------------------------------------------
@@ -161,16 +163,16 @@ class Door:
         whenever a slot may have become free."""
         t = self.tracker
         queue = self.queue
-        while queue or self.background:
+        while queue.size or self.background:
             if t.inflight + self.reserved >= t.capacity:
                 return
             now = self.clock()
             if not self.takes_calls(now):
-                if queue and t.breaker.current(now) is BreakerState.OPEN:
+                if queue.size and t.breaker.current(now) is BreakerState.OPEN:
                     while (w := queue.pop()) is not None:  # they move along their routes instead
                         self.turn_away(w, BREAKER_OPEN)
                 return  # half-open: the probe's end frees the next slot
-            if queue:
+            if queue.size:
                 waiter = queue.pop()
                 if waiter is not None and self.grant(waiter):
                     self.reserved += 1

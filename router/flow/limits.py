@@ -37,6 +37,9 @@ class Outcome(StrEnum):
     IGNORED = "ignored"  # failed for another reason (down, broken, bad input): says nothing about load
 
 
+_SUCCESS, _THROTTLED, _DROPPED = Outcome.SUCCESS, Outcome.THROTTLED, Outcome.DROPPED  # enum reads cost in 3.11
+
+
 class ConcurrencyLimit(Protocol):
     """One backend's concurrency limit. ``limit`` >= 1; the tracker admits ``int(limit)`` calls at once."""
 
@@ -69,11 +72,13 @@ class FixedLimit:
         self._last_cut = -math.inf
 
     def on_sample(self, now: float, rtt_s: float, inflight: int, outcome: Outcome) -> None:
-        if outcome is Outcome.SUCCESS:
+        if outcome is _SUCCESS:
             self._service_s = rtt_s if self._service_s == 0.0 else (
                 self._service_s + LATENCY_ALPHA * (rtt_s - self._service_s))
-            self.limit = min(float(self.ceiling), self.limit + 1.0 / self.limit)
-        elif outcome is Outcome.THROTTLED and now - self._last_cut >= max(self._service_s, 0.05):
+            limit = self.limit
+            if limit < self.ceiling:
+                self.limit = min(float(self.ceiling), limit + 1.0 / limit)
+        elif outcome is _THROTTLED and now - self._last_cut >= max(self._service_s, 0.05):
             self.limit = max(1.0, self.limit / 2.0)
             self._last_cut = now
 
@@ -142,10 +147,10 @@ class GradientLimit:
         return self.settings.max
 
     def on_sample(self, now: float, rtt_s: float, inflight: int, outcome: Outcome) -> None:
-        if outcome is Outcome.THROTTLED or outcome is Outcome.DROPPED:
+        if outcome is _THROTTLED or outcome is _DROPPED:
             self._cut(now)
             return
-        if outcome is not Outcome.SUCCESS:
+        if outcome is not _SUCCESS:
             return
         self._srtt = rtt_s if self._srtt == 0.0 else self._srtt + LATENCY_ALPHA * (rtt_s - self._srtt)
         self._rtts.append(rtt_s)

@@ -35,6 +35,9 @@ def _order(w: Waiter) -> tuple[float, int]:
     return (w.deadline, w.seq)
 
 
+_tuple_new = tuple.__new__  # a NamedTuple from all its fields, without its Python-level __new__
+
+
 class _Tenant:
     __slots__ = ("deficit", "name", "waiters", "weight")
 
@@ -67,26 +70,31 @@ class Push(NamedTuple):
 class AdmissionQueue:
     """Waiters of one backend in serving order. ``max_depth`` 0 refuses everyone (queueing off)."""
 
-    __slots__ = ("_levels", "_priorities", "_seq", "_size", "max_depth")
+    __slots__ = ("_counts", "_levels", "_priorities", "_seq", "max_depth", "size")
 
     def __init__(self, max_depth: int) -> None:
         self.max_depth = max_depth
         self._levels: dict[int, _Level] = {}
         self._priorities: list[int] = []  # levels that have waiters, most urgent first
         self._seq = 0
-        self._size = 0
+        self.size = 0  # waiters queued (read only): cheaper to read than len(), a Python-level call
+        self._counts: tuple[tuple[int, int], ...] | None = None  # levels(), until the queue changes
 
     def __len__(self) -> int:
-        return self._size
+        return self.size
 
     def levels(self) -> tuple[tuple[int, int], ...]:
         """(priority, waiters) of every level that has waiters, most urgent first."""
-        return tuple((p, len(self._levels[p].by_seq)) for p in self._priorities)
+        counts = self._counts
+        if counts is None:  # every request's snapshot reads it: built once per change of the queue
+            levels = self._levels
+            counts = self._counts = tuple((p, len(levels[p].by_seq)) for p in self._priorities)
+        return counts
 
     def push(self, waiter: Waiter) -> Push:
         """Queue ``waiter``; when full, evict a less urgent waiter to make room or refuse."""
         evicted = None
-        if self._size >= self.max_depth:
+        if self.size >= self.max_depth:
             evicted = self._victim(waiter.priority)
             if evicted is None:
                 return Push(False)
@@ -102,10 +110,15 @@ class AdmissionQueue:
             tenant = level.tenants[waiter.tenant] = _Tenant(waiter.tenant, waiter.weight)
             level.new.append(tenant)
         tenant.weight = waiter.weight
-        bisect.insort(tenant.waiters, waiter, key=_order)
+        waiters = tenant.waiters
+        if not waiters or _order(waiters[-1]) <= (waiter.deadline, waiter.seq):
+            waiters.append(waiter)  # the usual case (no deadline, or a later one): insort's place, without its search
+        else:
+            bisect.insort(waiters, waiter, key=_order)
         level.by_seq[waiter.seq] = waiter
-        self._size += 1
-        return Push(True, evicted)
+        self.size += 1
+        self._counts = None
+        return _tuple_new(Push, (True, evicted))
 
     def pop(self) -> Waiter | None:
         """The next waiter to serve, removed; None when empty."""
@@ -120,7 +133,8 @@ class AdmissionQueue:
                 tenant.deficit -= 1.0
                 waiter = tenant.waiters.pop(0)
                 del level.by_seq[waiter.seq]
-                self._size -= 1
+                self.size -= 1
+                self._counts = None
                 if not tenant.waiters:
                     self._drop_tenant(priority, level, tenant)
                 elif tenant.deficit < 1.0:
@@ -141,7 +155,8 @@ class AdmissionQueue:
             i += 1
         del tenant.waiters[i]
         del level.by_seq[waiter.seq]
-        self._size -= 1
+        self.size -= 1
+        self._counts = None
         if not tenant.waiters:
             self._drop_tenant(waiter.priority, level, tenant)
         return True

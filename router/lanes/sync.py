@@ -46,6 +46,7 @@ class SyncOutcome:
     hop: Hop
     attempts: int
     waited_s: float = 0.0  # time spent in admission queues
+    cold_start: bool = False  # the answering call waited for the backend's cold start (BackendTracker.warming)
 
 
 class SyncFailure(Exception):
@@ -100,11 +101,13 @@ class SyncLane:
         outcome: BackendError | Refusal | None = None
         result: InvocationResult | None = None
         waited = 0.0
+        cold = False
         try:
             while True:
                 step = steps.send(outcome)
                 target = targets[step.hop.backend]
                 if type(step) is Call:
+                    cold = target.tracker.warming(step.now)
                     try:
                         result = await self.call(target, inv, step.now, deadline_at, model, step.hop.lane.value)
                         outcome = None
@@ -122,7 +125,7 @@ class SyncLane:
             end = stop.value
         if isinstance(end, Served):
             assert result is not None
-            return SyncOutcome(result, end.hop, end.attempts, waited)
+            return SyncOutcome(result, end.hop, end.attempts, waited, cold)
         raise SyncFailure(end.reason, end.hop, end.error, end.retry_after_s)
 
     async def room(self, target: Target, stopping: Callable[[], bool]) -> bool:

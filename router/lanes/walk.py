@@ -92,6 +92,7 @@ Outcome = Served | Failed
 Walk = Generator[Step, "BackendError | Refusal | None", Outcome]
 # Refusals after which the next full hop may still be tried: the request never waited.
 _NOT_WAITED = frozenset({"full", "breaker_open"})
+_tuple_new = tuple.__new__  # a NamedTuple from all its fields, without its Python-level __new__ (every request)
 
 
 def walk(model: str, hops: Sequence[Hop], ticket: Ticket, targets: Mapping[str, WalkTarget],
@@ -121,9 +122,9 @@ def walk(model: str, hops: Sequence[Hop], ticket: Ticket, targets: Mapping[str, 
                 counters.budget_exhausted(model)
                 break
             attempts += 1
-            error = yield Call(hop, now)
+            error = yield _tuple_new(Call, (hop, now, False))  # Call(hop, now): the usual step, made directly
             if error is None:
-                return Served(hop, attempts)
+                return _tuple_new(Served, (hop, attempts))
             assert isinstance(error, BackendError)
             if not error.retryable:
                 return Failed(error.kind.value, hop, error)
@@ -134,9 +135,9 @@ def walk(model: str, hops: Sequence[Hop], ticket: Ticket, targets: Mapping[str, 
     if full and (last_error is None or budget.withdraw()):
         waited = yield from _wait(full, targets, ticket, clock, deadline_at)
         if isinstance(waited, Hop):
-            error = yield Call(waited, clock())
+            error = yield _tuple_new(Call, (waited, clock(), False))
             if error is None:
-                return Served(waited, attempts + 1)
+                return _tuple_new(Served, (waited, attempts + 1))
             assert isinstance(error, BackendError)
             return Failed(error.kind.value, waited, error)
         refused = waited
@@ -170,7 +171,8 @@ def _wait(full: list[Hop], targets: Mapping[str, WalkTarget], ticket: Ticket, cl
     refused: tuple[Hop, str, float] | None = None
     # A backend with no latency measured yet (a serverless one still in its cold start) cannot predict a
     # wait: the hops that can go first, otherwise in route order.
-    for hop in sorted(full, key=lambda h: targets[h.backend].tracker.latency_s <= 0.0):
+    order = full if len(full) == 1 else sorted(full, key=lambda h: targets[h.backend].tracker.latency_s <= 0.0)
+    for hop in order:
         door = targets[hop.backend].admission
         now = clock()
         if door.has_room():

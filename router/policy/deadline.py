@@ -10,6 +10,8 @@ from router.config import Duration
 from router.policy.params import SYNC_LANE_NAMES, Params, SyncLaneName, lanes
 from router.types import BreakerState, Decision, Lane, RequestFeatures, Snapshot
 
+_OPEN = BreakerState.OPEN  # enum reads cost ~0.1 µs each in Python 3.11
+
 
 class DeadlineParams(Params):
     lanes: list[SyncLaneName] = Field(default_factory=lambda: list(SYNC_LANE_NAMES), min_length=1)
@@ -37,6 +39,13 @@ class DeadlinePolicy:
         self._shed = params.on_miss == "shed"
         self._miss = Decision(Lane.SHED, reason="deadline_unmeetable", policy=name,
                               retry_after_s=params.retry_after, status=503)
+        self._fits: dict[tuple[Lane, ...], Decision] = {}  # one decision per set of lanes that fit, made once
+
+    def _fit(self, fits: tuple[Lane, ...]) -> Decision:
+        decision = self._fits.get(fits)
+        if decision is None:
+            decision = self._fits[fits] = Decision(fits[0], reason="deadline", fallback=fits[1:], policy=self.name)
+        return decision
 
     def decide(self, req: RequestFeatures, snap: Snapshot) -> Decision | None:
         if req.deadline_ms is None:
@@ -49,10 +58,10 @@ class DeadlinePolicy:
             if state is None:
                 continue
             present += 1
-            if state.breaker is not BreakerState.OPEN and state.latency_for(req.priority) * self._margin <= budget_s:
+            if state.breaker is not _OPEN and state.latency_for(req.priority) * self._margin <= budget_s:
                 fits.append(lane)
         if present == 0 or len(fits) == present:
             return None
         if fits:
-            return Decision(fits[0], reason="deadline", fallback=tuple(fits[1:]), policy=self.name)
+            return self._fit(tuple(fits))
         return self._miss if self._shed else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ log = structlog.get_logger("router.policy")
 
 MAX_RETRY_AFTER_S = 3600.0
 SkipHook = Callable[[str, str, str], None]  # (model, policy, why)
+ROUTE_CACHE_SIZE = 4096  # resolved routes kept per model (policies that make a new Decision per request churn it)
+_SHED = Lane.SHED  # enum reads cost ~0.1 µs each in Python 3.11
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,12 @@ class PolicyEngine:
         self._models = models
         self._backends = backends
         self._on_skip = on_skip
+        # A decision's route depends on the request only through whether it may become a job and which lanes' size
+        # limits its payload is within: per model, the distinct limits (a payload's class is how many it exceeds),
+        # and the routes resolved so far by (decision, job lanes allowed, size class), each with its decision.
+        self._sizes = {name: sorted({0, *m.limits.values()}) for name, m in models.items()}
+        self._routes: dict[str, dict[tuple[int, bool, int], tuple[Decision, Route | str]]] = {
+            name: {} for name in models}
 
     def decide(self, req: RequestFeatures, snap: Snapshot, verdicts: list[Verdict] | None = None) -> Route:
         """The route for ``req``. ``verdicts``, if given (explain), receives each policy's verdict in chain order."""
@@ -71,7 +80,7 @@ class PolicyEngine:
                 if verdicts is not None:
                     verdicts.append(Verdict(policy.name, "abstained"))
                 continue
-            route = self._resolve(model, decision, req)
+            route = self._cached_resolve(model, decision, req)
             if isinstance(route, str):
                 self._skip(req.model, policy.name, route)
                 if verdicts is not None:
@@ -79,12 +88,12 @@ class PolicyEngine:
                 continue
             if verdicts is not None:
                 verdicts.append(Verdict(policy.name, "decided", decision.reason, decision))
-            if decision.lane is Lane.SHED and (hop := self._deferral(model, req)) is not None:
+            if decision.lane is _SHED and (hop := self._deferral(model, req)) is not None:
                 d = route.decision
                 return Route(Decision(hop.lane, reason=f"deferred_{d.reason}", policy=d.policy,
                                       deferred_from=d.reason), (hop,))
             return route
-        route = self._resolve(model, model.default, req)
+        route = self._cached_resolve(model, model.default, req)
         if verdicts is not None:
             verdicts.append(Verdict("default", "decided" if isinstance(route, Route) else "skipped",
                                     "default" if isinstance(route, Route) else route, model.default))
@@ -119,6 +128,18 @@ class PolicyEngine:
         if lane in JOB_LANES and not (req.accepts_async or model.async_without_prefer):
             return False
         return model.limits.get(lane, 0) >= req.payload_bytes
+
+    def _cached_resolve(self, model: ModelRoutes, d: Decision, req: RequestFeatures) -> Route | str:
+        """``_resolve``, remembered: the same decision for a request of the same class resolves the same way."""
+        key = (id(d), req.accepts_async, bisect_left(self._sizes[req.model], req.payload_bytes))
+        routes = self._routes[req.model]
+        known = routes.get(key)
+        if known is not None and known[0] is d:
+            return known[1]
+        if len(routes) >= ROUTE_CACHE_SIZE:
+            routes.clear()
+        route = routes[key] = (d, self._resolve(model, d, req))
+        return route[1]
 
     def _resolve(self, model: ModelRoutes, d: Decision, req: RequestFeatures) -> Route | str:
         """The route for a decision, or why it cannot be used."""

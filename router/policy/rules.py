@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import operator
 from collections.abc import Callable, Mapping
+from operator import attrgetter
 from typing import Any, Literal
 
 from pydantic import Field, RootModel
@@ -24,6 +25,7 @@ from router.types import BackendState, BreakerState, Decision, Lane, RequestFeat
 from router.units import parse_duration, parse_size
 
 Predicate = Callable[[RequestFeatures, Snapshot], bool]
+Check = Callable[..., bool]  # check(value_holder, _=None): a Predicate when the holder is the request
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "gt": operator.gt,
     "gte": operator.ge,
@@ -61,27 +63,27 @@ _SIZE = _number(parse_size)
 _DURATION = _number(parse_duration)
 _FLOAT = _number(float)
 
-# name -> (kind, converter, getter)
+# name -> (kind, converter, getter); getters are C (attrgetter) where they can be: a decision runs dozens
 _REQUEST: dict[str, tuple[str, Callable[[Any], Any], Callable[[RequestFeatures], Any]]] = {
-    "payload_bytes": ("number", _SIZE, lambda r: r.payload_bytes),
-    "priority": ("number", _FLOAT, lambda r: r.priority),
-    "deadline_ms": ("number", _FLOAT, lambda r: r.deadline_ms),
-    "urgency": ("choice", str, lambda r: r.urgency),
-    "caller": ("choice", str, lambda r: r.caller),
+    "payload_bytes": ("number", _SIZE, attrgetter("payload_bytes")),
+    "priority": ("number", _FLOAT, attrgetter("priority")),
+    "deadline_ms": ("number", _FLOAT, attrgetter("deadline_ms")),
+    "urgency": ("choice", str, attrgetter("urgency")),
+    "caller": ("choice", str, attrgetter("caller")),
     "content_type": ("choice", str, lambda r: r.content_type.partition(";")[0].strip().lower()),
-    "accepts_async": ("flag", bool, lambda r: r.accepts_async),
+    "accepts_async": ("flag", bool, attrgetter("accepts_async")),
     "has_deadline": ("flag", bool, lambda r: r.deadline_ms is not None),
 }
 _LANE: dict[str, tuple[str, Callable[[Any], Any], Callable[[BackendState], Any]]] = {
-    "saturation": ("number", _FLOAT, lambda s: s.saturation),
-    "inflight": ("number", _FLOAT, lambda s: s.inflight),
-    "latency": ("number", _DURATION, lambda s: s.latency_s),
-    "expected_latency": ("number", _DURATION, lambda s: s.expected_latency_s),
-    "error_rate": ("number", _FLOAT, lambda s: s.error_rate),
-    "cold": ("flag", bool, lambda s: s.cold),
-    "available": ("flag", bool, lambda s: s.available),
-    "breaker": ("choice", str, lambda s: s.breaker.value),
-    "queue_depth": ("number", _FLOAT, lambda s: s.queue_depth),
+    "saturation": ("number", _FLOAT, attrgetter("saturation")),
+    "inflight": ("number", _FLOAT, attrgetter("inflight")),
+    "latency": ("number", _DURATION, attrgetter("latency_s")),
+    "expected_latency": ("number", _DURATION, attrgetter("expected_latency_s")),
+    "error_rate": ("number", _FLOAT, attrgetter("error_rate")),
+    "cold": ("flag", bool, attrgetter("cold")),
+    "available": ("flag", bool, attrgetter("available")),
+    "breaker": ("choice", str, attrgetter("breaker.value")),
+    "queue_depth": ("number", _FLOAT, attrgetter("queue_depth")),
     "expected_wait": ("number", _DURATION, lambda s: s.expected_wait_s),  # per request: see _predicate
 }
 
@@ -97,22 +99,37 @@ def matcher_kind(key: str) -> tuple[str, Callable[[Any], Any]] | None:
     return (entry[0], entry[1]) if entry is not None else None
 
 
-def _test(kind: str, convert: Callable[[Any], Any], spec: Any, path: tuple[str | int, ...]) -> Callable[[Any], bool]:
-    """A test on one value, from its YAML spec."""
+def _test(kind: str, convert: Callable[[Any], Any], spec: Any, path: tuple[str | int, ...],
+          get: Callable[[Any], Any]) -> Check:
+    """A test on the value ``get`` reads from its first argument, from its YAML spec: ``check(x, _)``, so a test
+    on a request is a predicate itself. Reading and testing happen in one Python call (a decision runs dozens)."""
     try:
         if kind == "flag":
             if not isinstance(spec, bool):
                 raise ValueError("expected true or false")
-            return lambda v: v is spec
+
+            def flag(x: Any, _: Any = None) -> bool:
+                return get(x) is spec
+
+            return flag
         if kind == "choice":
             options = [spec] if isinstance(spec, str) else spec
             if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
                 raise ValueError("expected a string or a list of strings")
             allowed = frozenset(o.lower() if path[-1] == "content_type" else o for o in options)
-            return lambda v: v in allowed
+
+            def choice(x: Any, _: Any = None) -> bool:
+                return get(x) in allowed
+
+            return choice
         if not isinstance(spec, dict):
             target = convert(spec)
-            return lambda v: v is not None and v == target
+
+            def equal(x: Any, _: Any = None) -> bool:
+                v = get(x)
+                return v is not None and bool(v == target)
+
+            return equal
         if not spec:
             raise ValueError("expected at least one of gt, gte, lt, lte, eq, ne")
         checks = []
@@ -122,21 +139,33 @@ def _test(kind: str, convert: Callable[[Any], Any], spec: Any, path: tuple[str |
             checks.append((_OPS[op], convert(raw)))
     except (ValueError, TypeError) as exc:
         raise PolicyBuildError(str(exc), path) from None
-    if len(checks) == 1:  # the usual {gt: 6MB}: no generator per test (a decision runs dozens of these)
-        (only, target), = checks
-        return lambda v: v is not None and only(v, target)
-    return lambda v: v is not None and all(fn(v, t) for fn, t in checks)
+    if len(checks) == 1:  # the usual {gt: 6MB}: no generator per test
+        (only, limit), = checks
+
+        def compare(x: Any, _: Any = None) -> bool:
+            v = get(x)
+            return v is not None and only(v, limit)
+
+        return compare
+
+    def compare_all(x: Any, _: Any = None) -> bool:
+        v = get(x)
+        return v is not None and all(fn(v, t) for fn, t in checks)
+
+    return compare_all
 
 
 def _urgency_test(spec: Any, levels: Mapping[str, int], path: tuple[str | int, ...]) -> Predicate:
     if isinstance(spec, dict):  # urgency: {gte: high} compares priorities
         converted = {op: level(levels, str(v), (*path, op)) for op, v in spec.items()}
-        test = _test("number", _FLOAT, converted, path)
-        return lambda r, s: test(r.priority)
+        return _test("number", _FLOAT, converted, path, attrgetter("priority"))
     for name in [spec] if isinstance(spec, str) else spec if isinstance(spec, list) else []:
         level(levels, str(name), path)
-    test = _test("choice", str, spec, path)
-    return lambda r, s: test(r.urgency)
+    return _test("choice", str, spec, path, attrgetter("urgency"))
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _predicate(key: str, spec: Any, levels: Mapping[str, int], path: tuple[str | int, ...]) -> Predicate:
@@ -144,8 +173,7 @@ def _predicate(key: str, spec: Any, levels: Mapping[str, int], path: tuple[str |
         return _urgency_test(spec, levels, path)
     if key in _REQUEST:
         kind, convert, get = _REQUEST[key]
-        test = _test(kind, convert, spec, path)
-        return lambda r, s: test(get(r))
+        return _test(kind, convert, spec, path, get)
     signal, _, lane_name = key.partition(".")
     if signal in _LANE and lane_name in {lane.value for lane in Lane if lane is not Lane.SHED}:
         kind, convert, get_state = _LANE[signal]
@@ -154,18 +182,21 @@ def _predicate(key: str, spec: Any, levels: Mapping[str, int], path: tuple[str |
             for st in states:
                 if st not in {b.value for b in BreakerState}:
                     raise PolicyBuildError(f"unknown breaker state {st!r} (closed, open, half_open)", path)
-        test = _test(kind, convert, spec, path)
         lane = Lane(lane_name)
         if signal == "expected_wait":
+            test = _test(kind, convert, spec, path, _same)
+
             def wait_on_lane(r: RequestFeatures, s: Snapshot) -> bool:
                 state = s.lane(lane)
                 return state is not None and test(state.wait_for(r.priority))
 
             return wait_on_lane
+        check = _test(kind, convert, spec, path, get_state)
 
         def on_lane(r: RequestFeatures, s: Snapshot) -> bool:
-            state = s.lane(lane)
-            return state is not None and test(get_state(state))
+            name = s.lanes.get(lane)  # s.lane(lane), inlined
+            state = None if name is None else s.backends.get(name)
+            return state is not None and check(state)
 
         return on_lane
     known = sorted([*_REQUEST, *(f"{k}.<lane>" for k in _LANE)])

@@ -2,7 +2,9 @@
 the calls the router makes, on the virtual clock.
 
 Every model takes ``call(extra_s, done, token)`` and later runs ``done(token, seconds, failure)``: how long
-the call took as the router saw it and its failure (None when answered). ``call`` returns that duration when
+the call took as the router saw it and its failure (None when answered). A replayed call may bring its recorded
+time: ``service_s`` (a warm call's), or ``cold_total_s`` (a call that waited for a cold start: a serverless
+model that cold-starts for it takes its cold start from it). ``call`` returns that duration when
 it is known at once (None when the call waits inside the backend), so the router's timeout needs no event
 of its own when the answer comes first. Each keeps what its cost needs
 (instance-seconds, GB-seconds, jobs) and its utilisation.
@@ -126,7 +128,8 @@ class Modelled:
     def capacity(self) -> int:
         raise NotImplementedError
 
-    def call(self, extra_s: float, done: Done, token: Any, service_s: float | None = None) -> float | None:
+    def call(self, extra_s: float, done: Done, token: Any, service_s: float | None = None,
+             cold_total_s: float | None = None) -> float | None:
         raise NotImplementedError
 
     def slot_seconds(self, span_s: float) -> float:
@@ -172,7 +175,8 @@ class Instances(Modelled):
     def capacity(self) -> int:
         return self.instances * self.per_instance
 
-    def call(self, extra_s: float, done: Done, token: Any, service_s: float | None = None) -> float | None:
+    def call(self, extra_s: float, done: Done, token: Any, service_s: float | None = None,
+             cold_total_s: float | None = None) -> float | None:
         self.calls += 1
         service = (self.service.sample(self.rng) if service_s is None else service_s) + extra_s
         if self.inflight < self.instances * self.per_instance:
@@ -263,7 +267,8 @@ class Serverless(Modelled):
     def capacity(self) -> int:
         return self.max_concurrency
 
-    def call(self, extra_s: float, done: Done, token: Any, service_s: float | None = None) -> float | None:
+    def call(self, extra_s: float, done: Done, token: Any, service_s: float | None = None,
+             cold_total_s: float | None = None) -> float | None:
         self.calls += 1
         if self.inflight >= self.max_concurrency:
             return self._refuse(FailureKind.THROTTLED, done, token)
@@ -273,7 +278,7 @@ class Serverless(Modelled):
             if now < self._warm_at:
                 cold_s = self._warm_at - now  # a cold start under way: wait for it
             elif self.inflight == 0 and now - self._last_done > self.idle_after_s:
-                cold_s = self.cold_start_s
+                cold_s = self.cold_start_s if cold_total_s is None else max(0.0, cold_total_s - self.service.p50)
                 self._warm_at = now + cold_s
                 self.cold_starts += 1
         elif self.inflight >= self.provisioned:
@@ -284,7 +289,7 @@ class Serverless(Modelled):
             if warm:
                 warm.pop()
             else:
-                cold_s = self.cold_start_s
+                cold_s = self.cold_start_s if cold_total_s is None else max(0.0, cold_total_s - self.service.p50)
                 self.cold_starts += 1
         self.inflight += 1
         service = (self.service.sample(self.rng) if service_s is None else service_s) + extra_s
@@ -328,7 +333,8 @@ class AsyncEndpoint(Modelled):
     def capacity(self) -> int:
         return self.max_instances * self.per_instance
 
-    def call(self, extra_s: float, done: Done, token: Any, service_s: float | None = None) -> float | None:
+    def call(self, extra_s: float, done: Done, token: Any, service_s: float | None = None,
+             cold_total_s: float | None = None) -> float | None:
         self.calls += 1
         now = self.loop.now
         self.waiting.append(((self.service.sample(self.rng) if service_s is None else service_s) + extra_s, done,
@@ -395,7 +401,8 @@ class BatchTransform(Modelled):
     def capacity(self) -> int:
         return self.instances
 
-    def call(self, extra_s: float, done: Done, token: Any, service_s: float | None = None) -> float | None:
+    def call(self, extra_s: float, done: Done, token: Any, service_s: float | None = None,
+             cold_total_s: float | None = None) -> float | None:
         self.calls += 1
         self.jobs += 1
         self.inflight += 1

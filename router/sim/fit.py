@@ -14,10 +14,11 @@ MIN_SAMPLES = 5
 
 def fit_service_times(requests: Iterable[TraceRequest]) -> dict[str, ServiceTime]:
     """Per backend, the distribution of its answered sync calls' durations (the time the router saw, less any
-    queue wait), its slowest 1% (cold starts, stalls) left out."""
+    queue wait), without the calls that waited for a cold start (the backend models add their own) and the slowest
+    1% of the rest (stalls)."""
     hists: dict[str, LatencyHistogram] = {}
     for r in requests:
-        if r.status != 200 or r.lane not in SYNC_LANES or r.backend is None or r.duration_s is None:
+        if r.status != 200 or r.lane not in SYNC_LANES or r.backend is None or r.duration_s is None or r.cold_start:
             continue
         h = hists.get(r.backend)
         if h is None:

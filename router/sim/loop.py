@@ -7,6 +7,8 @@ from collections.abc import Callable
 from itertools import count
 from typing import Any
 
+_push = heapq.heappush
+
 
 class EventLoop:
     """``at(t, fn, arg)`` runs ``fn(arg)`` when the clock reaches ``t``. ``now`` is the virtual time."""
@@ -23,10 +25,13 @@ class EventLoop:
         return self.now
 
     def at(self, t: float, fn: Callable[[Any], None], arg: Any = None) -> None:
-        heapq.heappush(self._heap, (t if t > self.now else self.now, next(self._seq), fn, arg))
+        now = self.now
+        _push(self._heap, (t if t > now else now, next(self._seq), fn, arg))
 
     def after(self, delay_s: float, fn: Callable[[Any], None], arg: Any = None) -> None:
-        self.at(self.now + delay_s, fn, arg)
+        now = self.now
+        t = now + delay_s  # as at(now + delay_s), without its call: models schedule every answer with it
+        _push(self._heap, (t if t > now else now, next(self._seq), fn, arg))
 
     def run_until(self, t: float) -> None:
         """Run every event due at or before ``t``; the clock ends at ``t`` (or the last event run)."""
