@@ -34,7 +34,6 @@ import gzip
 import hashlib
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import WRK_LUA, med, router_cli, run_wrk, started
-from upstream import free_port, require_tools
+from upstream import cpu_of_its_own, free_port, require_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 INTEROP = ROOT / "tests" / "interop"
@@ -68,17 +67,6 @@ models:
 """
 
 V2_LUA = WRK_LUA.replace('wrk.headers["Content-Type"] = "text/csv"\n', "")
-
-
-def pin_layout(shared: bool) -> list[str]:
-    """Pin this process (and so wrk and the router, its children) to every CPU but the last; return the command
-    prefix that starts a model server on the last one. Nothing when ``shared``, on one CPU or without taskset."""
-    cpus = sorted(os.sched_getaffinity(0))
-    taskset = shutil.which("taskset")
-    if shared or len(cpus) < 2 or taskset is None:
-        return []
-    os.sched_setaffinity(0, cpus[:-1])
-    return [taskset, "-c", str(cpus[-1])]
 
 
 def wait_ready(url: str, timeout_s: float = 90.0) -> None:
@@ -177,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", action="store_true",
                         help="no CPU pinning: the router shares the model servers' CPUs")
     args = parser.parse_args(argv)
-    servers_cpu = pin_layout(shared=args.shared)
+    servers_cpu = cpu_of_its_own(shared=args.shared)
     tools = require_tools("wrk")
     if not PYTHON.exists():
         sys.stderr.write(f"{PYTHON} is missing: run `make interop` first\n")

@@ -37,8 +37,8 @@ CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 # e.g. for a server standing in for an Async Inference endpoint, whose payloads reach 1 GB through S3).
 MAX_BODY = 6 * 1024 * 1024
 THREAD_MIN_BODY = 1024 * 1024
-_KNOBS = ("latency_s", "max_concurrency", "overload_status", "idle_after_s", "cold_start_s", "fail_status",
-          "fail_rate")
+_KNOBS = ("latency_s", "latency_jitter", "max_concurrency", "overload_status", "idle_after_s", "cold_start_s",
+          "fail_status", "fail_rate")
 _FLAGS = ("overload_mode", "orca")
 OVERLOAD_MODES = ("refuse", "queue")
 
@@ -61,6 +61,7 @@ class ModelServer:
         port: int = 0,
         model: FraudModel | None = None,
         latency_s: float = 0.0,
+        latency_jitter: float = 0.0,
         max_concurrency: int | None = None,
         overload_status: int = 429,
         idle_after_s: float | None = None,
@@ -79,6 +80,9 @@ class ModelServer:
         self.port = port
         self.model = model if model is not None else FraudModel.load()
         self.latency_s = latency_s
+        # each call takes latency_s x a uniform draw in [1 - jitter, 1 + jitter]: real models vary, and equal
+        # service times keep slots freeing in lockstep after a burst (waits then come in whole service times)
+        self.latency_jitter = latency_jitter
         self.max_concurrency = max_concurrency
         self.overload_status = overload_status
         self.idle_after_s = idle_after_s
@@ -194,9 +198,11 @@ class ModelServer:
         for key in _KNOBS:
             if key in body:
                 value = body[key]
-                nullable = key not in ("latency_s", "cold_start_s", "overload_status")
+                nullable = key not in ("latency_s", "latency_jitter", "cold_start_s", "overload_status")
                 if not (_is_count(value) or (value is None and nullable)):
                     return _json_response(400, {"message": f"{key}: expected a non-negative number"})
+                if key == "latency_jitter" and value > 1:
+                    return _json_response(400, {"message": "latency_jitter: expected a fraction from 0 to 1"})
                 setattr(self, key, value)
         if "overload_mode" in body:
             if body["overload_mode"] not in OVERLOAD_MODES:
@@ -234,7 +240,8 @@ class ModelServer:
                 fail = 500
             body = await request.read()
             if self.latency_s > 0:
-                await asyncio.sleep(self.latency_s)
+                spread = self._random.uniform(-self.latency_jitter, self.latency_jitter) if self.latency_jitter else 0.0
+                await asyncio.sleep(self.latency_s * (1.0 + spread))
             if fail is not None:
                 response = _json_response(fail, {"message": f"injected failure ({fail})"})
             else:
@@ -307,7 +314,8 @@ class ModelServer:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    knobs = {"latency_s": args.latency, "max_concurrency": args.max_concurrency,
+    knobs = {"latency_s": args.latency, "latency_jitter": args.latency_jitter,
+             "max_concurrency": args.max_concurrency,
              "overload_status": args.overload_status, "overload_mode": args.overload_mode, "orca": args.orca}
     serverless = {"idle_after_s": args.idle_after, "cold_start_s": args.cold_start}
     model = FraudModel.load()
@@ -326,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9101)
     parser.add_argument("--latency", type=float, default=0.0, help="added seconds per request")
+    parser.add_argument("--latency-jitter", type=float, default=0.0,
+                        help="each request's latency varies uniformly by this fraction of --latency (0 to 1)")
     parser.add_argument("--max-concurrency", type=int, default=None, help="answer --overload-status above this")
     parser.add_argument("--overload-status", type=int, default=429, choices=(429, 503),
                         help="the status answered above --max-concurrency")
