@@ -12,7 +12,12 @@ is what botocore needs to raise ``ThrottlingException``, ``ModelError`` and frie
 
 InvokeEndpointWithResponseStream (``POST /endpoints/{name}/invocations-response-stream``) relays the
 container's answer chunk by chunk as ``PayloadPart`` events (application/vnd.amazon.eventstream), and with
-:meth:`SageMakerRuntimeEmulator.break_stream` ends a stream after its first part with a ``ModelStreamError``.
+:meth:`SageMakerRuntimeEmulator.break_stream` ends a stream after its first part with a ``ModelStreamError``
+(or SageMaker's own ``InternalStreamFailure``).
+
+With ``credentials`` ({access key id: secret}), InvokeEndpoint and InvokeEndpointWithResponseStream accept only
+requests signed with one of them (SigV4 for service ``sagemaker``, checked by ``router.auth.sigv4``), and answer
+others the way AWS does (403 ``UnrecognizedClientException`` / ``InvalidSignatureException``).
 
 InvokeEndpointAsync (``POST /endpoints/{name}/async-invocations``) works on endpoints added with an
 :class:`AsyncConfig`, against S3 and SNS on a moto server (``aws_endpoint_url``): it answers 202 with
@@ -28,6 +33,7 @@ import contextlib
 import json
 import uuid
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -38,6 +44,8 @@ from aiobotocore.session import get_session
 from aiohttp import web
 
 from router import eventstream
+from router.auth.sigv4 import SigV4Callers
+from router.features import RequestError
 
 Fault = Literal["throttle", "model_error", "not_ready", "unavailable"]
 
@@ -93,7 +101,8 @@ class _Endpoint:
     delay_s: float = 0.0
     faults: deque[str] = field(default_factory=deque)
     async_config: AsyncConfig | None = None
-    broken_streams: int = 0  # response streams still to end with a ModelStreamError after their first part
+    broken_streams: int = 0  # response streams still to end with an error event after their first part
+    stream_failure: str = "model"  # which: "model" (ModelStreamError) or "internal" (InternalStreamFailure)
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
@@ -109,8 +118,10 @@ class SageMakerRuntimeEmulator:
     """SageMaker Runtime's InvokeEndpoint on 127.0.0.1, with fault injection and slow answers."""
 
     def __init__(self, *, region: str = "us-east-1", account: str = ACCOUNT,
-                 aws_endpoint_url: str | None = None) -> None:
+                 aws_endpoint_url: str | None = None, credentials: Mapping[str, str] | None = None) -> None:
         self.region = region
+        self._signers = None if credentials is None else SigV4Callers(
+            {key: (key, secret) for key, secret in credentials.items()})
         self.account = account
         self.aws_endpoint_url = aws_endpoint_url  # S3 and SNS for async invocations: a moto server
         self.notifications: list[dict[str, Any]] = []  # every async notification, published or not
@@ -141,9 +152,11 @@ class SageMakerRuntimeEmulator:
             raise ValueError(f"unknown fault {fault!r}; one of {sorted(_FAULTS)}")
         self._endpoints[name].faults.extend([fault] * times)
 
-    def break_stream(self, name: str, times: int = 1) -> None:
-        """End the next ``times`` response streams of ``name`` with a ModelStreamError after their first part."""
+    def break_stream(self, name: str, times: int = 1, failure: Literal["model", "internal"] = "model") -> None:
+        """End the next ``times`` response streams of ``name`` after their first part with a ModelStreamError
+        (``failure="model"``) or an InternalStreamFailure (``"internal"``)."""
         self._endpoints[name].broken_streams += times
+        self._endpoints[name].stream_failure = failure
 
     def set_delay(self, name: str, seconds: float) -> None:
         """Wait ``seconds`` before answering each call to ``name`` (faults included)."""
@@ -208,6 +221,22 @@ class SageMakerRuntimeEmulator:
             headers={"x-amzn-ErrorType": error_type, "x-amzn-RequestId": str(uuid.uuid4())},
         )
 
+    def _refused(self, request: web.Request, body: bytes) -> web.Response | None:
+        """The 403 AWS answers a request not signed with one of ``credentials`` (None: accepted)."""
+        if self._signers is None:
+            return None
+        path, _, query = request.raw_path.partition("?")
+        scope = {"method": request.method, "path": request.path, "raw_path": path.encode(),
+                 "query_string": query.encode(), "headers": list(request.raw_headers)}
+        try:
+            signed = self._signers.request(scope, request.headers.get("Authorization", ""))
+            if signed is None or signed.claim.service != "sagemaker" or signed.claim.region != self.region:
+                raise RequestError(403, "MissingAuthenticationTokenException", "Missing or foreign SigV4 signature")
+            signed.verify_body(body)
+        except RequestError as exc:
+            return self._error(exc.status, exc.error_type, exc.message)
+        return None
+
     def _log_stream(self, name: str) -> str:
         return (
             f"arn:aws:logs:{self.region}:{self.account}:log-group:/aws/sagemaker/Endpoints/{name}"
@@ -247,6 +276,8 @@ class SageMakerRuntimeEmulator:
                 inference_id=headers.get(INFERENCE_ID),
             )
         )
+        if (refused := self._refused(request, body)) is not None:
+            return refused
         endpoint = self._endpoints.get(name)
         if endpoint is None:
             return self._error(400, "ValidationError", f"Endpoint {name} of account {self.account} not found.")
@@ -303,6 +334,8 @@ class SageMakerRuntimeEmulator:
                                        custom_attributes=headers.get(CUSTOM_ATTRIBUTES),
                                        target_variant=headers.get(TARGET_VARIANT),
                                        inference_id=headers.get(INFERENCE_ID)))
+        if (refused := self._refused(request, body)) is not None:
+            return refused
         endpoint = self._endpoints.get(name)
         if endpoint is None:
             return self._error(400, "ValidationError", f"Endpoint {name} of account {self.account} not found.")
@@ -338,6 +371,9 @@ class SageMakerRuntimeEmulator:
             try:
                 async for chunk in upstream.content.iter_any():
                     await resp.write(eventstream.payload_part(chunk))
+                    if breaking and endpoint.stream_failure == "internal":
+                        await resp.write(eventstream.internal_stream_failure("injected internal failure"))
+                        break
                     if breaking:
                         await resp.write(eventstream.model_stream_error("injected failure mid-stream",
                                                                         "ModelInvocationTimeExceeded"))

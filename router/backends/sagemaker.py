@@ -3,7 +3,8 @@
 One aiobotocore client per (service, region, endpoint_url) is shared by every backend of the process
 (:class:`SageMakerClients`: the runtime, and the S3 / SQS / SNS clients of ``sagemaker-async``);
 botocore's own retries are off because the router does the retrying, as a fallback to another
-backend or a job's next attempt.
+backend or a job's next attempt. InvokeEndpointWithResponseStream skips botocore's per-call machinery
+(``router.backends.sagemaker_stream``): its time to the first part is what a streaming client waits on.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from router.backends.sagemaker_stream import ResponseStreamCall
 from router.types import BackendError, FailureKind, Invocation, InvocationResult, StreamBroken, whole_body
 
 DEFAULT_REGION = "us-east-1"
@@ -83,6 +85,7 @@ class SageMakerClients:
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
         self._clients: dict[tuple[str, str, str | None], Any] = {}
+        self._response_streams: dict[tuple[str, str | None], ResponseStreamCall] = {}
         self._stack = contextlib.AsyncExitStack()
         self._lock = asyncio.Lock()
         self._session: Any = None
@@ -119,10 +122,19 @@ class SageMakerClients:
                 self._clients[key] = client = made
             return client
 
+    async def response_stream(self, region: str | None, endpoint_url: str | None) -> ResponseStreamCall:
+        """InvokeEndpointWithResponseStream on the ``sagemaker-runtime`` client for ``region`` and ``endpoint_url``."""
+        key = (region or default_region(), endpoint_url)
+        call = self._response_streams.get(key)
+        if call is None:
+            call = self._response_streams[key] = ResponseStreamCall(await self.get(region, endpoint_url))
+        return call
+
     async def close(self) -> None:
         """Close every client and its connection pool."""
         async with self._lock:
             self._clients.clear()
+            self._response_streams.clear()
             stack, self._stack = self._stack, contextlib.AsyncExitStack()
             await stack.aclose()
 
@@ -274,12 +286,9 @@ class SageMakerBackend:
         timeout = min(self._timeout_s, math.inf if inv.timeout_s is None else inv.timeout_s)
         with call_errors(self.name, timeout, "InvokeEndpointWithResponseStream"):
             async with asyncio.timeout(timeout):
-                client = await self._clients.get(self._region, self._endpoint_url)
-                token = _trace_headers.set(inv.headers)
-                try:
-                    resp = await client.invoke_endpoint_with_response_stream(**self._params(inv))
-                finally:
-                    _trace_headers.reset(token)
+                call = await self._clients.response_stream(self._region, self._endpoint_url)
+                trace = {name: inv.headers[name] for name in _TRACE_HEADERS if name in inv.headers}
+                resp = await call(self._params(inv), trace)
                 stream = EndpointStream(self.name, resp["Body"])
                 try:
                     await stream.peek()
