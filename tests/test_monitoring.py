@@ -283,8 +283,10 @@ async def drive_every_lane(http: aiohttp.ClientSession, router: RunningRouter, r
                          json={"model": "fraud", "bytes": 7_000_000}) as r:
         assert r.status == 200
 
-    async_server.latency_s = 6.0  # leave a backlog through every query below: slow jobs held, the rest queued
-    for _ in range(8):
+    # leave a backlog through every query below, however slow a loaded machine makes them: 4 jobs held
+    # 6 s at a time, 36 queued behind them (a minute of work)
+    async_server.latency_s = 6.0
+    for _ in range(40):
         await invoke_async(http, router)
 
 
