@@ -119,7 +119,6 @@ class Breaker:
             if self.state is not BreakerState.CLOSED:
                 self.state = BreakerState.CLOSED
                 self.window.clear()  # judge it afresh: the failures that opened it are history
-                self._turned_away = 0
             else:
                 self.window.add(now, failed=False)
             return
