@@ -38,3 +38,11 @@ def test_application_utilization_wins_over_cpu_and_cpu_is_the_fallback() -> None
 ])
 def test_malformed_reports_are_ignored(header: str | None) -> None:
     assert parse_load_report(header) is None
+
+
+@pytest.mark.parametrize("header", ["textgen_waiting=2, cpu_utilization=0.4", "json_errors=2, cpu_utilization=0.4"])
+def test_a_report_without_the_prefix_may_start_with_a_metric_named_like_a_format(header: str) -> None:
+    report = parse_load_report(header)
+    assert report is not None
+    assert report.utilization == 0.4
+    assert report.metrics[header.split("=")[0]] == 2.0
