@@ -257,6 +257,15 @@ def test_the_budget_is_max_wait_or_less_so_the_call_still_makes_its_deadline() -
     assert door.budget_s(20.0, 30.0) == 1.0
 
 
+def test_a_prediction_without_a_tenant_is_the_anonymous_tenants() -> None:
+    clock = Clock()
+    door = door_of(clock)
+    door.tracker.start(clock.now)
+    queued(door, clock, Waiter(NORMAL, "anonymous"), Waiter(NORMAL, "anonymous"))
+    assert door.predict(NORMAL)[0] == 2  # behind both: the same tenant
+    assert door.predict(NORMAL, "b")[0] == 1  # another tenant: after one turn of theirs
+
+
 def test_with_room_the_predicted_wait_is_none() -> None:
     clock = Clock()
     door = door_of(clock)

@@ -224,9 +224,10 @@ def test_a_request_whose_deadline_has_come_calls_no_backend() -> None:
     lane = SyncLane(a=fixed())
     steps, end = lane.run([A], [], deadline_at=100.0)
     assert steps == []
-    assert end.reason == "deadline"
+    assert (end.reason, end.hop) == ("deadline", None)
     assert end.error is not None
     assert end.error.kind is FailureKind.TIMEOUT
+    assert end.error.message == "the deadline passed before a backend answered"
 
 
 def test_no_fallback_is_called_once_the_deadline_has_passed() -> None:
@@ -366,6 +367,36 @@ def test_the_retry_after_of_a_wait_too_long_is_capped() -> None:
     assert end.retry_after_s == RETRY_AFTER_MAX_S
 
 
+def test_the_predicted_wait_is_this_requests_own_by_urgency_tenant_and_deadline() -> None:
+    lane = SyncLane(a=fixed())
+    lane.answered("a", 0.1)  # 10 calls a second
+    lane.fill("a")
+    door = lane.targets["a"].admission
+    for _ in range(12):
+        assert door.enqueue(Waiter(NORMAL, "x", arrival=100.0), 100.0)
+
+    def waits(ticket: Ticket, deadline_at: float | None = None) -> bool:
+        gen = walk("m", [A], ticket, lane.targets, lane.budget, CRITICAL, lane.clock, lane.counters, deadline_at)
+        try:
+            return type(next(gen)) is Wait
+        except StopIteration:  # refused at once
+            return False
+
+    assert not waits(Ticket(NORMAL, "x"))  # behind its own 12: 1.3 s, more than max_wait
+    assert waits(Ticket(HIGH, "x"))  # ahead of all of them
+    assert waits(Ticket(NORMAL, "y"))  # another tenant: its turn comes after one of x's
+    assert waits(Ticket(NORMAL, "x"), deadline_at=100.9)  # its deadline comes before theirs
+
+
+def test_a_hop_whose_predicted_wait_is_too_long_passes_the_request_to_the_next_full_hop() -> None:
+    lane = SyncLane(c=fixed(serverless=True, cold_start_s=5.0), a=fixed())
+    lane.fill("c")
+    lane.fill("a")
+    steps, end = lane.run([C, A], [None, None])
+    assert steps == [Wait(A, 100.0, 1.0), Call(A, 100.0)]
+    assert end == Served(A, 1)
+
+
 def test_a_full_queue_at_the_first_hop_sends_the_request_to_wait_at_the_next() -> None:
     lane = SyncLane(a=fixed(), b=fixed())
     lane.fill("a")
@@ -424,6 +455,19 @@ def test_an_urgent_request_refused_for_capacity_goes_over_the_first_full_hops_li
     assert end == Served(C, 1)
     bad = err(FailureKind.UNAVAILABLE)
     assert lane.run([C, A], [bad], priority=CRITICAL)[1] == Failed("unavailable", C, bad)
+
+
+def test_no_overflow_to_a_backend_whose_breaker_opened_while_the_request_waited() -> None:
+    lane = SyncLane(a=fixed(breaker_failures=1, breaker_probe_share=0.0), b=fixed())
+    lane.fill("a")
+    lane.fill("b")
+    gen = walk("m", [A, B], Ticket(CRITICAL), lane.targets, lane.budget, CRITICAL, lane.clock, lane.counters)
+    assert gen.send(None) == Wait(A, 100.0, 1.0)
+    lane.tracker("a").failed(100.0, FailureKind.UNAVAILABLE)  # a call in flight fails: a's breaker opens
+    assert gen.send(Refusal("breaker_open")) == Wait(B, 100.0, 1.0)
+    with pytest.raises(StopIteration) as stop:
+        gen.send(Refusal("full", 2.0))
+    assert stop.value.value == Failed("full", B, retry_after_s=2.0)
 
 
 def test_below_the_overflow_urgency_a_request_refused_for_capacity_fails() -> None:
