@@ -7,6 +7,7 @@ to a few milliseconds where they must run out.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ from router.flow.admission import Admission, Admissions, QueueSettings, Rejected
 from router.flow.door import RETRY_AFTER_MAX_S
 from router.metrics import RouterMetrics
 from router.state import BackendTracker, TrackerSettings
-from router.types import FailureKind
+from router.types import CallerGone, FailureKind
 from tests.conftest import until
 
 HIGH, NORMAL, LOW = 2, 1, 0
@@ -63,6 +64,9 @@ class Backend:
     def waits_observed(self) -> float:
         return self.metrics.registry.get_sample_value("router_queue_wait_seconds_count", {"backend": "b"}) or 0.0
 
+    def waited_s(self) -> float:
+        return self.metrics.registry.get_sample_value("router_queue_wait_seconds_sum", {"backend": "b"}) or 0.0
+
 
 class Disconnect:
     """A client's disconnect, as ``Ticket.gone`` awaits it."""
@@ -79,9 +83,10 @@ async def test_a_waiter_gets_the_slot_a_finished_call_frees_and_no_slot_is_lost(
     b.fill()
     task = b.waiter()
     await b.queued(1)
+    b.clock.now += 0.25
     b.finish_one()
     await task  # the slot is the waiter's: it starts its call before it next awaits
-    assert b.waits_observed() == 1.0
+    assert (b.waits_observed(), b.waited_s()) == (1.0, 0.25)
     b.tracker.start(b.clock.now)
     assert not b.admission.has_room()
     b.finish_one()
@@ -97,6 +102,58 @@ async def test_a_full_queue_refuses_with_the_predicted_wait_as_retry_after() -> 
     assert refused.value.retry_after_s == 2.5  # no call finished yet: one cold start
     assert b.rejections("full") == 1.0
     assert len(b.admission.queue) == 0
+
+
+async def test_a_full_queues_retry_after_counts_only_the_waiters_before_this_requests_deadline() -> None:
+    b = Backend(settings=QueueSettings(max_depth=2, max_wait_s=LONG))
+    b.tracker.start(b.clock.now)
+    b.finish_one(0.1)  # 10 calls a second
+    b.fill()
+    waiters = [b.waiter(), b.waiter()]
+    await b.queued(2)
+    with pytest.raises(Rejected) as refused:
+        await b.admission.wait(Ticket(NORMAL), b.clock.now, LONG)
+    assert refused.value.retry_after_s == pytest.approx(0.3)  # behind both
+    with pytest.raises(Rejected) as refused:
+        await b.admission.wait(Ticket(NORMAL), b.clock.now, LONG, deadline_at=b.clock.now + 1.0)
+    assert refused.value.retry_after_s == pytest.approx(0.1)  # its deadline comes first: ahead of both
+    for w in waiters:
+        w.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+
+
+async def test_a_waiter_stops_watching_for_its_clients_disconnect_once_its_wait_ends() -> None:
+    b = Backend()
+    b.fill()
+    client = Disconnect()
+    task = b.waiter(Ticket(NORMAL, gone=client.gone()))
+    await b.queued(1)
+    b.finish_one()
+    await task
+    await asyncio.sleep(0)  # a cancelled watcher ends on the next turn of the loop
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_a_disconnect_that_arrives_as_an_error_is_handled_without_an_unretrieved_exception() -> None:
+    errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context))
+    b = Backend()
+    b.fill()
+    client = Disconnect()
+
+    async def gone() -> None:
+        await client.event.wait()
+        raise CallerGone
+
+    task = b.waiter(Ticket(NORMAL, gone=gone))
+    await b.queued(1)
+    client.event.set()
+    with pytest.raises(Rejected, match="client_gone"):
+        await task
+    del task  # with it the watcher: an exception nobody retrieved is reported once it is collected
+    await asyncio.sleep(0)  # the loop's last callbacks of the watcher run and let go of it
+    gc.collect()
+    assert errors == []
 
 
 async def test_a_wait_that_runs_out_is_a_timeout_with_the_budget_as_retry_after_and_leaves_the_queue() -> None:
@@ -250,8 +307,12 @@ async def test_background_work_waits_for_a_slot_no_sync_request_wants() -> None:
     assert not job.done()
     b.tracker.start(b.clock.now)
     b.finish_one()
+    assert not b.admission.has_room()  # the freed slot is the job's, reserved until it starts
     assert await job
     assert b.admission.background_waiting == 0
+    b.tracker.start(b.clock.now)  # the job's call
+    assert not b.admission.has_room()
+    b.finish_one()
     b.tracker.start(b.clock.now)
     b.finish_one()
     assert b.admission.has_room()  # the job's slot was not left reserved
@@ -268,6 +329,32 @@ async def test_background_work_gives_up_when_told_to_stop() -> None:
     assert b.admission.background_waiting == 0
     b.finish_one()
     assert b.admission.has_room()
+
+
+async def test_background_work_takes_no_free_slot_of_a_backend_whose_breaker_is_open() -> None:
+    b = Backend(capacity=2, breaker_failures=1, breaker_open_s=5.0)
+    b.tracker.start(b.clock.now)
+    b.tracker.failed(b.clock.now, FailureKind.UNAVAILABLE)
+    stop = False
+    job = asyncio.create_task(b.admission.wait_background(lambda: stop))
+    await until(lambda: b.admission.background_waiting == 1)
+    stop = True
+    assert await asyncio.wait_for(job, 5.0) is False
+
+
+async def test_a_background_task_cancelled_while_waiting_frees_no_slot_it_never_had() -> None:
+    b = Backend()
+    b.fill()
+    job = asyncio.create_task(b.admission.wait_background(lambda: False))
+    await until(lambda: b.admission.background_waiting == 1)
+    sync = b.waiter()
+    await b.queued(1)
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert len(b.admission.queue) == 1  # the backend is still full: the sync waiter still waits
+    b.finish_one()
+    await sync
 
 
 async def test_background_work_cancelled_after_its_grant_gives_the_slot_back() -> None:
