@@ -71,7 +71,7 @@ class Rejections:
         self.reasons.append((backend, reason))
 
 
-class SyncLane:
+class Fleet:
     """A model's sync hops, their backends on one fake clock, and the walk's counters."""
 
     def __init__(self, clock: Clock | None = None, budget: RetryBudget | None = None, **backends: TrackerSettings
@@ -137,7 +137,7 @@ def called(steps: Sequence[Call | Wait]) -> list[tuple[str, str]]:
 
 
 def test_the_first_hop_with_a_free_slot_serves_and_nothing_else_is_called() -> None:
-    lane = SyncLane(a=fixed(), b=fixed())
+    lane = Fleet(a=fixed(), b=fixed())
     steps, end = lane.run([A, B], [None])
     assert steps == [Call(A, 100.0)]
     assert end == Served(A, 1)
@@ -145,7 +145,7 @@ def test_the_first_hop_with_a_free_slot_serves_and_nothing_else_is_called() -> N
 
 
 def test_a_retryable_failure_falls_back_to_the_next_hop_and_is_counted_with_its_reason() -> None:
-    lane = SyncLane(a=fixed(), b=fixed(), c=fixed())
+    lane = Fleet(a=fixed(), b=fixed(), c=fixed())
     steps, end = lane.run([A, B, C], [err(FailureKind.UNAVAILABLE), err(FailureKind.THROTTLED), None])
     assert called(steps) == [("Call", "a"), ("Call", "b"), ("Call", "c")]
     assert end == Served(C, 3)
@@ -153,7 +153,7 @@ def test_a_retryable_failure_falls_back_to_the_next_hop_and_is_counted_with_its_
 
 
 def test_when_every_hop_fails_the_last_error_is_the_answer() -> None:
-    lane = SyncLane(a=fixed(), b=fixed())
+    lane = Fleet(a=fixed(), b=fixed())
     last = err(FailureKind.TIMEOUT)
     _steps, end = lane.run([A, B], [err(FailureKind.UNAVAILABLE), last])
     assert end == Failed("timeout", B, last)
@@ -161,7 +161,7 @@ def test_when_every_hop_fails_the_last_error_is_the_answer() -> None:
 
 
 def test_a_failure_the_input_caused_is_not_retried_elsewhere() -> None:
-    lane = SyncLane(a=fixed(), b=fixed())
+    lane = Fleet(a=fixed(), b=fixed())
     bad = err(FailureKind.MODEL_ERROR)
     steps, end = lane.run([A, B], [bad])
     assert called(steps) == [("Call", "a")]
@@ -169,7 +169,7 @@ def test_a_failure_the_input_caused_is_not_retried_elsewhere() -> None:
 
 
 def test_a_fallback_is_paid_from_the_retry_budget_and_none_is_made_once_it_is_empty() -> None:
-    lane = SyncLane(budget=RetryBudget(0.0, burst=1.0), a=fixed(), b=fixed())
+    lane = Fleet(budget=RetryBudget(0.0, burst=1.0), a=fixed(), b=fixed())
     steps, end = lane.run([A, B], [err(FailureKind.UNAVAILABLE), None])
     assert end == Served(B, 2)  # the one token
     first = err(FailureKind.UNAVAILABLE)
@@ -180,21 +180,21 @@ def test_a_fallback_is_paid_from_the_retry_budget_and_none_is_made_once_it_is_em
 
 
 def test_the_first_call_costs_no_retry_token() -> None:
-    lane = SyncLane(budget=RetryBudget(0.0, burst=1.0), a=fixed(), b=fixed())
+    lane = Fleet(budget=RetryBudget(0.0, burst=1.0), a=fixed(), b=fixed())
     for _ in range(3):
         assert lane.run([A], [None])[1] == Served(A, 1)
     assert lane.run([A, B], [err(FailureKind.UNAVAILABLE), None])[1] == Served(B, 2)
 
 
 def test_every_request_deposits_into_the_retry_budget() -> None:
-    lane = SyncLane(budget=RetryBudget(0.5, burst=1.0), a=fixed(), b=fixed())
+    lane = Fleet(budget=RetryBudget(0.5, burst=1.0), a=fixed(), b=fixed())
     assert lane.run([A, B], [err(FailureKind.UNAVAILABLE), None])[1] == Served(B, 2)  # 1 + 0.5 capped at 1
     assert lane.run([A, B], [err(FailureKind.UNAVAILABLE)])[1].reason == "unavailable"  # 0.5: none
     assert lane.run([A, B], [err(FailureKind.UNAVAILABLE), None])[1] == Served(B, 2)  # 0.5 + 0.5
 
 
 def test_a_hop_whose_breaker_is_open_is_skipped() -> None:
-    lane = SyncLane(a=fixed(breaker_failures=1, breaker_probe_share=0.0), b=fixed())
+    lane = Fleet(a=fixed(breaker_failures=1, breaker_probe_share=0.0), b=fixed())
     lane.open_breaker("a")
     steps, end = lane.run([A, B], [None])
     assert called(steps) == [("Call", "b")]
@@ -203,7 +203,7 @@ def test_a_hop_whose_breaker_is_open_is_skipped() -> None:
 
 
 def test_with_every_breaker_open_the_request_fails_breaker_open_at_the_last_hop() -> None:
-    lane = SyncLane(a=fixed(breaker_failures=1, breaker_probe_share=0.0),
+    lane = Fleet(a=fixed(breaker_failures=1, breaker_probe_share=0.0),
                  b=fixed(breaker_failures=1, breaker_probe_share=0.0))
     lane.open_breaker("a")
     lane.open_breaker("b")
@@ -213,7 +213,7 @@ def test_with_every_breaker_open_the_request_fails_breaker_open_at_the_last_hop(
 
 
 def test_a_model_without_sync_hops_fails_with_no_hop() -> None:
-    lane = SyncLane()
+    lane = Fleet()
     assert lane.run([], []) == ([], Failed("breaker_open", None))
 
 
@@ -221,7 +221,7 @@ def test_a_model_without_sync_hops_fails_with_no_hop() -> None:
 
 
 def test_a_request_whose_deadline_has_come_calls_no_backend() -> None:
-    lane = SyncLane(a=fixed())
+    lane = Fleet(a=fixed())
     steps, end = lane.run([A], [], deadline_at=100.0)
     assert steps == []
     assert (end.reason, end.hop) == ("deadline", None)
@@ -231,7 +231,7 @@ def test_a_request_whose_deadline_has_come_calls_no_backend() -> None:
 
 
 def test_no_fallback_is_called_once_the_deadline_has_passed() -> None:
-    lane = SyncLane(a=fixed(), b=fixed())
+    lane = Fleet(a=fixed(), b=fixed())
     first = err(FailureKind.UNAVAILABLE)
 
     def late() -> BackendError:
@@ -249,7 +249,7 @@ def test_no_fallback_is_called_once_the_deadline_has_passed() -> None:
 
 def test_a_cold_backend_is_skipped_when_its_cold_start_alone_would_outlast_the_deadline() -> None:
     cold = fixed(serverless=True, cold_start_s=5.0)
-    lane = SyncLane(c=cold, a=fixed())
+    lane = Fleet(c=cold, a=fixed())
     steps, _end = lane.run([C, A], [None], deadline_at=105.0)
     assert called(steps) == [("Call", "a")]
     assert lane.counters.fallbacks == [("m", "c", "a", "cold_start")]
@@ -260,7 +260,7 @@ def test_a_cold_backend_is_skipped_when_its_cold_start_alone_would_outlast_the_d
 
 
 def test_a_warm_serverless_backend_is_called_whatever_its_cold_start() -> None:
-    lane = SyncLane(c=fixed(serverless=True, cold_start_s=5.0))
+    lane = Fleet(c=fixed(serverless=True, cold_start_s=5.0))
     lane.answered("c", 0.1)
     steps, _end = lane.run([C], [None], deadline_at=101.0)
     assert called(steps) == [("Call", "c")]
@@ -270,7 +270,7 @@ def test_a_warm_serverless_backend_is_called_whatever_its_cold_start() -> None:
 
 
 def test_when_no_hop_has_a_free_slot_the_request_waits_at_the_first_and_then_calls_it() -> None:
-    lane = SyncLane(a=fixed(), b=fixed())
+    lane = Fleet(a=fixed(), b=fixed())
     lane.fill("a")
     lane.fill("b")
     steps, end = lane.run([A, B], [None, None])
@@ -280,7 +280,7 @@ def test_when_no_hop_has_a_free_slot_the_request_waits_at_the_first_and_then_cal
 
 
 def test_a_granted_slot_whose_call_fails_ends_the_walk_with_that_error() -> None:
-    lane = SyncLane(a=fixed())
+    lane = Fleet(a=fixed())
     lane.fill("a")
     bad = err(FailureKind.UNAVAILABLE)
     _steps, end = lane.run([A], [None, bad])
@@ -288,7 +288,7 @@ def test_a_granted_slot_whose_call_fails_ends_the_walk_with_that_error() -> None
 
 
 def test_a_hop_with_a_free_slot_is_called_before_waiting_at_a_full_one() -> None:
-    lane = SyncLane(a=fixed(), b=fixed())
+    lane = Fleet(a=fixed(), b=fixed())
     lane.fill("a")
     steps, end = lane.run([A, B], [None])
     assert steps == [Call(B, 100.0)]
@@ -296,7 +296,7 @@ def test_a_hop_with_a_free_slot_is_called_before_waiting_at_a_full_one() -> None
 
 
 def test_after_a_failure_the_wait_for_a_full_hop_is_a_retry_paid_from_the_budget() -> None:
-    lane = SyncLane(budget=RetryBudget(0.0, burst=1.0), a=fixed(), b=fixed())
+    lane = Fleet(budget=RetryBudget(0.0, burst=1.0), a=fixed(), b=fixed())
     lane.fill("a")
     first = err(FailureKind.UNAVAILABLE)
     steps, end = lane.run([A, B], [first, None, None])
@@ -309,7 +309,7 @@ def test_after_a_failure_the_wait_for_a_full_hop_is_a_retry_paid_from_the_budget
 
 
 def test_a_slot_freed_while_the_walk_went_on_is_taken_without_waiting() -> None:
-    lane = SyncLane(a=fixed(), b=fixed())
+    lane = Fleet(a=fixed(), b=fixed())
     lane.fill("a")
     gen = walk("m", [A, B], Ticket(NORMAL), lane.targets, lane.budget, CRITICAL, lane.clock, lane.counters)
     assert gen.send(None) == Call(B, 100.0)
@@ -321,7 +321,7 @@ def test_a_slot_freed_while_the_walk_went_on_is_taken_without_waiting() -> None:
 
 
 def test_the_wait_is_at_most_max_wait_or_the_deadline_less_the_service_time() -> None:
-    lane = SyncLane(a=fixed())
+    lane = Fleet(a=fixed())
     lane.answered("a", 0.1)
     lane.fill("a")
     steps, _ = lane.run([A], [None, None], deadline_at=100.6)
@@ -330,7 +330,7 @@ def test_the_wait_is_at_most_max_wait_or_the_deadline_less_the_service_time() ->
 
 def test_a_request_whose_predicted_wait_exceeds_its_budget_fails_at_once_with_it_as_retry_after() -> None:
     # a serverless backend with no call finished predicts one cold start per round of slots
-    lane = SyncLane(c=fixed(serverless=True, cold_start_s=0.8))
+    lane = Fleet(c=fixed(serverless=True, cold_start_s=0.8))
     lane.fill("c")
     steps, end = lane.run([C], [], deadline_at=100.9)  # budget 0.9: a deadline keeps a 20% margin
     assert steps == []
@@ -341,18 +341,18 @@ def test_a_request_whose_predicted_wait_exceeds_its_budget_fails_at_once_with_it
 
 
 def test_without_a_deadline_the_wait_may_fill_all_of_max_wait() -> None:
-    lane = SyncLane(c=fixed(serverless=True, cold_start_s=1.0))
+    lane = Fleet(c=fixed(serverless=True, cold_start_s=1.0))
     lane.fill("c")
     steps, end = lane.run([C], [None, None])
     assert steps[0] == Wait(C, 100.0, 1.0)
-    lane = SyncLane(c=fixed(serverless=True, cold_start_s=1.01))
+    lane = Fleet(c=fixed(serverless=True, cold_start_s=1.01))
     lane.fill("c")
     steps, end = lane.run([C], [])
     assert end.reason == "wait_exceeds_deadline"
 
 
 def test_a_request_whose_deadline_leaves_no_time_to_wait_does_not_wait() -> None:
-    lane = SyncLane(a=fixed())
+    lane = Fleet(a=fixed())
     lane.answered("a", 0.5)
     lane.fill("a")
     steps, end = lane.run([A], [], deadline_at=100.5)  # its service time alone reaches the deadline
@@ -361,14 +361,14 @@ def test_a_request_whose_deadline_leaves_no_time_to_wait_does_not_wait() -> None
 
 
 def test_the_retry_after_of_a_wait_too_long_is_capped() -> None:
-    lane = SyncLane(c=fixed(serverless=True, cold_start_s=100.0))
+    lane = Fleet(c=fixed(serverless=True, cold_start_s=100.0))
     lane.fill("c")
     _, end = lane.run([C], [])
     assert end.retry_after_s == RETRY_AFTER_MAX_S
 
 
 def test_the_predicted_wait_is_this_requests_own_by_urgency_tenant_and_deadline() -> None:
-    lane = SyncLane(a=fixed())
+    lane = Fleet(a=fixed())
     lane.answered("a", 0.1)  # 10 calls a second
     lane.fill("a")
     door = lane.targets["a"].admission
@@ -389,7 +389,7 @@ def test_the_predicted_wait_is_this_requests_own_by_urgency_tenant_and_deadline(
 
 
 def test_a_hop_whose_predicted_wait_is_too_long_passes_the_request_to_the_next_full_hop() -> None:
-    lane = SyncLane(c=fixed(serverless=True, cold_start_s=5.0), a=fixed())
+    lane = Fleet(c=fixed(serverless=True, cold_start_s=5.0), a=fixed())
     lane.fill("c")
     lane.fill("a")
     steps, end = lane.run([C, A], [None, None])
@@ -398,7 +398,7 @@ def test_a_hop_whose_predicted_wait_is_too_long_passes_the_request_to_the_next_f
 
 
 def test_a_full_queue_at_the_first_hop_sends_the_request_to_wait_at_the_next() -> None:
-    lane = SyncLane(a=fixed(), b=fixed())
+    lane = Fleet(a=fixed(), b=fixed())
     lane.fill("a")
     lane.fill("b")
     steps, end = lane.run([A, B], [Refusal("full", 2.0), None, None])
@@ -408,7 +408,7 @@ def test_a_full_queue_at_the_first_hop_sends_the_request_to_wait_at_the_next() -
 
 @pytest.mark.parametrize("reason", ["timeout", "evicted"])
 def test_a_request_that_waited_in_vain_does_not_wait_again(reason: str) -> None:
-    lane = SyncLane(a=fixed(), b=fixed())
+    lane = Fleet(a=fixed(), b=fixed())
     lane.fill("a")
     lane.fill("b")
     steps, end = lane.run([A, B], [Refusal(reason, 2.5)])
@@ -417,7 +417,7 @@ def test_a_request_that_waited_in_vain_does_not_wait_again(reason: str) -> None:
 
 
 def test_the_last_refusal_is_the_answer_when_no_full_hop_took_the_request() -> None:
-    lane = SyncLane(a=fixed(), b=fixed())
+    lane = Fleet(a=fixed(), b=fixed())
     lane.fill("a")
     lane.fill("b")
     _steps, end = lane.run([A, B], [Refusal("full", 2.0), Refusal("breaker_open", 3.0)])
@@ -425,7 +425,7 @@ def test_the_last_refusal_is_the_answer_when_no_full_hop_took_the_request() -> N
 
 
 def test_a_client_gone_while_waiting_ends_the_walk_even_for_an_urgent_request() -> None:
-    lane = SyncLane(a=fixed())
+    lane = Fleet(a=fixed())
     lane.fill("a")
     steps, end = lane.run([A], [Refusal("client_gone")], priority=CRITICAL)
     assert called(steps) == [("Wait", "a")]
@@ -433,7 +433,7 @@ def test_a_client_gone_while_waiting_ends_the_walk_even_for_an_urgent_request() 
 
 
 def test_backends_that_can_predict_a_wait_are_waited_for_before_one_still_cold() -> None:
-    lane = SyncLane(c=fixed(serverless=True, cold_start_s=0.1), a=fixed(), b=fixed())
+    lane = Fleet(c=fixed(serverless=True, cold_start_s=0.1), a=fixed(), b=fixed())
     for name in ("a", "b"):
         lane.answered(name, 0.1)
         lane.fill(name)
@@ -446,7 +446,7 @@ def test_backends_that_can_predict_a_wait_are_waited_for_before_one_still_cold()
 
 
 def test_an_urgent_request_refused_for_capacity_goes_over_the_first_full_hops_limit() -> None:
-    lane = SyncLane(c=fixed(serverless=True, cold_start_s=100.0), a=fixed())
+    lane = Fleet(c=fixed(serverless=True, cold_start_s=100.0), a=fixed())
     lane.answered("a", 100.0)
     lane.fill("c")
     lane.fill("a")
@@ -458,7 +458,7 @@ def test_an_urgent_request_refused_for_capacity_goes_over_the_first_full_hops_li
 
 
 def test_no_overflow_to_a_backend_whose_breaker_opened_while_the_request_waited() -> None:
-    lane = SyncLane(a=fixed(breaker_failures=1, breaker_probe_share=0.0), b=fixed())
+    lane = Fleet(a=fixed(breaker_failures=1, breaker_probe_share=0.0), b=fixed())
     lane.fill("a")
     lane.fill("b")
     gen = walk("m", [A, B], Ticket(CRITICAL), lane.targets, lane.budget, CRITICAL, lane.clock, lane.counters)
@@ -471,7 +471,7 @@ def test_no_overflow_to_a_backend_whose_breaker_opened_while_the_request_waited(
 
 
 def test_below_the_overflow_urgency_a_request_refused_for_capacity_fails() -> None:
-    lane = SyncLane(c=fixed(serverless=True, cold_start_s=100.0))
+    lane = Fleet(c=fixed(serverless=True, cold_start_s=100.0))
     lane.fill("c")
     steps, end = lane.run([C], [], priority=HIGH)
     assert steps == []
@@ -479,7 +479,7 @@ def test_below_the_overflow_urgency_a_request_refused_for_capacity_fails() -> No
 
 
 def test_no_overflow_after_the_deadline_nor_to_a_backend_whose_breaker_is_open() -> None:
-    lane = SyncLane(a=fixed(breaker_failures=1, breaker_probe_share=0.0))
+    lane = Fleet(a=fixed(breaker_failures=1, breaker_probe_share=0.0))
     lane.fill("a")
     steps, end = lane.run([A], [], priority=CRITICAL, deadline_at=100.0)
     assert steps == []
@@ -490,7 +490,7 @@ def test_no_overflow_after_the_deadline_nor_to_a_backend_whose_breaker_is_open()
 
 
 def test_an_urgent_request_after_a_failed_call_gets_that_error_not_an_overflow_call() -> None:
-    lane = SyncLane(budget=RetryBudget(0.0, burst=1.0), a=fixed(), b=fixed())
+    lane = Fleet(budget=RetryBudget(0.0, burst=1.0), a=fixed(), b=fixed())
     lane.fill("b")
     assert lane.budget.withdraw()  # another request's retry took the one token
     first = err(FailureKind.UNAVAILABLE)
