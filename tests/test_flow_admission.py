@@ -68,6 +68,13 @@ class Backend:
         return self.metrics.registry.get_sample_value("router_queue_wait_seconds_sum", {"backend": "b"}) or 0.0
 
 
+async def cancelled(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` (as a server stopping does) and see it end so."""
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 class Disconnect:
     """A client's disconnect, as ``Ticket.gone`` awaits it."""
 
@@ -260,9 +267,7 @@ async def test_a_waiter_cancelled_after_its_grant_gives_the_slot_to_the_next() -
     second = b.waiter()
     await b.queued(2)
     b.finish_one()  # the first is granted, then cancelled (the server stops) before it runs
-    first.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await first
+    await cancelled(first)
     await second
 
 
@@ -271,9 +276,7 @@ async def test_a_waiter_cancelled_before_any_grant_leaves_the_queue() -> None:
     b.fill()
     task = b.waiter()
     await b.queued(1)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancelled(task)
     assert len(b.admission.queue) == 0
     b.finish_one()
     assert b.admission.has_room()
@@ -349,9 +352,7 @@ async def test_a_background_task_cancelled_while_waiting_frees_no_slot_it_never_
     await until(lambda: b.admission.background_waiting == 1)
     sync = b.waiter()
     await b.queued(1)
-    job.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await job
+    await cancelled(job)
     assert len(b.admission.queue) == 1  # the backend is still full: the sync waiter still waits
     b.finish_one()
     await sync
@@ -363,9 +364,7 @@ async def test_background_work_cancelled_after_its_grant_gives_the_slot_back() -
     job = asyncio.create_task(b.admission.wait_background(lambda: False))
     await until(lambda: b.admission.background_waiting == 1)
     b.finish_one()  # granted, then cancelled before it runs
-    job.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await job
+    await cancelled(job)
     assert b.admission.has_room()
 
 
@@ -374,9 +373,7 @@ async def test_background_work_cancelled_while_waiting_leaves_the_line() -> None
     b.fill()
     job = asyncio.create_task(b.admission.wait_background(lambda: False))
     await until(lambda: b.admission.background_waiting == 1)
-    job.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await job
+    await cancelled(job)
     assert b.admission.background_waiting == 0
 
 
@@ -408,6 +405,4 @@ async def test_queue_depths_are_listed_for_every_backend_and_level_zeros_include
     task = b.waiter(Ticket(HIGH))
     await b.queued(1)
     assert sorted(admissions.depths({HIGH: "high", LOW: "low"})) == [("b", "high", 1), ("b", "low", 0)]
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancelled(task)
