@@ -335,3 +335,24 @@ def test_a_reload_that_does_not_grow_the_limit_wakes_no_waiter() -> None:
     tracked.track("b", TrackerSettings(max_concurrency=2))  # a smaller one
     assert t.capacity == 2
     assert woken == []  # (a limit that grows wakes them: see the reload from fixed to auto)
+
+
+def test_a_reload_keeps_the_limit_a_backend_was_held_to_or_learned() -> None:
+    clock = Clock()
+    tracked = SaturationTracker(clock)
+    t = tracked.track("b", TrackerSettings(max_concurrency=8))
+    call(t, clock, fail=FailureKind.THROTTLED)
+    assert t.capacity == 4
+    tracked.track("b", TrackerSettings(max_concurrency=16))
+    assert (t.capacity, t.state(clock.now).max_capacity) == (4, 16)  # regrown by successes, not by the reload
+    auto = tracked.track("c", TrackerSettings(max_concurrency=50, adaptive=GradientSettings(initial=3, max=50)))
+    for _ in range(100):
+        for _ in range(auto.capacity):
+            auto.start(clock.now)
+        clock.now += 0.02
+        for _ in range(auto.inflight):
+            auto.succeeded(clock.now, 0.02)
+    learned = auto.capacity
+    assert learned > 3
+    tracked.track("c", TrackerSettings(max_concurrency=200, adaptive=GradientSettings(initial=3, max=200)))
+    assert (auto.capacity, auto.state(clock.now).max_capacity) == (learned, 200)
