@@ -22,7 +22,7 @@ from router.flow.budget import RetryBudget
 from router.lanes.sync import SyncFailure, SyncLane, SyncOutcome, Target, backoff_delay
 from router.metrics import RouterMetrics
 from router.state import BackendTracker, TrackerSettings
-from router.types import Decision, FailureKind, Hop, Invocation, Lane, Route
+from router.types import BreakerState, Decision, FailureKind, Hop, Invocation, Lane, Route
 from tests.conftest import until
 
 ROW = b"120.5,2,0.8,350,7,30"
@@ -45,15 +45,17 @@ async def servers() -> AsyncIterator[dict[str, ModelServer]]:
 class LiveLane:
     """A sync lane over the demo servers ``a`` (realtime) and ``b`` (serverless)."""
 
-    def __init__(self, servers: dict[str, ModelServer], session: aiohttp.ClientSession, capacity: int = 4) -> None:
+    def __init__(self, servers: dict[str, ModelServer], session: aiohttp.ClientSession, capacity: int = 4,
+                 max_depth: int = 16, breaker_failures: int = 10, cold_start_s: float = 1.0) -> None:
         self.metrics = RouterMetrics()
         self.lane = SyncLane(RetryBudget(0.1), self.metrics, overflow_priority=CRITICAL)
         self.targets: dict[str, Target] = {}
         for name, server in servers.items():
-            settings = TrackerSettings(max_concurrency=capacity, serverless=name == "b", cold_start_s=1.0)
+            settings = TrackerSettings(max_concurrency=capacity, serverless=name == "b", cold_start_s=cold_start_s,
+                                       breaker_failures=breaker_failures)
             tracker = BackendTracker(name, settings)
             backend = HttpBackend(name, f"{server.url}/invocations", lambda: session, timeout_s=10.0)
-            admission = Admission(name, tracker, QueueSettings(max_wait_s=10.0), self.metrics)
+            admission = Admission(name, tracker, QueueSettings(max_depth=max_depth, max_wait_s=10.0), self.metrics)
             self.targets[name] = Target(backend, tracker, admission)
 
     async def serve(self, *hops: Hop, deadline_s: float | None = None, timeout_s: float | None = None) -> SyncOutcome:
@@ -114,7 +116,63 @@ async def test_a_call_may_take_no_longer_than_the_requests_deadline(servers: dic
     with pytest.raises(SyncFailure) as failed:
         await lane.serve(A, deadline_s=0.3, timeout_s=10.0)  # nor longer than its own timeout, when that is less
     assert failed.value.reason == "timeout"
-    assert lane.sample("router_backend_calls_total", backend="a", outcome="timeout") == 2.0
+    with pytest.raises(SyncFailure) as failed:
+        await lane.serve(A, deadline_s=5.0, timeout_s=0.3)  # nor longer than its own timeout, when that is less
+    assert failed.value.reason == "timeout"
+    assert lane.sample("router_backend_calls_total", backend="a", outcome="timeout") == 3.0
+
+
+async def test_a_request_whose_deadline_has_passed_calls_no_backend(servers: dict[str, ModelServer],
+                                                                    session: aiohttp.ClientSession) -> None:
+    lane = LiveLane(servers, session)
+    with pytest.raises(SyncFailure) as failed:
+        await lane.serve(A, B, deadline_s=-0.1)
+    assert failed.value.reason == "deadline"
+    assert lane.sample("router_backend_calls_total", backend="a", outcome="timeout") == 0.0
+    assert lane.targets["a"].tracker.latency_s == lane.targets["b"].tracker.latency_s == 0.0  # nothing answered
+
+
+async def test_the_calls_failures_open_the_backends_breaker(servers: dict[str, ModelServer],
+                                                            session: aiohttp.ClientSession) -> None:
+    servers["a"].fail_status = 503
+    lane = LiveLane(servers, session, breaker_failures=2)
+    for _ in range(2):
+        with pytest.raises(SyncFailure):
+            await lane.serve(A)
+    assert lane.targets["a"].tracker.state(time.monotonic()).breaker is BreakerState.OPEN
+    with pytest.raises(SyncFailure) as failed:
+        await lane.serve(A)
+    assert (failed.value.reason, failed.value.error) == ("breaker_open", None)
+    assert str(failed.value) == "breaker_open"
+    assert failed.value.retry_after_s == 1.0
+
+
+async def test_a_call_the_client_cut_short_frees_its_slot_and_blames_no_one(servers: dict[str, ModelServer],
+                                                                            session: aiohttp.ClientSession) -> None:
+    servers["b"].latency_s = 5.0
+    lane = LiveLane(servers, session)
+    tracker = lane.targets["b"].tracker
+    task = asyncio.create_task(lane.serve(B))
+    await until(lambda: tracker.inflight == 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    now = time.monotonic()
+    state = tracker.state(now)
+    assert (state.inflight, state.error_rate, state.breaker, state.cold) == (0, 0.0, BreakerState.CLOSED, False)
+
+
+async def test_a_request_a_full_queue_refused_fails_with_the_queues_reason_and_retry_after(
+        servers: dict[str, ModelServer], session: aiohttp.ClientSession) -> None:
+    servers["b"].latency_s = 5.0
+    lane = LiveLane({"b": servers["b"]}, session, capacity=1, max_depth=0, cold_start_s=2.0)
+    first = asyncio.create_task(lane.serve(B))
+    await until(lambda: lane.targets["b"].tracker.inflight == 1)
+    with pytest.raises(SyncFailure) as failed:
+        await lane.serve(B)  # no call has finished: its wait is predicted as one cold start
+    assert (failed.value.reason, failed.value.hop, failed.value.retry_after_s) == ("full", B, 2.0)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
 
 
 async def test_a_call_to_a_cold_serverless_backend_is_counted_as_cold(servers: dict[str, ModelServer],
@@ -151,7 +209,7 @@ async def test_a_request_that_waited_for_a_slot_reports_its_wait(servers: dict[s
     second = await lane.serve(A)
     await first
     assert (second.hop, second.attempts) == (A, 1)
-    assert second.waited_s > 0.0
+    assert 0.0 < second.waited_s <= 10.0  # within the queue's max_wait
     assert lane.sample("router_queue_wait_seconds_count", backend="a") == 1.0
 
 
