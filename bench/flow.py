@@ -17,6 +17,8 @@ JSON. Prints a summary per scenario with the issue's goals met or not, and write
   sync`` counts all 12 sync slots, ``realtime`` the real-time backend's 4) for ``--duration`` s; urgency
   critical/high/normal/low = 10/30/30/30%, half the clients send ``Prefer: respond-async``, every request
   an ``X-Deadline-Ms``; every 202 job is polled to its end.
+- overload and fairness: each call's service time varies uniformly by ``--jitter`` (10%) around ``--latency``,
+  as a real model's does (with 0, slots filled by one burst keep freeing together, a whole service time apart).
 - fairness: tenant team-a (API key) alone at 2/11 of twice the capacity, then with the anonymous tenant
   sending 10x its rate (2x capacity in all); equal weights.
 - ``--router-ref REF`` runs the scenarios against the demo as of a git ref, for a before/after.
@@ -101,10 +103,12 @@ class Demo:
         with urllib.request.urlopen(req, timeout=5) as r:
             assert r.status == 200
 
-    def latency(self, seconds: float) -> None:
-        """The service time of both sync model servers (the async lane's server keeps the demo's 5 ms)."""
-        self.control(self.rt, latency_s=seconds)
-        self.control(self.sls, latency_s=seconds)
+    def latency(self, seconds: float, jitter: float = 0.0) -> None:
+        """The service time of both sync model servers, each call varying uniformly by ``jitter`` of it (the async
+        lane's server keeps the demo's 5 ms)."""
+        knobs = {"latency_s": seconds} | ({"latency_jitter": jitter} if jitter else {})  # older demos: no jitter
+        self.control(self.rt, **knobs)
+        self.control(self.sls, **knobs)
 
     def counters(self, *names: str) -> dict[str, float]:
         """The router's counters of these families, 'name{labels}' -> value (non-zero only)."""
@@ -327,7 +331,7 @@ def burst(demo: Demo, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def overload(demo: Demo, args: argparse.Namespace) -> dict[str, Any]:
-    demo.latency(args.latency)
+    demo.latency(args.latency, args.jitter)
     warm(demo)
     capacity = SYNC_SLOTS[args.capacity_basis] / args.latency
     rate = args.factor * capacity
@@ -398,7 +402,7 @@ def overload(demo: Demo, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def fairness(demo: Demo, args: argparse.Namespace) -> dict[str, Any]:
-    demo.latency(args.latency)
+    demo.latency(args.latency, args.jitter)
     warm(demo)
     capacity = SYNC_SLOTS["sync"] / args.latency
     light = 2 * capacity / 11
@@ -413,7 +417,7 @@ def fairness(demo: Demo, args: argparse.Namespace) -> dict[str, Any]:
     heavy_ok = sum(1 for r in heavy if r["status"] == 200)
     # how long the router takes to refuse at once: its own delay under this load (CPU), in every answer
     refusal_p50 = quantile([r["latency_s"] for r in heavy if r["status"] == 503], 0.5)
-    summary = {"light_rate": light, "heavy_rate": 10 * light, "capacity": capacity,
+    summary = {"light_rate": light, "heavy_rate": 10 * light, "capacity": capacity, "jitter": args.jitter,
                "light_p50_alone_ms": 1000 * p50_alone, "light_p50_together_ms": 1000 * p50_together,
                "light_200": f"{ok}/{len(together)}", "heavy_200": f"{heavy_ok}/{len(heavy)}",
                "heavy_refusal_p50_ms": 1000 * refusal_p50,
@@ -422,7 +426,8 @@ def fairness(demo: Demo, args: argparse.Namespace) -> dict[str, Any]:
     print(f"fairness: light tenant {light:.0f} req/s, heavy {10 * light:.0f} req/s (capacity {capacity:.0f}): light "
           f"p50 {1000 * p50_alone:.0f} ms alone, {1000 * p50_together:.0f} ms together "
           f"({p50_together / p50_alone:.2f}x); light 200 {pct(ok, len(together))}, heavy 200 "
-          f"{pct(heavy_ok, len(heavy))} (its immediate 503s took {1000 * refusal_p50:.0f} ms, p50)", flush=True)
+          f"{pct(heavy_ok, len(heavy))} (its immediate 503s took {1000 * refusal_p50:.0f} ms, p50); service time "
+          f"{args.latency * 1000:g} ms +-{args.jitter:.0%}", flush=True)
     return summary
 
 
@@ -512,6 +517,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=30.0, help="overload seconds (default 30)")
     ap.add_argument("--deadline-ms", type=int, default=2000, help="overload: every request's X-Deadline-Ms "
                     "(default 2000: 8 service times)")
+    ap.add_argument("--jitter", type=float, default=0.1, help="overload and fairness: each call's service time "
+                    "varies uniformly by this fraction (default 0.1, as a real model's does; 0: equal service times "
+                    "keep the slots freeing in lockstep after the first burst)")
     ap.add_argument("--fair-duration", type=float, default=20.0, help="fairness: seconds per phase (default 20)")
     ap.add_argument("--baseline", default="cba1f7d", help="cost: the git ref to compare with (default: before the "
                     "admission queue)")

@@ -13,6 +13,10 @@
 - ``slowbody``: ``--slow-bodies`` (100) requests send their 20-byte chunked body at one byte a second.
   Reports the statuses (goal: 408 each, within ``server.body_timeout`` + 2 s).
 
+CPU layout: with two or more CPUs the router runs alone on the last one, and nginx, wrk and the attackers (this
+process) on the others (``taskset``): the attackers' own CPU then stands for another machine's, and the honest
+p99 shows what the attack costs the router. ``--shared`` lets every process float over every CPU.
+
 The router is ``inference-router serve`` (or, with ``--plain-http``, ``router_variant.py --plain-http``: uvicorn's
 own protocol, as before the limits) in front of a local nginx, as in ``overhead.py``; the attackers run in this
 process (asyncio), honest clients are wrk. Writes ``bench/results/hardening.json``. Needs nginx and wrk.
@@ -27,6 +31,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import sys
 import tempfile
@@ -38,7 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import BENCH, PATH, RESULTS, ROUTER_YAML, WRK_LUA, csv_body, proc_rss_mb, router_cli, run_wrk, started
-from upstream import free_port, probe, require_tools, run_nginx
+from upstream import cpu_of_its_own, free_port, probe, require_tools, run_nginx
 
 HEADER_TIMEOUT_S = 10.0  # the defaults the router runs with here (router/api/limits.py)
 BODY_TIMEOUT_S = 10.0
@@ -60,36 +65,70 @@ def _status(data: bytes) -> int:
         return 0  # closed without an answer
 
 
-async def _trickler(port: int, stop: asyncio.Event, stats: Trickle, index: int) -> None:
-    """One slowloris client: a header one byte a second; when the server closes it, connect again."""
-    while not stop.is_set():
+class Tricklers:
+    """``n`` slowloris clients in one event loop, as cheap as an attacker on another machine would be: plain
+    non-blocking sockets, no task per connection. Each sends a header one byte a second at a phase of its own
+    (spread over the second, as independent clients would), the server's answer or close is noticed at once
+    (a reader callback), and a closed one connects again."""
+
+    TICK_S = 0.01
+
+    def __init__(self, port: int, n: int, stats: Trickle) -> None:
+        self.port, self.n, self.stats = port, n, stats
+        self.loop = asyncio.get_running_loop()
+        self.socks: dict[int, tuple[socket.socket, float]] = {}  # index -> (socket, connected at)
+        self.stopping = False
+
+    async def connect(self, index: int) -> None:
+        while not self.stopping:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                await self.loop.sock_connect(sock, ("127.0.0.1", self.port))
+                sock.send(REQUEST_LINE + f"X-Slow-{index}: ".encode())
+            except OSError:
+                sock.close()
+                await asyncio.sleep(0.1)
+                continue
+            self.socks[index] = (sock, time.monotonic())
+            self.stats.opened += 1
+            self.stats.open_now += 1
+            self.loop.add_reader(sock, self._answered, index)
+            return
+
+    def _answered(self, index: int) -> None:
+        sock, started_at = self.socks.pop(index)
+        self.loop.remove_reader(sock)
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            data = sock.recv(4096)
         except OSError:
-            await asyncio.sleep(0.1)
-            continue
-        started_at = time.monotonic()
-        stats.opened += 1
-        stats.open_now += 1
-        writer.write(REQUEST_LINE + f"X-Slow-{index}: ".encode())
-        data = b""
-        try:
-            while not stop.is_set():
-                try:
-                    data = await asyncio.wait_for(reader.read(4096), 1.0)
-                    break  # an answer, or the end of the connection: the server closed it
-                except TimeoutError:
-                    writer.write(b"a")
-                    await writer.drain()
-        except OSError:
-            pass
-        finally:
-            stats.open_now -= 1
-            writer.close()
-        if not stop.is_set():
-            stats.lifetimes.append(time.monotonic() - started_at)
+            data = b""
+        sock.close()
+        self.stats.open_now -= 1
+        if not self.stopping:
+            self.stats.lifetimes.append(time.monotonic() - started_at)
             code = _status(data)
-            stats.statuses[code] = stats.statuses.get(code, 0) + 1
+            self.stats.statuses[code] = self.stats.statuses.get(code, 0) + 1
+            self.loop.create_task(self.connect(index))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.gather(*(self.connect(i) for i in range(self.n)))
+        ticks = round(1.0 / self.TICK_S)
+        tick = 0
+        while not stop.is_set():
+            await asyncio.sleep(self.TICK_S)
+            tick += 1
+            for index in range(tick % ticks, self.n, ticks):  # this tick's share of the connections
+                entry = self.socks.get(index)
+                if entry is not None:
+                    with contextlib.suppress(OSError):  # closed meanwhile: the reader callback sees it
+                        entry[0].send(b"a")
+        self.stopping = True
+        for sock, _ in self.socks.values():
+            self.loop.remove_reader(sock)
+            sock.close()
+        self.stats.open_now -= len(self.socks)
+        self.socks.clear()
 
 
 async def slowloris(port: int, url: str, wrk: str, script: Path, pid: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -98,13 +137,13 @@ async def slowloris(port: int, url: str, wrk: str, script: Path, pid: int, args:
     for r in range(args.rounds):
         calm = await asyncio.to_thread(run_wrk, wrk, script, url, 1, 1, args.duration, pid)
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(_trickler(port, stop, stats, i)) for i in range(args.slowloris)]
+        attack = asyncio.create_task(Tricklers(port, args.slowloris, stats).run(stop))
         async with asyncio.timeout(60):
             while stats.open_now < args.slowloris:  # noqa: ASYNC110 -- a counter, there is no event to wait on
                 await asyncio.sleep(0.05)
         attacked = await asyncio.to_thread(run_wrk, wrk, script, url, 1, 1, args.duration, pid)
         stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await attack
         rounds.append({"calm": calm, "attacked": attacked})
         print(f"round {r + 1}/{args.rounds}: honest p99 {calm['p99_us'] / 1000:.3f} ms calm, "
               f"{attacked['p99_us'] / 1000:.3f} ms under {args.slowloris} trickling connections; "
@@ -228,6 +267,7 @@ async def run(args: argparse.Namespace, wrk: str, tmp: Path) -> dict[str, Any]:
     script = tmp / "post.lua"
     script.write_text(WRK_LUA.format(body=body))
     out: dict[str, Any] = {}
+    router_cpu = cpu_of_its_own(shared=args.shared)  # before nginx starts: it inherits this process's CPUs
     with run_nginx() as nginx:
         port = free_port()
         cfg = tmp / "router.yaml"
@@ -235,6 +275,7 @@ async def run(args: argparse.Namespace, wrk: str, tmp: Path) -> dict[str, Any]:
         cmd = [router_cli(), "serve", "--config", str(cfg)]
         if args.plain_http:
             cmd = [sys.executable, str(BENCH / "router_variant.py"), "--plain-http", "--", *cmd[1:]]
+        cmd = [*router_cpu, *cmd]
         with started(cmd, port, tmp / "router.log") as proc:
             url = f"http://127.0.0.1:{port}{PATH}"
             status, answer = probe(url, body.encode())
@@ -260,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--header-conns", type=int, default=16)
     ap.add_argument("--header-mib", type=int, default=64)
     ap.add_argument("--slow-bodies", type=int, default=100)
+    ap.add_argument("--shared", action="store_true", help="no CPU pinning: attackers and router share every CPU")
     ap.add_argument("--output", type=Path, default=RESULTS / "hardening.json")
     args = ap.parse_args(argv)
     args.scenarios = {s.strip() for s in args.scenarios.split(",") if s.strip()}
@@ -275,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     doc = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(), "loadavg_end": os.getloadavg(),
-           "plain_http": args.plain_http, "results": results}
+           "plain_http": args.plain_http, "shared_cpus": args.shared, "results": results}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps({name: r.get("goal") for name, r in results.items()}))

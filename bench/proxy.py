@@ -17,6 +17,12 @@ Scenarios, direct and through the router alternating within each round:
   both ways: the answers through the router must equal the direct ones byte for byte (gzip: once decoded,
   as the gzip header carries the time it was written).
 
+CPU layout: with two or more CPUs the model servers run on the last one and the router and the load generators
+on the others (``taskset``), the way the router is deployed, with CPU of its own: both runs then give the model
+server the same CPU, and the ratio shows what the router costs a client, not which process wins a shared core.
+``--shared`` lets every process float over every CPU instead; then the router's CPU (reported per request) is
+taken from the model server's.
+
 Results: a markdown summary and ``bench/results/proxy.json``. Figures are indicative on a shared machine.
 """
 
@@ -41,7 +47,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import WRK_LUA, med, router_cli, run_wrk, started
-from upstream import free_port, require_tools
+from upstream import cpu_of_its_own, free_port, require_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 INTEROP = ROOT / "tests" / "interop"
@@ -156,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--streams", type=int, default=100, help="streams per target per round")
+    parser.add_argument("--shared", action="store_true",
+                        help="no CPU pinning: the router shares the model servers' CPUs")
     args = parser.parse_args(argv)
+    servers_cpu = cpu_of_its_own(shared=args.shared)
     tools = require_tools("wrk")
     if not PYTHON.exists():
         sys.stderr.write(f"{PYTHON} is missing: run `make interop` first\n")
@@ -170,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         mlserver, litserve, router = (f"http://127.0.0.1:{p}" for p in (mls_port, lit_port, router_port))
         config = tmp / "router.yaml"
         config.write_text(ROUTER_YAML.format(port=router_port, mlserver=mlserver, litserve=litserve))
-        with started([str(PYTHON.parent / "mlserver"), "start", str(tmp / "repo")], mls_port, tmp / "mls.log"), \
-                started([str(PYTHON), str(INTEROP / "litserve_app.py"), str(lit_port)], lit_port, tmp / "lit.log"), \
+        with started([*servers_cpu, str(PYTHON.parent / "mlserver"), "start", str(tmp / "repo")], mls_port,
+                     tmp / "mls.log"), \
+                started([*servers_cpu, str(PYTHON), str(INTEROP / "litserve_app.py"), str(lit_port)], lit_port,
+                        tmp / "lit.log"), \
                 started([router_cli(), "serve", "--config", str(config)], router_port, tmp / "router.log") as proc:
             wait_ready(mlserver + "/v2/models/lr/ready")
             wait_ready(litserve + "/health")
@@ -181,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
                 "first_event": asyncio.run(first_event_rounds(litserve, router, args.rounds, args.streams)),
                 "v2": v2_rounds(tools["wrk"], tmp, mlserver, router, args.rounds, args.duration, proc.pid),
             }
-    (RESULTS / "proxy.json").write_text(json.dumps(results, indent=2))
+    layout = "shared" if not servers_cpu else f"model servers on CPU {servers_cpu[-1]}, the rest on the others"
+    (RESULTS / "proxy.json").write_text(json.dumps({**results, "layout": layout}, indent=2))
+    print(f"CPU layout: {layout}\n")
     v2, fe, big = results["v2"], results["first_event"], results["5mb"]
     print("| scenario | direct | router | result | goal |")
     print("| --- | ---: | ---: | ---: | --- |")

@@ -42,6 +42,18 @@ def require_tools(*names: str) -> dict[str, str]:
     return found
 
 
+def cpu_of_its_own(shared: bool = False) -> list[str]:
+    """Pin this process (and so everything it starts later: load generators, nginx) to every CPU but the last;
+    return the command prefix (``taskset -c N``) that starts a process on the last one, alone. Nothing (and no
+    pinning) when ``shared``, on one CPU, or without taskset."""
+    cpus = sorted(os.sched_getaffinity(0))
+    taskset = shutil.which("taskset")
+    if shared or len(cpus) < 2 or taskset is None:
+        return []
+    os.sched_setaffinity(0, cpus[:-1])
+    return [taskset, "-c", str(cpus[-1])]
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -37,8 +37,8 @@ CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 # e.g. for a server standing in for an Async Inference endpoint, whose payloads reach 1 GB through S3).
 MAX_BODY = 6 * 1024 * 1024
 THREAD_MIN_BODY = 1024 * 1024
-_KNOBS = ("latency_s", "max_concurrency", "overload_status", "idle_after_s", "cold_start_s", "fail_status",
-          "fail_rate")
+_KNOBS = ("latency_s", "latency_jitter", "max_concurrency", "overload_status", "idle_after_s", "cold_start_s",
+          "fail_status", "fail_rate")
 _FLAGS = ("overload_mode", "orca")
 OVERLOAD_MODES = ("refuse", "queue")
 
@@ -61,6 +61,7 @@ class ModelServer:
         port: int = 0,
         model: FraudModel | None = None,
         latency_s: float = 0.0,
+        latency_jitter: float = 0.0,
         max_concurrency: int | None = None,
         overload_status: int = 429,
         idle_after_s: float | None = None,
@@ -79,6 +80,9 @@ class ModelServer:
         self.port = port
         self.model = model if model is not None else FraudModel.load()
         self.latency_s = latency_s
+        # each call takes latency_s x a uniform draw in [1 - jitter, 1 + jitter]: real models vary, and equal
+        # service times keep slots freeing in lockstep after a burst (waits then come in whole service times)
+        self.latency_jitter = latency_jitter
         self.max_concurrency = max_concurrency
         self.overload_status = overload_status
         self.idle_after_s = idle_after_s
@@ -94,6 +98,8 @@ class ModelServer:
         self.inflight = 0
         self.peak_inflight = 0
         self.served_ok = 0
+        # time from arrival to answer of the last served requests, its own queue included (GET /control's p50)
+        self._latencies: deque[float] = deque(maxlen=2000)
         self.cold_starts = 0
         self.last_headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
         self.last_path: str | None = None
@@ -119,13 +125,22 @@ class ModelServer:
 
     def reset_counters(self) -> None:
         self.requests = self.served_ok = self.cold_starts = self.refused = 0
+        self._latencies.clear()
         self.peak_inflight = self.inflight
 
     def state(self) -> dict[str, Any]:
         """Knobs and counters, as GET /control answers them."""
         names = (*_KNOBS, *_FLAGS, "requests", "inflight", "queued", "peak_inflight", "served_ok", "refused",
                  "cold_starts")
-        return {k: getattr(self, k) for k in names} | {"pending_failures": len(self._fail_queue)}
+        return {k: getattr(self, k) for k in names} | {"pending_failures": len(self._fail_queue),
+                                                        "latency_p50_ms": self.latency_p50_ms()}
+
+    def latency_p50_ms(self) -> float | None:
+        """Median time from arrival to answer of the last 2,000 served requests (queueing here included)."""
+        if not self._latencies:
+            return None
+        ordered = sorted(self._latencies)
+        return 1000.0 * ordered[len(ordered) // 2]
 
     async def start(self) -> str:
         app = web.Application(client_max_size=self.max_body)
@@ -183,9 +198,11 @@ class ModelServer:
         for key in _KNOBS:
             if key in body:
                 value = body[key]
-                nullable = key not in ("latency_s", "cold_start_s", "overload_status")
+                nullable = key not in ("latency_s", "latency_jitter", "cold_start_s", "overload_status")
                 if not (_is_count(value) or (value is None and nullable)):
                     return _json_response(400, {"message": f"{key}: expected a non-negative number"})
+                if key == "latency_jitter" and value > 1:
+                    return _json_response(400, {"message": "latency_jitter: expected a fraction from 0 to 1"})
                 setattr(self, key, value)
         if "overload_mode" in body:
             if body["overload_mode"] not in OVERLOAD_MODES:
@@ -203,6 +220,7 @@ class ModelServer:
         return _json_response(200, self.state())
 
     async def _invoke(self, request: web.Request) -> web.Response:
+        arrived = time.monotonic()
         self.requests += 1
         self.last_headers = CIMultiDictProxy(request.headers.copy())
         self.last_path = request.raw_path
@@ -222,7 +240,8 @@ class ModelServer:
                 fail = 500
             body = await request.read()
             if self.latency_s > 0:
-                await asyncio.sleep(self.latency_s)
+                spread = self._random.uniform(-self.latency_jitter, self.latency_jitter) if self.latency_jitter else 0.0
+                await asyncio.sleep(self.latency_s * (1.0 + spread))
             if fail is not None:
                 response = _json_response(fail, {"message": f"injected failure ({fail})"})
             else:
@@ -235,6 +254,7 @@ class ModelServer:
                     response = _json_response(400, {"message": exc.message})
                 else:
                     self.served_ok += 1
+                    self._latencies.append(time.monotonic() - arrived)
                     response = web.Response(body=payload, content_type=ctype)
             report = self.load_report() if self.orca else None  # as it stands while this request holds a slot
         finally:
@@ -294,7 +314,8 @@ class ModelServer:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    knobs = {"latency_s": args.latency, "max_concurrency": args.max_concurrency,
+    knobs = {"latency_s": args.latency, "latency_jitter": args.latency_jitter,
+             "max_concurrency": args.max_concurrency,
              "overload_status": args.overload_status, "overload_mode": args.overload_mode, "orca": args.orca}
     serverless = {"idle_after_s": args.idle_after, "cold_start_s": args.cold_start}
     model = FraudModel.load()
@@ -313,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9101)
     parser.add_argument("--latency", type=float, default=0.0, help="added seconds per request")
+    parser.add_argument("--latency-jitter", type=float, default=0.0,
+                        help="each request's latency varies uniformly by this fraction of --latency (0 to 1)")
     parser.add_argument("--max-concurrency", type=int, default=None, help="answer --overload-status above this")
     parser.add_argument("--overload-status", type=int, default=429, choices=(429, 503),
                         help="the status answered above --max-concurrency")
