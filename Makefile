@@ -66,10 +66,10 @@ bench: $(DEV_STAMP)
 # Mutation testing, by hand (not in CI): mutmut on a copy of the tree, then each module's score and every
 # surviving mutant's diff (tools/mutation.py). Add a core module to MUTATE and the tests that pin it to
 # MUTATION_TESTS; globs that match nothing yet (router/flow/*.py) are skipped.
-MUTATE ?= router/policy/*.py router/features.py router/lanes/sync.py router/state.py router/flow/*.py
+MUTATE ?= router/policy/*.py router/features.py router/lanes/sync.py router/lanes/walk.py router/state.py router/flow/*.py
 MUTATION_TESTS ?= tests/test_engine.py tests/test_features.py tests/test_policy_*.py tests/test_config.py \
 	tests/test_state.py tests/test_router_sync.py tests/test_routing_contract.py tests/test_jobs_contract.py \
-	tests/test_flow*.py
+	tests/test_flow*.py tests/test_lanes_*.py
 
 $(MUTATION_STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,mutation]'

@@ -98,3 +98,59 @@ def test_a_backend_failing_half_its_calls_at_random_is_still_served() -> None:
         b.on_end()
         served += ok
     assert served >= 0.45 * 20_000
+
+
+def test_it_opens_at_exactly_the_failure_rate_once_the_window_holds_exactly_the_minimum_volume() -> None:
+    b = Breaker(BreakerSettings())  # 80% of at least 20 calls
+    feed(b, 1.0, ".xxxx" * 3 + ".xxx")  # 19 calls, 15 failed: not yet the volume
+    assert b.current(1.0) is CLOSED
+    feed(b, 1.0, "x")  # 20 calls, 16 failed: 80% of 20
+    assert b.current(1.0) is OPEN
+
+
+def test_a_young_breaker_counts_only_the_calls_it_saw() -> None:
+    b = Breaker(BreakerSettings())
+    feed(b, 1.0, ".xxx" * 5)  # 20 calls, 15 failed (75%), in the first second of its life
+    assert b.current(1.0) is CLOSED
+
+
+def test_failures_count_for_the_whole_window_up_to_its_last_bucket() -> None:
+    b = Breaker(BreakerSettings())  # 10 s window
+    feed(b, 1.0, "xxxx." * 3)  # 15 calls, 12 failed
+    feed(b, 10.5, "xxxx")  # 9.5 s later they still count: 19 calls, 16 failed
+    assert b.current(10.5) is CLOSED
+    feed(b, 10.5, "x")  # 20 calls, 17 failed
+    assert b.current(10.5) is OPEN
+
+
+def test_a_success_restarts_the_run_of_consecutive_failures() -> None:
+    b = Breaker(BreakerSettings(failures=3))
+    feed(b, 1.0, "xx.xx")
+    assert b.current(1.0) is CLOSED
+    feed(b, 1.0, "x")
+    assert b.current(1.0) is OPEN
+
+
+def test_with_no_probe_share_an_open_breaker_lets_nothing_through_until_open_for_has_passed() -> None:
+    b = Breaker(BreakerSettings(failures=1, open_for_s=5.0, probe_share=0.0))
+    feed(b, 1.0, "x")
+    assert not any(b.admits(2.0) for _ in range(100))
+    assert b.admits(6.0)  # half-open: one probe at a time
+
+
+def test_a_reload_applies_new_thresholds_to_the_calls_already_counted() -> None:
+    b = Breaker(BreakerSettings())
+    feed(b, 1.0, "xxxx." * 3)  # 15 calls, 12 failed
+    b.reconfigure(BreakerSettings(min_requests=16))  # the same window: its calls are kept
+    feed(b, 1.0, "x")  # 16 calls, 13 failed (81%)
+    assert b.current(1.0) is OPEN
+
+
+def test_a_reload_with_another_window_length_starts_counting_afresh() -> None:
+    b = Breaker(BreakerSettings())
+    feed(b, 1.0, "xxxx." * 3)  # 15 calls, 12 failed
+    b.reconfigure(BreakerSettings(window_s=20.0))
+    feed(b, 1.0, "xxxx.")  # 5 calls, 4 failed: the 15 before were over the old window
+    assert b.current(1.0) is CLOSED
+    feed(b, 15.0, ".xxxx" * 3)  # 14 s later, inside the new 20 s window: 20 calls, 16 failed
+    assert b.current(15.0) is OPEN

@@ -66,3 +66,50 @@ def test_default_budget_keeps_calls_per_request_at_or_below_1_2_with_30_percent_
             calls += 1
     assert calls / requests <= 1.2
     assert calls / requests >= 1.15  # and the budget is actually spent: 0.15 per request plus the burst
+
+
+def test_a_budget_built_with_its_ratio_alone_holds_the_configured_default_burst() -> None:
+    defaults = FallbackConfig()
+    budget = RetryBudget(defaults.retry_budget, clock=Clock())
+    burst = int(defaults.retry_burst)
+    assert [budget.withdraw() for _ in range(burst + 1)] == [True] * burst + [False]
+
+
+def test_a_rate_floor_below_one_per_second_still_refills() -> None:
+    clock = Clock()
+    budget = RetryBudget(0.0, min_per_s=0.5, clock=clock, burst=1)
+    assert budget.withdraw()
+    clock.now += 1.0  # half a token
+    assert not budget.withdraw()
+    clock.now += 1.0  # a whole one
+    assert budget.withdraw()
+
+
+def test_a_reload_keeps_the_saved_tokens_up_to_the_new_burst_and_applies_the_new_ratio() -> None:
+    budget = RetryBudget(0.15, clock=Clock(), burst=10)
+    for _ in range(4):
+        assert budget.withdraw()  # 6 left
+    budget.reconfigure(0.5, 0.0, 20.0)
+    assert [budget.withdraw() for _ in range(7)] == [True] * 6 + [False]  # kept 6, not refilled to 20
+    budget.deposit()
+    budget.deposit()  # 2 x 0.5: the new ratio
+    assert budget.withdraw()
+    for _ in range(100):
+        budget.deposit()
+    assert [budget.withdraw() for _ in range(21)] == [True] * 20 + [False]  # the new burst
+    smaller = RetryBudget(0.15, clock=Clock(), burst=10)
+    smaller.reconfigure(0.15, 0.0, 1.0)
+    assert [smaller.withdraw() for _ in range(2)] == [True, False]  # cut down to the new burst, the least allowed
+
+
+def test_a_reload_that_sets_a_rate_floor_refills_from_the_reload_not_from_the_start() -> None:
+    clock = Clock()
+    budget = RetryBudget(0.0, clock=clock, burst=5)
+    while budget.withdraw():
+        pass
+    clock.now += 100.0
+    budget.reconfigure(0.0, 1.0, 5.0)
+    assert not budget.withdraw()  # the 100 s before the floor existed earn nothing
+    clock.now += 1.0
+    assert budget.withdraw()
+    assert not budget.withdraw()

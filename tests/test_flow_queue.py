@@ -162,3 +162,99 @@ def test_more_urgent_arrivals_take_their_slots_first_so_the_wait_grows_until_it_
     assert predicted_wait_s(3, 4, 0.1, rate_above=20.0) == pytest.approx(4 / 20.0)
     assert predicted_wait_s(3, 4, 0.1, rate_above=39.0) == math.inf
     assert predicted_wait_s(3, 4, 0.0) == 0.0  # nothing known yet about the backend's latency
+
+
+def test_a_push_with_room_evicts_no_one() -> None:
+    q = AdmissionQueue(2)
+    assert q.push(Waiter(NORMAL, "a")) == (True, None)
+    assert q.push(Waiter(HIGH, "a")) == (True, None)
+
+
+def test_remove_takes_out_exactly_that_waiter_among_equal_deadlines() -> None:
+    q = AdmissionQueue(16)
+    ws = [Waiter(NORMAL, "a", deadline=d) for d in (5.0, 5.0, 5.0, 2.0, math.inf, 5.0)]
+    for w in ws:
+        q.push(w)
+    assert q.remove(ws[1])
+    assert q.remove(ws[5])
+    assert drain(q) == [ws[3], ws[0], ws[2], ws[4]]
+
+
+def test_removing_the_last_waiter_of_a_level_removes_the_level() -> None:
+    q = AdmissionQueue(16)
+    low, normal = Waiter(LOW, "a"), Waiter(NORMAL, "a")
+    q.push(low)
+    q.push(normal)
+    assert q.remove(low)
+    assert q.levels() == ((NORMAL, 1),)
+    again = Waiter(LOW, "b")
+    assert q.push(again).queued
+    assert drain(q) == [normal, again]
+
+
+def test_a_full_queue_evicts_from_the_least_urgent_of_several_levels() -> None:
+    q = AdmissionQueue(3)
+    high, normal, low = Waiter(HIGH, "a"), Waiter(NORMAL, "a"), Waiter(LOW, "a")
+    for w in (high, normal, low):
+        q.push(w)
+    later = Waiter(NORMAL, "b")
+    assert q.push(later).evicted is low  # more urgent than the least urgent level, not than the others
+    assert q.push(Waiter(CRITICAL, "b")).evicted is later  # now normal is the least urgent: its latest
+    assert q.levels() == ((CRITICAL, 1), (HIGH, 1), (NORMAL, 1))
+
+
+def test_ahead_gives_other_tenants_their_weights_share_of_the_rounds_a_tenant_needs() -> None:
+    q = AdmissionQueue(64)
+    for _ in range(10):
+        q.push(Waiter(NORMAL, "gold", weight=2.0))
+    for _ in range(2):
+        q.push(Waiter(NORMAL, "plain"))
+    # a new plain request needs 3 rounds: gold is served 2 per round meanwhile
+    assert q.ahead(NORMAL, "plain") == 2 + 6
+    # a new gold request needs 11 / 2 = 5.5 rounds: plain is served 1 per round, at most the 2 it has
+    assert q.ahead(NORMAL, "gold") == 10 + 2
+    few = AdmissionQueue(64)
+    for _ in range(3):
+        few.push(Waiter(NORMAL, "gold", weight=2.0))
+    for _ in range(10):
+        few.push(Waiter(NORMAL, "plain"))
+    assert few.ahead(NORMAL, "gold") == 3 + 2  # 4 / 2 = 2 rounds: 2 of plain's
+
+
+def test_one_arrival_counts_as_a_quarter_window_not_a_flood() -> None:
+    rates = ArrivalRates(window_s=2.0)
+    rates.observe(HIGH, 10.0)
+    assert rates.above(NORMAL, 10.0) == pytest.approx(0.5 / (1 - math.exp(-0.25)))  # 2.26/s, not 1/0
+
+
+def test_arrival_rates_decay_over_two_seconds_by_default() -> None:
+    rates = ArrivalRates()
+    for i in range(400):
+        rates.observe(HIGH, i * 0.05)
+    assert rates.above(NORMAL, 22.0) == pytest.approx(20.0 / math.e, rel=0.03)
+
+
+def test_a_run_of_arrivals_continues_until_its_rate_has_decayed_below_a_hundredth_per_window() -> None:
+    rates = ArrivalRates(window_s=2.0)
+    rates.observe(HIGH, 0.0)
+    rates.observe(HIGH, 1.0)  # the same run: it began at 0
+    rate = 0.5 * math.exp(-0.5) + 0.5
+    assert rates.above(NORMAL, 1.0) == pytest.approx(rate / (1 - math.exp(-0.5)))
+    rates.observe(HIGH, 9.0)  # 0.8 x e^-4 = 0.015/s: still above 0.01 per window (0.005/s)
+    rate = rate * math.exp(-4.0) + 0.5
+    assert rates.above(NORMAL, 9.0) == pytest.approx(rate / (1 - math.exp(-4.5)))
+    rates.observe(HIGH, 30.0)  # quiet for 10 windows: a new run
+    assert rates.above(NORMAL, 30.0) == pytest.approx(0.5 / (1 - math.exp(-0.25)), rel=1e-3)
+
+
+def test_every_more_urgent_level_takes_its_slots() -> None:
+    rates = ArrivalRates(window_s=2.0)
+    rates.observe(HIGH, 10.0)
+    rates.observe(CRITICAL, 10.0)
+    assert rates.above(NORMAL, 10.0) == pytest.approx(2 * 0.5 / (1 - math.exp(-0.25)))
+    assert rates.above(HIGH, 10.0) == pytest.approx(0.5 / (1 - math.exp(-0.25)))
+
+
+def test_when_more_urgent_arrivals_take_95_percent_of_the_slots_the_wait_has_no_bound() -> None:
+    assert predicted_wait_s(3, 4, 0.1, rate_above=38.0) == math.inf  # 40/s served, 2/s left: 5%
+    assert predicted_wait_s(3, 4, 0.1, rate_above=37.0) == pytest.approx(4 / 3.0)

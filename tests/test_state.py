@@ -241,6 +241,123 @@ def test_a_reload_from_fixed_to_auto_starts_learning_and_wakes_waiters_when_the_
     tracked.track("b", TrackerSettings(max_concurrency=100, adaptive=GradientSettings(initial=10, max=100)))
     assert t.capacity == 10
     assert woken == [10]
+    for _ in range(10):  # the new limit learns from the calls that follow, in windows from the reload on
+        call(t, clock, elapsed=0.05)
+    assert t.capacity >= 10
+
+
+def test_a_snapshot_shows_each_backend_of_the_models_lanes_once_as_of_now() -> None:
+    clock = Clock()
+    tracked = SaturationTracker(clock)
+    tracked.track("a", TrackerSettings(max_concurrency=4, serverless=True, cold_start_s=2.0))
+    tracked.track("other", TrackerSettings(max_concurrency=4))
+    snap = tracked.snapshot({Lane.REALTIME: "a", Lane.SERVERLESS: "a"}, {Lane.REALTIME: 1000})
+    assert list(snap.backends) == ["a"]
+    state = snap.backends["a"]
+    assert (state.name, state.serverless, state.cold, state.cold_start_s) == ("a", True, True, 2.0)
+    assert snap.limits == {Lane.REALTIME: 1000}
+    assert snap.taken_at == clock.now
+    tracked.retain(["a"])
+    assert list(tracked.trackers) == ["a"]
+
+
+def test_a_serverless_backend_turns_cold_only_after_more_than_its_idle_window() -> None:
+    clock = Clock()
+    t = tracker(clock, serverless=True, idle_after_s=600.0)
+    call(t, clock)
+    assert not t.cold(clock.now + 600.0)
+    assert t.cold(clock.now + 600.5)
+
+
+@pytest.mark.parametrize("end", ["model_error", "unavailable", "abandoned"])
+def test_a_call_that_fails_or_is_abandoned_still_keeps_a_serverless_backend_warm(end: str) -> None:
+    clock = Clock()
+    t = tracker(clock, serverless=True, idle_after_s=600.0, breaker_failures=10)
+    t.start(clock.now)
+    clock.now += 700.0  # a long call: its end, not its start, is the last activity
+    if end == "abandoned":
+        t.abandoned(clock.now)
+    else:
+        t.failed(clock.now, FailureKind(end))
+    assert not t.state(clock.now + 1.0).cold
+
+
+def test_an_orca_report_counts_for_exactly_ten_seconds_and_saturation_stays_at_most_one() -> None:
+    clock = Clock()
+    t = tracker(clock)
+    t.start(clock.now)
+    t.succeeded(clock.now, 0.01, "TEXT application_utilization=1.5")
+    assert t.state(clock.now).saturation == 1.0
+    assert t.state(clock.now + 10.0).reported_utilization == 1.5
+    assert t.state(clock.now + 10.5).reported_utilization is None
+
+
+def test_half_open_a_backend_is_saturated_only_while_its_probe_is_under_way() -> None:
+    clock = Clock()
+    t = tracker(clock)
+    for _ in range(3):
+        call(t, clock, fail=FailureKind.UNAVAILABLE)
+    assert t.state(clock.now).saturation == 1.0  # open
+    clock.now += 5.0
+    assert t.state(clock.now).breaker is BreakerState.HALF_OPEN
+    assert t.state(clock.now).saturation == 0.0  # a probe may go
+    t.start(clock.now)
+    assert t.state(clock.now).saturation == 1.0  # the probe is out: nothing else goes
+
+
+def test_a_cold_call_quicker_than_a_warm_one_teaches_a_shorter_cold_start() -> None:
+    clock = Clock()
+    t = tracker(clock, serverless=True, cold_start_s=2.0, idle_after_s=60.0)
+    t.start(clock.now)  # cold: its own latency says nothing yet
+    clock.now += 2.5
+    t.succeeded(clock.now, 2.5)
+    call(t, clock, elapsed=0.5)  # warm: 0.5 s
+    clock.now += 61.0
+    call(t, clock, elapsed=0.2)  # cold again, yet quicker than a warm call: no extra at all
+    assert t.state(clock.now).cold_start_s == pytest.approx(1.0)  # halfway from 2.0 to 0
+
+
+def test_a_reload_applies_new_breaker_settings_and_drops_the_cold_start_of_a_backend_no_longer_serverless() -> None:
+    clock = Clock()
+    tracked = SaturationTracker(clock)
+    t = tracked.track("b", TrackerSettings(max_concurrency=4, serverless=True, cold_start_s=2.0))
+    tracked.track("b", TrackerSettings(max_concurrency=4, breaker_failures=1))
+    assert t.state(clock.now).cold_start_s == 0.0
+    call(t, clock, fail=FailureKind.UNAVAILABLE)
+    assert t.state(clock.now).breaker is BreakerState.OPEN
+
+
+def test_a_reload_that_does_not_grow_the_limit_wakes_no_waiter() -> None:
+    clock = Clock()
+    tracked = SaturationTracker(clock)
+    t = tracked.track("b", TrackerSettings(max_concurrency=4))
+    woken: list[int] = []
+    t.on_free = lambda: woken.append(t.capacity)
+    tracked.track("b", TrackerSettings(max_concurrency=4, breaker_failures=2))  # the same limit
+    tracked.track("b", TrackerSettings(max_concurrency=2))  # a smaller one
+    assert t.capacity == 2
+    assert woken == []  # (a limit that grows wakes them: see the reload from fixed to auto)
+
+
+def test_a_reload_keeps_the_limit_a_backend_was_held_to_or_learned() -> None:
+    clock = Clock()
+    tracked = SaturationTracker(clock)
+    t = tracked.track("b", TrackerSettings(max_concurrency=8))
+    call(t, clock, fail=FailureKind.THROTTLED)
+    assert t.capacity == 4
+    tracked.track("b", TrackerSettings(max_concurrency=16))
+    assert (t.capacity, t.state(clock.now).max_capacity) == (4, 16)  # regrown by successes, not by the reload
+    auto = tracked.track("c", TrackerSettings(max_concurrency=50, adaptive=GradientSettings(initial=3, max=50)))
+    for _ in range(100):
+        for _ in range(auto.capacity):
+            auto.start(clock.now)
+        clock.now += 0.02
+        for _ in range(auto.inflight):
+            auto.succeeded(clock.now, 0.02)
+    learned = auto.capacity
+    assert learned > 3
+    tracked.track("c", TrackerSettings(max_concurrency=200, adaptive=GradientSettings(initial=3, max=200)))
+    assert (auto.capacity, auto.state(clock.now).max_capacity) == (learned, 200)
 
 
 async def test_a_slot_handed_to_a_waiter_that_has_not_started_its_call_is_not_free_in_the_snapshot() -> None:

@@ -69,11 +69,13 @@ class Admission(Door):
         if gone is not None and gone.done():
             if not gone.cancelled():
                 gone.exception()  # CallerGone while the rest of the body came: retrieved, it means gone too
-            counted = grant.done() and not grant.cancelled() and grant.result() != GRANTED  # evicted meanwhile
+            outcome = grant.result() if grant.done() and not grant.cancelled() else None
             self._abandon(waiter, grant)
-            if not counted:
+            if outcome is None:
                 self.observe(waiter, "client_gone")
-            raise Rejected("client_gone")
+            elif outcome == GRANTED:
+                self.rejected("client_gone")  # its wait was observed when the slot was handed to it
+            raise Rejected("client_gone")  # (evicted meanwhile: counted as that already)
         if not grant.done():
             self.expired(waiter)
             raise Rejected("timeout", budget_s)

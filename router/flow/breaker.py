@@ -122,7 +122,6 @@ class Breaker:
             if self.state is not _CLOSED:
                 self.state = _CLOSED
                 self.window.clear()  # judge it afresh: the failures that opened it are history
-                self._turned_away = 0
             else:
                 self.window.add(now, failed=False)
             return

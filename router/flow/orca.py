@@ -42,12 +42,10 @@ def parse_load_report(header: str | None) -> LoadReport | None:
     if not header or len(header) > MAX_REPORT:
         return None
     text = header.strip()
-    if text[:4].upper() == "JSON":
-        metrics = _json(text[4:])
-    else:
-        if text[:4].upper() == "TEXT":
-            text = text[4:]
-        metrics = _text(text)
+    # the format is a word of its own ("TEXT ", "JSON "), not the start of a first metric's name
+    fmt, _, rest = text.partition(" ")
+    fmt = fmt.upper()
+    metrics = _json(rest) if fmt == "JSON" else _text(rest if fmt == "TEXT" else text)
     return LoadReport(metrics) if metrics else None
 
 

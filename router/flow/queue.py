@@ -150,10 +150,8 @@ class AdmissionQueue:
         if level is None or level.by_seq.get(waiter.seq) is not waiter:
             return False
         tenant = level.tenants[waiter.tenant]
-        i = bisect.bisect_left(tenant.waiters, _order(waiter), key=_order)
-        while tenant.waiters[i] is not waiter:
-            i += 1
-        del tenant.waiters[i]
+        # (deadline, seq) is unique in a queue: the search lands on the waiter itself
+        del tenant.waiters[bisect.bisect_left(tenant.waiters, _order(waiter), key=_order)]
         del level.by_seq[waiter.seq]
         self.size -= 1
         self._counts = None

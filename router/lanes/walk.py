@@ -158,10 +158,11 @@ def walk(model: str, hops: Sequence[Hop], ticket: Ticket, targets: Mapping[str, 
         return Failed(error.kind.value, hop, error)
     if refused is not None:
         return Failed(refused[1], refused[0], retry_after_s=refused[2])
+    # no call was made and no hop was full (a full hop's wait or refusal ended the walk above)
     if not in_time:
-        return Failed("deadline", last_hop,
+        return Failed("deadline", None,
                       BackendError(FailureKind.TIMEOUT, "the deadline passed before a backend answered"))
-    return Failed("saturated" if full else "breaker_open", hops[-1] if hops else None)
+    return Failed("breaker_open", hops[-1] if hops else None)
 
 
 def _wait(full: list[Hop], targets: Mapping[str, WalkTarget], ticket: Ticket, clock: Callable[[], float],
@@ -193,7 +194,8 @@ def _wait(full: list[Hop], targets: Mapping[str, WalkTarget], ticket: Ticket, cl
         if outcome.reason in _NOT_WAITED:
             continue  # it never waited (or the backend broke): the next full hop may take it
         return refused
-    return refused if refused is not None else (full[-1], "saturated", 1.0)
+    assert refused is not None  # ``full`` is never empty, and each of its hops either returned or refused
+    return refused
 
 
 def job_after_failure(reason: str, error: BackendError | None, job_hop: Hop | None,
