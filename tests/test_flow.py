@@ -27,9 +27,17 @@ class RecordingServer(ModelServer):
     def __init__(self, **knobs: Any) -> None:
         super().__init__(**knobs)
         self.arrivals: list[str] = []
+        self.gate: asyncio.Event | None = None  # set: the "blocker" call holds its slot until the test opens it
 
     async def _invoke(self, request: web.Request) -> web.Response:
         self.arrivals.append(request.headers.get(CUSTOM_ATTRIBUTES, ""))
+        if self.gate is not None and request.headers.get(CUSTOM_ATTRIBUTES) == "blocker":
+            self.inflight += 1
+            try:
+                await self.gate.wait()
+            finally:
+                self.inflight -= 1
+            return web.Response(text="0.5\n", content_type="text/csv")
         return await super()._invoke(request)
 
 
@@ -236,7 +244,9 @@ async def test_explain_shows_the_queue_position_and_predicted_wait(tmp_path: Pat
     async with serve_router(config(rt, tmp_path)) as router:
         rt.latency_s = 0.2
         assert (await post(http, router, "warm"))[0] == 200
-        blocker = await hold_the_slot(http, router, rt, 0.5)
+        rt.gate = asyncio.Event()  # the slot stays taken until both explains are answered, however slow the machine
+        blocker = asyncio.create_task(post(http, router, "blocker"))
+        await until(lambda: rt.inflight == 1)
         queued = [asyncio.create_task(post(http, router, f"w{i}")) for i in range(2)]
         await until(lambda: waiting(router) == 2)
         ask = {"model": "fraud", "headers": {"X-Urgency": "normal"}, "bytes": 20}
@@ -245,6 +255,7 @@ async def test_explain_shows_the_queue_position_and_predicted_wait(tmp_path: Pat
         ask["headers"] = {"X-Urgency": "high"}
         async with http.post(router.url + "/admin/explain", headers=ADMIN, json=ask) as r:
             high = (await r.json())["queue"]
+        rt.gate.set()
         await asyncio.gather(blocker, *queued)
     assert normal[0]["backend"] == "rt"
     assert (normal[0]["room_now"], normal[0]["queue_depth"], normal[0]["ahead"]) == (False, 2, 2)
