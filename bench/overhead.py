@@ -164,7 +164,8 @@ def run_wrk(wrk: str, script: Path, url: str, threads: int, conns: int, duration
 def started(cmd: list[str], port: int, log_path: Path, env: dict[str, str] | None = None,
             cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=cwd)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=cwd,
+                                start_new_session=True)  # stopped with whatever it forks
     try:
         try:
             wait_for_port(port, proc)

@@ -11,6 +11,7 @@ import grp
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -141,14 +142,30 @@ def run_nginx(port: int | None = None, answer: str = ANSWER) -> Iterator[Nginx]:
 
 
 def stop(proc: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL if it does not exit in time."""
+    """SIGTERM, then SIGKILL if it does not exit in time. A process started in a session of its own is stopped
+    with its whole group: model servers fork workers that outlive their parent otherwise."""
+    try:
+        group = os.getpgid(proc.pid) == proc.pid
+    except ProcessLookupError:
+        group = False
+
+    def send(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+
     if proc.poll() is None:
-        proc.terminate()
+        send(signal.SIGTERM)
         try:
             proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            send(signal.SIGKILL)
             proc.wait()
+    if group:  # what the group left behind
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def probe(url: str, body: bytes, content_type: str = "text/csv") -> tuple[int, bytes]:
