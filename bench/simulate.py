@@ -17,12 +17,14 @@ recommend over >= 20 candidates on 100,000 requests in <= 2 minutes. Writes ``be
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from router.config import parse_config  # noqa: E402
 from router.sim.source import mix_for  # noqa: E402
 from router.sim.synthetic import synthetic  # noqa: E402
-from router.sim.trace import write_trace  # noqa: E402
+from router.sim.trace import TraceRequest, write_trace  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 CONFIG = """\
@@ -91,7 +93,8 @@ def _measure(args: list[str]) -> dict[str, Any]:
 
 def _trace(path: Path, n: int, recorded: bool = False) -> int:
     cfg = parse_config(CONFIG)
-    reqs = synthetic("spiky", RPS, n / RPS, mix_for(cfg), seed=7)
+    # random arrivals over n / RPS seconds give about n: generate a little longer and keep exactly n
+    reqs: Iterable[TraceRequest] = itertools.islice(synthetic("spiky", RPS, 1.05 * n / RPS, mix_for(cfg), seed=7), n)
     if recorded:  # as an access log records them: each answered on real-time in about 20 ms
         reqs = (r._replace(lane="realtime", backend="model-rt", status=200, duration_s=0.02) for r in reqs)
     with path.open("wb") as fh:
