@@ -349,3 +349,32 @@ async def test_background_work_waiting_for_room_gives_up_when_told_to_stop(
     assert await lane.lane.room(target, lambda: True) is False
     sync.cancel()
     await asyncio.gather(sync, return_exceptions=True)
+
+
+async def test_of_two_requests_waiting_for_a_slot_the_one_with_a_deadline_goes_first(
+        servers: dict[str, ModelServer], session: aiohttp.ClientSession) -> None:
+    servers["a"].latency_s = 0.2
+    lane = LiveLane({"a": servers["a"]}, session, capacity=1)
+    queue = lane.targets["a"].admission.queue
+    first = asyncio.create_task(lane.serve(A))
+    await until(lambda: lane.targets["a"].tracker.inflight == 1)
+    patient = asyncio.create_task(lane.serve(A))  # no deadline, and waiting since before the other
+    await until(lambda: len(queue) == 1)
+    hurried = asyncio.create_task(lane.serve(A, deadline_s=8.0))
+    await until(lambda: len(queue) == 2)
+    done, _ = await asyncio.wait((patient, hurried), return_when=asyncio.FIRST_COMPLETED)
+    assert done == {hurried}  # one slot: the other call starts only when this one ends
+    await asyncio.gather(first, patient)
+
+
+async def test_a_backend_that_keeps_raising_unexpectedly_opens_its_breaker(servers: dict[str, ModelServer],
+                                                                           session: aiohttp.ClientSession) -> None:
+    lane = LiveLane(servers, session, breaker_failures=2)
+    closed = aiohttp.ClientSession()
+    await closed.close()
+    broken = HttpBackend("a", f"{servers['a'].url}/invocations", lambda: closed, timeout_s=10.0)
+    lane.targets["a"] = Target(broken, lane.targets["a"].tracker, lane.targets["a"].admission)
+    for _ in range(2):
+        with pytest.raises(SyncFailure):
+            await lane.serve(A)
+    assert lane.targets["a"].tracker.state(time.monotonic()).breaker is BreakerState.OPEN
