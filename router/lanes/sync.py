@@ -172,6 +172,7 @@ class SyncLane:
         if result.stream is not None:  # a streamed answer holds its slot until its last byte
             return replace(result, stream=TrackedStream(result.stream, tracker, self.metrics, now,
                                                         self.clock(), result.load_metrics))
-        tracker.succeeded(self.clock(), self.clock() - now, result.load_metrics)
+        end = self.clock()  # one reading: elapsed must end at ``end`` for the tracker to see when the call began
+        tracker.succeeded(end, end - now, result.load_metrics)
         self.metrics.backend_calls(tracker.name, "ok").inc()
         return result
