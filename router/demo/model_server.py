@@ -91,7 +91,7 @@ class ModelServer:
         self.overload_mode = overload_mode  # above max_concurrency: "refuse" (overload_status) or "queue"
         self.fail_rate = fail_rate  # this share of requests fails with 500, at random
         self.orca = orca  # answer with an ORCA load report
-        self._random = random.Random(seed)  # decides fail_rate failures; seeded, a test's sequence is fixed
+        self._random = random.Random(seed)  # fail_rate failures and latency jitter; seeded, a test's sequence is fixed
         self.requests = 0
         self.refused = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
