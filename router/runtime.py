@@ -335,11 +335,18 @@ class Runtime:
 
     def _job_stats(self) -> StoreStats | None:
         stats = self.job_lane.stats if self.job_lane else None
-        if self.batch_lane is None or stats is None:
-            return stats
-        jobs = {k: v for k, v in stats.jobs.items() if k[0] != Lane.BATCH.value}
-        jobs.update({(Lane.BATCH.value, status): n for status, n in self.batch_lane.counts.items()})
-        return StoreStats(jobs, stats.queued, stats.oldest_queued_age_s, stats.dead_lettered)
+        if stats is None:
+            return None
+        jobs = stats.jobs
+        if self.batch_lane is not None:
+            jobs = {k: v for k, v in stats.jobs.items() if k[0] != Lane.BATCH.value}
+            jobs.update({(Lane.BATCH.value, status): n for status, n in self.batch_lane.counts.items()})
+        queued, oldest = stats.queued, stats.oldest_queued_age_s
+        if "*" not in queued:  # a store that counts per model: an empty queue reads 0, not "no data"
+            idle = {name: 0 for name, entry in self.routing.models.items()
+                    if Lane.ASYNC in entry.routes.lanes or Lane.BATCH in entry.routes.lanes}
+            queued, oldest = {**idle, **queued}, {**idle, **oldest}
+        return StoreStats(jobs, queued, oldest, stats.dead_lettered)
 
     async def _batch_buffer(self, cfg: RouterConfig, objects: ObjectStore) -> BatchBuffer:
         """The batch lane's buffer: a SQLite file beside the jobs (local), or the batch queue (aws)."""

@@ -279,3 +279,33 @@ async def test_input_location_needs_the_aws_state(tmp_path: Path, http: Any) -> 
             assert "state kind aws" in (await r.json())["message"]
         async with http.post(router.url + "/endpoints/nope/async-invocations", data=ROW) as r:
             assert r.status == 404
+
+
+async def test_the_queue_gauges_read_zero_for_an_empty_queue_and_count_a_backlog(tmp_path: Path, http: Any) -> None:
+    """An empty queue is a 0 on /metrics, not a missing series: a missing one is "no data" in Grafana, an
+    error for KEDA's Prometheus scaler, and a staleness gap between two janitor passes."""
+    extra = "  plain:\n    lanes: {realtime: rt}\n"  # no job lane: no queue gauge
+    async with ModelServer() as rt, serve_router(config(rt, tmp_path, workers=0, extra_model=extra)) as router:
+        async def gauges() -> dict[str, float]:
+            async with http.get(router.url + "/metrics") as r:
+                text = await r.text()
+            return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if line.startswith(("router_jobs_queued{", "router_jobs_oldest_queued_age_seconds{"))}
+
+        for _ in range(200):
+            if (found := await gauges()):
+                break
+            await asyncio.sleep(0.05)
+        assert found == {'router_jobs_queued{model="fraud"}': 0.0,
+                         'router_jobs_oldest_queued_age_seconds{model="fraud"}': 0.0}
+        for _ in range(2):  # no workers: they stay queued
+            async with http.post(router.endpoint("fraud"), data=rows(200), headers={
+                    "Content-Type": "text/csv", "Prefer": "respond-async"}) as r:
+                assert r.status == 202
+        for _ in range(200):  # the janitor counts every 2 s
+            if (found := await gauges())['router_jobs_queued{model="fraud"}'] == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert found['router_jobs_queued{model="fraud"}'] == 2
+        assert found['router_jobs_oldest_queued_age_seconds{model="fraud"}'] > 0
+        assert not any("plain" in name for name in found)
