@@ -9,8 +9,10 @@ with a ``sagemaker`` backend on the emulator (``--backend sagemaker``, the defau
 plus botocore's cost of a call), or an ``http`` backend on the container (``--backend http``: one hop each
 way, the relay alone). The client reads the raw event stream with aiohttp and botocore's own decoder.
 
-- first part: ``--streams`` streams one after another per round, direct and through the router interleaved;
-  time from the request to the first PayloadPart. Goal: router p50 <= direct p50 + 2 ms.
+- first part: ``--streams`` streams one after another per round, direct, through the router and through a bare
+  aiohttp relay (``bench/bare_relay.py``, in front of the emulator: the cost of one hop by itself, the floor
+  for the ``sagemaker`` backend) interleaved; time from the request to the first PayloadPart. Goal: router
+  p50 <= direct p50 + 2 ms. Also the router's CPU per stream (utime + stime of its process).
 - same bytes: every stream's bytes, in order, equal through the router and direct (where the parts split
   depends on when the model's writes arrive).
 - 32 concurrent streams through the router: each must end with all its parts within 10 s (none stalled).
@@ -36,7 +38,7 @@ from botocore.eventstream import EventStreamBuffer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from overhead import router_cli, started  # noqa: E402
+from overhead import proc_cpu_s, router_cli, started  # noqa: E402
 from upstream import free_port  # noqa: E402
 
 from tests.sm_emulator import SageMakerRuntimeEmulator  # noqa: E402
@@ -105,23 +107,30 @@ models:
 """)
             env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                    "AWS_DEFAULT_REGION": "us-east-1"}
-            with started([router_cli(), "serve", "--config", str(config)], port, Path(tmp) / "router.log", env):
-                router = f"http://127.0.0.1:{port}"
+            relay_port = free_port()
+            with started([router_cli(), "serve", "--config", str(config)], port, Path(tmp) / "router.log",
+                         env) as proc, \
+                    started([sys.executable, str(ROOT / "bench" / "bare_relay.py"), str(relay_port), emulator.url],
+                            relay_port, Path(tmp) / "relay.log"):
+                router, relay = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{relay_port}"
                 async with aiohttp.ClientSession() as session:
                     for _ in range(5):
-                        await one_stream(session, router, "gen")
-                        await one_stream(session, emulator.url, "gen")
-                    firsts: dict[str, list[float]] = {"direct": [], "router": []}
+                        for url in (router, relay, emulator.url):
+                            await one_stream(session, url, "gen")
+                    firsts: dict[str, list[float]] = {"direct": [], "router": [], "relay": []}
                     expected = b"".join(f"part-{i:03d} ".encode() for i in range(args.parts))
                     same = True
+                    cpu_before = proc_cpu_s(proc.pid)
                     for _ in range(args.rounds):
                         for _ in range(args.streams):
                             d_first, d_parts = await one_stream(session, emulator.url, "gen")
                             r_first, r_parts = await one_stream(session, router, "gen")
+                            firsts["relay"].append((await one_stream(session, relay, "gen"))[0])
                             firsts["direct"].append(d_first)
                             firsts["router"].append(r_first)
                             # the same bytes in the same order (where parts split depends on when writes arrive)
                             same = same and b"".join(d_parts) == b"".join(r_parts) == expected
+                    cpu_ms = (proc_cpu_s(proc.pid) - cpu_before) * 1000.0 / len(firsts["router"])
                     started_at = time.perf_counter()
                     done = await asyncio.wait_for(asyncio.gather(
                         *(one_stream(session, router, "gen") for _ in range(CONCURRENT))), 10.0 + args.parts *
@@ -131,6 +140,8 @@ models:
     p50 = {k: statistics.median(v) * 1000.0 for k, v in firsts.items()}
     return {"direct_first_p50_ms": p50["direct"], "router_first_p50_ms": p50["router"],
             "added_first_p50_ms": p50["router"] - p50["direct"], "streams": len(firsts["router"]),
+            "bare_relay_first_p50_ms": p50["relay"], "bare_relay_added_first_p50_ms": p50["relay"] - p50["direct"],
+            "router_cpu_ms_per_stream": cpu_ms,
             "same_bytes_in_order": same, "concurrent": CONCURRENT,
             "concurrent_complete": sum(1 for _, parts in done if b"".join(parts) == expected),
             "concurrent_wall_s": concurrent_s, "ideal_wall_s": (args.parts - 1) * args.gap_ms / 1000.0}
@@ -152,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| first PayloadPart, p50 (ms), {args.backend} backend | {result['direct_first_p50_ms']:.2f} | "
           f"{result['router_first_p50_ms']:.2f} | **{result['added_first_p50_ms']:+.2f} ms** "
           f"({result['streams']} streams each) | <= +{MAX_ADDED_MS:g} ms |")
+    print(f"| first PayloadPart, p50 (ms), a bare aiohttp relay in front of the emulator (one hop, nothing else) | "
+          f"{result['direct_first_p50_ms']:.2f} | {result['bare_relay_first_p50_ms']:.2f} | "
+          f"{result['bare_relay_added_first_p50_ms']:+.2f} ms | (the floor) |")
+    print(f"| router CPU per stream of {args.parts} parts | | {result['router_cpu_ms_per_stream']:.2f} ms | | |")
     print(f"| parts, bytes and order | | | **{'same' if result['same_bytes_in_order'] else 'DIFFERENT'}** | same |")
     print(f"| {CONCURRENT} concurrent streams through the router | | {result['concurrent_wall_s']:.2f} s "
           f"(ideal {result['ideal_wall_s']:.2f} s) | **{result['concurrent_complete']}/{CONCURRENT} complete** | "

@@ -206,6 +206,8 @@ async def test_a_closed_port_is_a_connection_error_and_a_slow_endpoint_a_timeout
 @pytest.mark.parametrize(("url", "token", "headers", "body"), [
     ("https://runtime.sagemaker.eu-west-1.amazonaws.com:443/endpoints/gen/invocations-response-stream", None,
      {"Content-Type": "application/json", "User-Agent": "ua", "traceparent": TRACEPARENT}, b'{"a": 1}'),
+    ("https://runtime.sagemaker.eu-west-1.amazonaws.com:443/endpoints/gen/invocations-response-stream", "rotated",
+     {"Content-Type": "application/json"}, b'{"a": 1}'),  # the same endpoint again: the cached parts
     ("http://127.0.0.1:8080/prefix/endpoints/a-b/invocations-response-stream", "session-token",
      {"X-Amzn-SageMaker-Custom-Attributes": "  spaced   out\tvalue ", "X-Amzn-SageMaker-Accept": "text/plain; q=1",
       "x-amzn-sagemaker-accept": "second value, lower-case name"}, b""),
@@ -214,7 +216,8 @@ async def test_a_closed_port_is_a_connection_error_and_a_slow_endpoint_a_timeout
 ])
 def test_the_signature_is_the_one_botocores_sigv4auth_computes(
         url: str, token: str | None, headers: dict[str, str], body: bytes) -> None:
-    credentials = ReadOnlyCredentials(KEY, SECRET, token)
+    secret = SECRET if token != "rotated" else SECRET + "-rotated"  # new credentials: a new signing key
+    credentials = ReadOnlyCredentials(KEY, secret, token)
     theirs = AWSRequest("POST", url, headers=dict(headers), data=body)
     SigV4Auth(credentials, "sagemaker", "eu-west-1").add_auth(theirs)
     ours = dict(headers)

@@ -7,7 +7,6 @@ Nothing here decides anything: the data plane routes, the sync lane calls, this 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -110,39 +109,47 @@ async def pump(send: Any, receive: Any, stream: AnswerStream, frame: Callable[[b
     """Send ``stream`` to the client as it arrives (each chunk through ``frame``, if given); stop reading it
     (closing the upstream call) if the client goes away, and raise :class:`CallerGone` then. A stream that
     breaks off ends with ``last_words(error)`` if given, else the client's connection is cut
-    (:class:`AnswerCut`). Returns when the first byte went out."""
-    first_at: list[float] = []
+    (:class:`AnswerCut`). Returns when the first byte went out.
 
-    async def relay() -> None:
-        try:
-            async for chunk in stream:
-                if not first_at:
-                    first_at.append(time.perf_counter())
-                await send({"type": "http.response.body", "body": frame(chunk) if frame else chunk,
-                            "more_body": True})
-        except Exception as exc:
-            if last_words is None:
-                raise
-            await send({"type": "http.response.body", "body": last_words(exc), "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+    The relay runs in the request's own task, so the first chunk (which backends hold already when they
+    return) leaves in the same step as the head; only the watch for a departing client is a task of its own,
+    and it cancels the relay."""
+    relaying = asyncio.current_task()
+    assert relaying is not None
+    gone = False
 
-    relaying = asyncio.ensure_future(relay())
-    watching = asyncio.ensure_future(disconnected(receive))
+    async def watch() -> None:
+        nonlocal gone
+        await disconnected(receive)
+        gone = True
+        relaying.cancel()
+
+    watching = asyncio.ensure_future(watch())
+    first_at = 0.0
     try:
-        await asyncio.wait((relaying, watching), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watching.cancel()
-        if not relaying.done():
-            relaying.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await relaying
-        await stream.aclose()
-    if relaying.cancelled():
-        raise CallerGone
-    failure = relaying.exception()
-    if failure is not None:
-        raise AnswerCut(type(failure).__name__) from failure
-    return first_at[0] if first_at else time.perf_counter()
+        try:
+            try:
+                async for chunk in stream:
+                    if not first_at:
+                        first_at = time.perf_counter()
+                    await send({"type": "http.response.body", "body": frame(chunk) if frame else chunk,
+                                "more_body": True})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if last_words is None:
+                    raise AnswerCut(type(exc).__name__) from exc
+                await send({"type": "http.response.body", "body": last_words(exc), "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            watching.cancel()  # before any other await: the answer's end also ends uvicorn's receive()
+            await stream.aclose()
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        relaying.uncancel()
+        raise CallerGone from None
+    return first_at or time.perf_counter()
 
 
 def _stream_error_event(exc: Exception) -> bytes:

@@ -17,11 +17,12 @@ containers and URL parsing, for one request whose shape never changes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, MutableMapping
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -31,14 +32,24 @@ from botocore.eventstream import EventStreamBuffer
 from botocore.exceptions import ClientError, EventStreamError, NoCredentialsError
 from botocore.handlers import add_recursion_detection_header
 from botocore.utils import normalize_url_path, percent_encode
-from botocore.validate import validate_parameters
 
 OPERATION = "InvokeEndpointWithResponseStream"
 _UNSIGNED = frozenset(SIGNED_HEADERS_BLACKLIST)
 
 
-def _hmac(key: bytes, text: str) -> bytes:
-    return hmac.new(key, text.encode(), hashlib.sha256).digest()
+@functools.lru_cache(maxsize=64)
+def _url_parts(url: str) -> tuple[str, str]:
+    """(Host header, canonical path) of a URL: the same for every call to one endpoint."""
+    return _host_from_url(url), quote(normalize_url_path(urlsplit(url).path), safe="/~")
+
+
+@functools.lru_cache(maxsize=8)
+def _signing_key(secret: str, day: str, region: str, service: str) -> bytes:
+    """SigV4's derived key: four HMACs that change once a day (or with the credentials)."""
+    key = f"AWS4{secret}".encode()
+    for part in (day, region, service, "aws4_request"):
+        key = hmac.digest(key, part.encode(), "sha256")
+    return key
 
 
 def sigv4_headers(headers: MutableMapping[str, str], *, method: str, url: str, body: bytes,
@@ -48,25 +59,24 @@ def sigv4_headers(headers: MutableMapping[str, str], *, method: str, url: str, b
     (``YYYYMMDDTHHMMSSZ``, default now) is there for the tests."""
     if credentials is None:
         raise NoCredentialsError()
-    amz_date = timestamp or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    amz_date = timestamp or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     headers["X-Amz-Date"] = amz_date
     if credentials.token:
         headers["X-Amz-Security-Token"] = credentials.token
+    host, path = _url_parts(url)
     signed: dict[str, list[str]] = {}
     for name, value in headers.items():
         if (lower := name.lower()) not in _UNSIGNED:
             signed.setdefault(lower, []).append(" ".join(value.split()))
-    signed.setdefault("host", [_host_from_url(url)])
+    signed.setdefault("host", [host])
     names = sorted(signed)
     canonical = "\n".join([
-        method, quote(normalize_url_path(urlsplit(url).path), safe="/~"), "",
-        "".join(f"{name}:{','.join(signed[name])}\n" for name in names), ";".join(names),
+        method, path, "", "".join(f"{name}:{','.join(signed[name])}\n" for name in names), ";".join(names),
         hashlib.sha256(body).hexdigest()])
     scope = f"{amz_date[:8]}/{region}/{service}/aws4_request"
     to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-    key = _hmac(_hmac(_hmac(_hmac(f"AWS4{credentials.secret_key}".encode(), amz_date[:8]), region), service),
-                "aws4_request")
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    key = _signing_key(credentials.secret_key, amz_date[:8], region, service)
+    signature = hmac.digest(key, to_sign.encode(), "sha256").hex()
     headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
                                 f"SignedHeaders={';'.join(names)}, Signature={signature}")
 
@@ -85,7 +95,6 @@ class ResponseStreamCall:
         self._header_results = {name: shape.serialization["name"].lower() for name, shape in members.items()
                                 if shape.serialization.get("location") == "header"}
         self._user_agent: str = client._user_agent_creator.to_string()
-        self._validate = bool(client.meta.config.parameter_validation)
         self._endpoint: tuple[str, dict[str, str], str, str] | None = None
         self._response_parser: Any = None
 
@@ -101,9 +110,8 @@ class ResponseStreamCall:
 
     async def __call__(self, params: Mapping[str, Any], extra_headers: Mapping[str, str]) -> dict[str, Any]:
         """Call with boto3's parameters; ``extra_headers`` are sent as they are (added where botocore's
-        ``before-sign`` hooks add headers)."""
-        if self._validate:
-            validate_parameters(params, self._operation.input_shape)  # raises botocore's ParamValidationError
+        ``before-sign`` hooks add headers). botocore's client-side type check is not run: the backend builds
+        ``params`` from strings and bytes only, and SageMaker validates the values (its ValidationError)."""
         url, headers, region, signing_name = await self._resolved()
         headers = dict(headers)
         for name, header in self._header_params.items():
