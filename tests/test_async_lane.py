@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from botocore.config import Config
 
 from router.demo.model import FraudModel
 from router.demo.model_server import ModelServer
-from tests.conftest import RunningRouter, serve_router, until
+from tests.conftest import RunningRouter, serve_router, until, until_async
 
 ROW = "120.5,2,0.8,350,7,30"
 KEY_A, KEY_B = "team-a-secret-key", "team-b-secret-key"
@@ -286,26 +287,25 @@ async def test_the_queue_gauges_read_zero_for_an_empty_queue_and_count_a_backlog
     error for KEDA's Prometheus scaler, and a staleness gap between two janitor passes."""
     extra = "  plain:\n    lanes: {realtime: rt}\n"  # no job lane: no queue gauge
     async with ModelServer() as rt, serve_router(config(rt, tmp_path, workers=0, extra_model=extra)) as router:
-        async def gauges() -> dict[str, float]:
+        found: dict[str, float] = {}
+
+        async def scraped(settled: Callable[[dict[str, float]], bool]) -> bool:
+            """Read the queue gauges from /metrics into ``found``; ``settled(found)`` says whether to stop."""
             async with http.get(router.url + "/metrics") as r:
                 text = await r.text()
-            return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                    if line.startswith(("router_jobs_queued{", "router_jobs_oldest_queued_age_seconds{"))}
+            found.clear()
+            found.update({line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                          if line.startswith(("router_jobs_queued{", "router_jobs_oldest_queued_age_seconds{"))})
+            return settled(found)
 
-        for _ in range(200):
-            if (found := await gauges()):
-                break
-            await asyncio.sleep(0.05)
+        await until_async(lambda: scraped(bool))  # the janitor's first pass, at start
         assert found == {'router_jobs_queued{model="fraud"}': 0.0,
                          'router_jobs_oldest_queued_age_seconds{model="fraud"}': 0.0}
         for _ in range(2):  # no workers: they stay queued
             async with http.post(router.endpoint("fraud"), data=rows(200), headers={
                     "Content-Type": "text/csv", "Prefer": "respond-async"}) as r:
                 assert r.status == 202
-        for _ in range(200):  # the janitor counts every 2 s
-            if (found := await gauges())['router_jobs_queued{model="fraud"}'] == 2:
-                break
-            await asyncio.sleep(0.05)
-        assert found['router_jobs_queued{model="fraud"}'] == 2
+        # the janitor counts every 2 s
+        await until_async(lambda: scraped(lambda g: g['router_jobs_queued{model="fraud"}'] == 2))
         assert found['router_jobs_oldest_queued_age_seconds{model="fraud"}'] > 0
         assert not any("plain" in name for name in found)
