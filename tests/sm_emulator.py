@@ -167,15 +167,15 @@ class SageMakerRuntimeEmulator:
 
     # --- lifecycle --------------------------------------------------------------------------------
 
-    async def start(self) -> str:
-        """Listen on a free port of 127.0.0.1; returns the base URL to use as ``endpoint_url``."""
+    async def start(self, port: int = 0) -> str:
+        """Listen on ``port`` of 127.0.0.1 (0: a free one); returns the base URL to use as ``endpoint_url``."""
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_post("/endpoints/{name}/invocations", self._invoke)
         app.router.add_post("/endpoints/{name}/async-invocations", self._invoke_async)
         app.router.add_post("/endpoints/{name}/invocations-response-stream", self._invoke_stream)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         port = self._runner.addresses[0][1]
         self._session = aiohttp.ClientSession(auto_decompress=False)
