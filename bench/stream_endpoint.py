@@ -11,8 +11,10 @@ The emulator listens on ``PORT``, the container on ``CONTAINER_PORT`` (what an `
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
@@ -39,20 +41,27 @@ def container(parts: int, gap_s: float) -> web.Application:
     return app
 
 
-async def serve(port: int, container_port: int, parts: int, gap_s: float) -> None:
+@contextlib.asynccontextmanager
+async def running(parts: int, gap_s: float, port: int = 0, container_port: int = 0) -> AsyncIterator[tuple[str, str]]:
+    """The container and the emulator in front of it on this loop (0: free ports): (emulator URL, container URL)."""
     runner = web.AppRunner(container(parts, gap_s), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", container_port).start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    container_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     emulator = SageMakerRuntimeEmulator()
-    emulator.add_endpoint("gen", f"http://127.0.0.1:{runner.addresses[0][1]}")
-    await emulator.start(port)
+    emulator.add_endpoint("gen", container_url)
     try:
-        await stop.wait()
+        yield await emulator.start(port), container_url
     finally:
         await emulator.stop()
         await runner.cleanup()
+
+
+async def serve(port: int, container_port: int, parts: int, gap_s: float) -> None:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with running(parts, gap_s, port, container_port):
+        await stop.wait()
 
 
 if __name__ == "__main__":

@@ -36,17 +36,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 from botocore.eventstream import EventStreamBuffer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from overhead import proc_cpu_s, router_cli, started  # noqa: E402
-from stream_endpoint import container  # noqa: E402
+from stream_endpoint import running  # noqa: E402
 from upstream import free_port  # noqa: E402
-
-from tests.sm_emulator import SageMakerRuntimeEmulator  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 MAX_ADDED_MS = 2.0
@@ -85,16 +82,8 @@ async def endpoint(args: argparse.Namespace, tmp: Path) -> AsyncIterator[tuple[s
                       str(args.parts), str(args.gap_ms)], port, tmp / "endpoint.log"):
             yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{container_port}"
         return
-    runner = web.AppRunner(container(args.parts, args.gap_ms / 1000.0), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    container_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        async with SageMakerRuntimeEmulator() as emulator:
-            emulator.add_endpoint("gen", container_url)
-            yield emulator.url, container_url
-    finally:
-        await runner.cleanup()
+    async with running(args.parts, args.gap_ms / 1000.0) as urls:
+        yield urls
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,14 +103,15 @@ models:
             env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                    "AWS_DEFAULT_REGION": "us-east-1"}
             relay_port, variant_port = free_port(), free_port()
-            variant_config = tmp / "variant.yaml"
-            variant_config.write_text(config.read_text().replace(f"127.0.0.1:{port}", f"127.0.0.1:{variant_port}"))
             with contextlib.ExitStack() as stack:
                 proc = stack.enter_context(started([router_cli(), "serve", "--config", str(config)], port,
                                                    tmp / "router.log", env))
                 stack.enter_context(started([sys.executable, str(ROOT / "bench" / "bare_relay.py"), str(relay_port),
                                              emulator_url], relay_port, tmp / "relay.log"))
                 if args.variant is not None:  # the same router with bench/router_variant.py's tweaks, interleaved
+                    variant_config = tmp / "variant.yaml"
+                    variant_config.write_text(config.read_text().replace(f"127.0.0.1:{port}",
+                                                                         f"127.0.0.1:{variant_port}"))
                     stack.enter_context(started(
                         [sys.executable, str(ROOT / "bench" / "router_variant.py"), *args.variant.split(), "--",
                          "serve", "--config", str(variant_config)], variant_port, tmp / "variant.log", env))
